@@ -1,0 +1,423 @@
+"""CIFAR-10 data: loading and caching, the train/val split, augmentation, patching.
+
+Two sources sit behind one data folder:
+  * a class-folder copy, `<root>/train/<class>/*.jpg|png` and optionally `<root>/test/...`
+    (such as the JPEG copy of CIFAR-10 in ../shared/data), decoded once into a uint8
+    tensor cache under `<root>/.cache/`;
+  * otherwise the official CIFAR-10 through torchvision, downloaded into the folder.
+
+Augmentation exists twice, on purpose. `train_transform` is the assignment's chain in
+torchvision.transforms.v2, the readable reference, attached to a Dataset as torchvision
+expects. `DeviceAugment` draws the same distribution for a whole uint8 batch at once on
+the training device, which is what train.py uses: tests check one against the other.
+
+    python data.py --data-dir DIR --out FIG_DIR    # statistics and the two figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+CROP_SCALE = (0.8, 1.0)
+CROP_RATIO = (0.9, 1.1)
+
+
+class DataError(ValueError):
+    """A data folder, file or image that cannot be used, with the reason."""
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor   # (N, C, H, W) uint8
+    labels: torch.Tensor   # (N,) int64
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+# ---------------------------------------------------------------- loading and caching
+
+def load_split(data_dir: str | os.PathLike, split: str = "train") -> ImageSet | None:
+    """The images of one split ("train" or "test") as uint8 tensors.
+
+    Returns None when a class-folder source has no such split (the JPEG copy has no test
+    split). Raises DataError naming the cause for anything unusable.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist (or is not a folder)")
+    if (root / "train").is_dir():
+        if not (root / split).is_dir():
+            return None
+        return _load_folder_split(root, split)
+    return _load_torchvision_split(root, split)
+
+
+def _load_torchvision_split(root: Path, split: str) -> ImageSet:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(str(root), train=split == "train", download=True)
+    except Exception as err:  # no network, a broken archive, a full disk, ...
+        raise DataError(
+            f"data folder {root} has no train/<class>/ images, and CIFAR-10 could not be "
+            f"downloaded into it ({type(err).__name__}: {err})"
+        ) from err
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(images, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes))
+
+
+def _list_folder_split(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/*.jpg")
+    files = []
+    for label, class_dir in enumerate(class_dirs):
+        found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise DataError(f"class folder {class_dir} holds no .jpg, .jpeg or .png images")
+        files += [(p, label) for p in found]
+    return [p.name for p in class_dirs], files
+
+
+def _fingerprint(files: list[tuple[Path, int]]) -> str:
+    digest = hashlib.sha1()
+    for path, label in files:
+        st = path.stat()
+        digest.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _decode(path: Path) -> torch.Tensor:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()  # a truncated file fails here rather than decoding half an image
+            rgb = im.convert("RGB")
+    except Exception as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+    return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(
+        rgb.height, rgb.width, 3).permute(2, 0, 1)
+
+
+def _load_folder_split(root: Path, split: str) -> ImageSet:
+    from tqdm import tqdm
+
+    class_names, files = _list_folder_split(root / split)
+    cache = root / ".cache" / f"{split}-{_fingerprint(files)}.pt"
+    if cache.exists():
+        state = torch.load(cache, weights_only=True)
+        return ImageSet(state["images"], state["labels"], state["class_names"])
+    images = []
+    for path, _ in tqdm(files, desc=f"decoding {split} images (once)", unit="img",
+                        mininterval=1.0, leave=False):
+        image = _decode(path)
+        if images and image.shape != images[0].shape:
+            raise DataError(f"image {path} is {image.shape[2]}x{image.shape[1]}, but the "
+                            f"others are {images[0].shape[2]}x{images[0].shape[1]}")
+        images.append(image)
+    result = ImageSet(torch.stack(images), torch.tensor([l for _, l in files]), class_names)
+    atomic_save({"images": result.images, "labels": result.labels,
+                 "class_names": class_names}, cache)
+    return result
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file next to `path`, then rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random split of range(n) into (train, val) index tensors."""
+    if not 0 <= val_size < n:
+        raise DataError(f"validation size {val_size} must be at least 0 and below the "
+                        f"{n} training images")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for chunk in images.split(4096):
+        x = chunk.to(torch.float64) / 255
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+    count = images.numel() / images.shape[1]
+    mean = total / count
+    std = (squares / count - mean * mean).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+# ---------------------------------------------------------------- reference transforms
+
+def train_transform(mean, std, size: int = 32) -> v2.Compose:
+    """The assignment's augmentation, for one uint8 image tensor (C, H, W)."""
+    return v2.Compose([
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+
+
+def eval_transform(mean, std) -> v2.Compose:
+    """To a float tensor and normalize: no augmentation."""
+    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+class ImageTensorDataset(Dataset):
+    """uint8 image tensors and labels, with a per-sample transform as torchvision has it."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        image = self.images[i]
+        return (self.transform(image) if self.transform else image), self.labels[i]
+
+
+# ---------------------------------------------------------------- batched device augmentation
+
+def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.Generator,
+                              scale=CROP_SCALE, ratio=CROP_RATIO, tries: int = 10):
+    """(top, left, h, w) int tensors for n crops, drawn as RandomResizedCrop.get_params
+    draws them: area U(scale) of the image, log-uniform aspect ratio, the first of 10
+    tries that fits, else a centre crop."""
+    device = generator.device
+    area = height * width * torch.empty(n, tries, device=device).uniform_(*scale, generator=generator)
+    log_r = torch.empty(n, tries, device=device).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = log_r.exp()
+    w = (area * aspect).sqrt().round()
+    h = (area / aspect).sqrt().round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    # Fallback, as torchvision: the whole image, clipped to the nearest allowed ratio.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fw, fh = round(height * max(ratio)), height
+    else:
+        fw, fh = width, height
+    found = fits.any(dim=1)
+    w = torch.where(found, w, torch.full_like(w, fw))
+    h = torch.where(found, h, torch.full_like(h, fh))
+    u = torch.rand(2, n, device=device, generator=generator)
+    top = torch.where(found, (u[0] * (height - h + 1)).floor(), ((height - h) // 2))
+    left = torch.where(found, (u[1] * (width - w + 1)).floor(), ((width - w) // 2))
+    return top.long(), left.long(), h.long(), w.long()
+
+
+def _source_coords(start: torch.Tensor, length: torch.Tensor, out: int) -> torch.Tensor:
+    """Pixel coordinates that bilinear resizing (align_corners=False) of the span
+    [start, start+length) to `out` pixels reads from, as torch.nn.functional.interpolate."""
+    i = torch.arange(out, device=start.device, dtype=torch.float32) + 0.5
+    src = i * (length[:, None].float() / out) - 0.5
+    return start[:, None] + src.clamp(min=0).minimum(length[:, None] - 1)
+
+
+class DeviceAugment:
+    """RandomHorizontalFlip -> RandomResizedCrop -> Normalize for a uint8 batch on its
+    device, one independent draw per image, with one grid_sample for the whole batch."""
+
+    def __init__(self, mean, std, size: int = 32, flip_p: float = 0.5,
+                 scale=CROP_SCALE, ratio=CROP_RATIO):
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.size, self.flip_p, self.scale, self.ratio = size, flip_p, scale, ratio
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, height, width = images.shape
+        top, left, h, w = random_resized_crop_boxes(n, height, width, generator, self.scale, self.ratio)
+        xs = _source_coords(left, w, self.size)
+        ys = _source_coords(top, h, self.size)
+        # Flipping then cropping at `left` reads the mirrored columns of the original.
+        flip = torch.rand(n, device=images.device, generator=generator) < self.flip_p
+        xs = torch.where(flip[:, None], (width - 1) - xs, xs)
+        grid = torch.stack([
+            ((2 * xs + 1) / width - 1)[:, None, :].expand(n, self.size, self.size),
+            ((2 * ys + 1) / height - 1)[:, :, None].expand(n, self.size, self.size),
+        ], dim=-1)
+        x = F.grid_sample(images.float(), grid, mode="bilinear", align_corners=False)
+        return normalize(x / 255, self.mean, self.std)
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std with per-channel (1, C, 1, 1) statistics moved to x's device."""
+    return (x - mean.to(x.device)) / std.to(x.device)
+
+
+def to_normalized(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 batch -> normalized float batch, without augmentation."""
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return normalize(images.float() / 255, mean, std)
+
+
+def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalized float images -> [0, 1], for display."""
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x * std + mean).clamp(0, 1)
+
+
+# ---------------------------------------------------------------- patches
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C*P*P): non-overlapping P x P patches in row-major order,
+    each flattened channel first, then row, then column."""
+    b, c, h, w = images.shape
+    p = patch_size
+    if p <= 0 or h % p or w % p:
+        raise ValueError(f"patch size {p} does not divide the image size {h}x{w}")
+    x = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of patchify: (B, N, C*P*P) -> (B, C, H, W)."""
+    b, n, d = patches.shape
+    p = patch_size
+    if p <= 0 or height % p or width % p or n != (height // p) * (width // p) or d % (p * p):
+        raise ValueError(f"{n} patches of {d} values do not tile a {height}x{width} image "
+                         f"with patch size {p}")
+    c = d // (p * p)
+    x = patches.reshape(b, height // p, width // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, height, width)
+
+
+# ---------------------------------------------------------------- figures
+
+def save_augmentation_grid(images: torch.Tensor, labels, class_names, mean, std,
+                           path: str | os.PathLike, per_image: int = 6, seed: int = 0) -> None:
+    """A grid: each row one training image, then `per_image` draws of the training
+    transform, de-normalized, labelled with the class."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    torch.manual_seed(seed)
+    transform = train_transform(mean, std, images.shape[-1])
+    rows = len(images)
+    fig, axes = plt.subplots(rows, per_image + 1, figsize=(1.3 * (per_image + 1), 1.4 * rows),
+                             squeeze=False)
+    for r, (image, label) in enumerate(zip(images, labels)):
+        views = [image.float() / 255] + [denormalize(transform(image), mean, std)
+                                         for _ in range(per_image)]
+        for c, view in enumerate(views):
+            ax = axes[r, c]
+            ax.imshow(view.permute(1, 2, 0).numpy())
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(class_names[int(label)], fontsize=9)
+            if r == 0:
+                ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_patch_figure(image: torch.Tensor, patch_size: int, path: str | os.PathLike) -> None:
+    """One uint8 image, then its patches laid out with gaps, then the token sequence."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c, h, w = image.shape
+    patches = patchify(image[None].float() / 255, patch_size)[0]
+    grid_h, grid_w = h // patch_size, w // patch_size
+    fig = plt.figure(figsize=(12, 4.2))
+    top = fig.add_gridspec(2, 3, height_ratios=[4, 1], width_ratios=[1, 1, 0.01])
+    ax = fig.add_subplot(top[0, 0])
+    ax.imshow(image.permute(1, 2, 0).numpy())
+    ax.set_title(f"image {w}x{h}"), ax.axis("off")
+    cells = top[0, 1].subgridspec(grid_h, grid_w, wspace=0.08, hspace=0.08)
+    for k, patch in enumerate(patches):
+        sub = fig.add_subplot(cells[k // grid_w, k % grid_w])
+        sub.imshow(patch.view(c, patch_size, patch_size).permute(1, 2, 0).numpy())
+        sub.axis("off")
+    fig.text(0.55, 0.93, f"{len(patches)} patches of {patch_size}x{patch_size}", ha="center")
+    seq = fig.add_subplot(top[1, :])
+    strip = patches.view(-1, c, patch_size, patch_size).permute(2, 0, 3, 1).reshape(
+        patch_size, -1, c)
+    seq.imshow(strip.numpy(), aspect="auto")
+    seq.set_title(f"token sequence the model reads ({len(patches)} tokens of "
+                  f"{c}x{patch_size}x{patch_size} = {patches.shape[1]} values)", fontsize=9)
+    seq.axis("off")
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Load CIFAR-10, print its statistics and "
+                                     "draw the augmentation and patch figures.")
+    parser.add_argument("--data-dir", required=True,
+                        help="class-folder copy (<dir>/train/<class>/*.jpg) or a folder to "
+                             "download the official CIFAR-10 into")
+    parser.add_argument("--out", default="figures", help="folder for the PNGs")
+    parser.add_argument("--val-size", type=int, default=5000, help="images held out for validation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    parser.add_argument("--patch-size", type=int, default=4, help="patch size of the patch figure")
+    args = parser.parse_args()
+    try:
+        train = load_split(args.data_dir, "train")
+        train_idx, val_idx = split_indices(len(train), args.val_size, args.seed)
+    except DataError as err:
+        raise SystemExit(f"error: {err}")
+    mean, std = channel_stats(train.images[train_idx])
+    print(f"{len(train_idx)} training / {len(val_idx)} validation images, "
+          f"{len(train.class_names)} classes")
+    print("mean", [round(m, 4) for m in mean], "std", [round(s, 4) for s in std])
+    picks = torch.stack([(train.labels[train_idx] == k).nonzero()[0, 0]
+                         for k in range(len(train.class_names))])
+    save_augmentation_grid(train.images[train_idx][picks], train.labels[train_idx][picks],
+                           train.class_names, mean, std, Path(args.out) / "augmentations.png")
+    save_patch_figure(train.images[train_idx][picks[0]], args.patch_size,
+                      Path(args.out) / "patches.png")
+    print(f"figures written to {args.out}/")
+
+
+if __name__ == "__main__":
+    main()

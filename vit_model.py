@@ -1,0 +1,190 @@
+"""The Vision Transformer: patch embedding, pre-LayerNorm blocks, class-token head.
+
+Defaults follow the course assignment (patch 4, width 256, 6 blocks, 8 heads, MLP 512,
+dropout 0.2). Saving and loading go through huggingface_hub's PyTorchModelHubMixin, so
+`save_pretrained`, `from_pretrained` and `push_to_hub` work as on any Hub model; the
+config carries the class names and the normalization statistics as well.
+
+    python vit_model.py            # layer table with output shapes and parameter counts
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+
+from data import CIFAR10_CLASSES, patchify
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a sample's whole residual branch with probability p."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float,
+                 attn_dropout: float, drop_path: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=attn_dropout, batch_first=True)
+        self.drop1 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(mlp_dim, dim), nn.Dropout(dropout),
+        )
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False):
+        h = self.norm1(x)
+        # need_weights=False lets torch use its fused scaled-dot-product kernel; the
+        # weights (heads kept apart) are only materialized when asked for.
+        h, weights = self.attn(h, h, h, need_weights=need_weights, average_attn_weights=False)
+        x = x + self.drop_path(self.drop1(h))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, weights
+
+
+class ViT(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="vit-cifar",
+    tags=["image-classification", "vision-transformer", "cifar10", "pytorch"],
+    license="mit",
+    pipeline_tag="image-classification",
+):
+    """Vision Transformer for small images; every size is a constructor argument.
+
+    `class_names`, `mean` and `std` are not used by the network itself: they ride along
+    in config.json so that whoever loads the model normalizes and labels as in training.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        patch_size: int = 4,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        dim: int = 256,
+        depth: int = 6,
+        heads: int = 8,
+        mlp_dim: int = 512,
+        dropout: float = 0.2,
+        attn_dropout: float = 0.0,
+        drop_path: float = 0.0,
+        class_names: list[str] | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"patch size {patch_size} does not divide image size {image_size}")
+        if dim % heads:
+            raise ValueError(f"{heads} heads do not divide the embedding width {dim}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
+        self.patch_size = patch_size
+        self.image_size = image_size
+        self.class_names = list(class_names or (CIFAR10_CLASSES if num_classes == 10 else
+                                                [str(i) for i in range(num_classes)]))
+        self.mean = list(mean) if mean is not None else [0.5] * in_channels
+        self.std = list(std) if std is not None else [0.5] * in_channels
+        num_patches = (image_size // patch_size) ** 2
+
+        self.patch_embed = nn.Linear(in_channels * patch_size * patch_size, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
+        self.pos_drop = nn.Dropout(dropout)
+        # Stochastic depth grows linearly with depth, as in DeiT and timm.
+        rates = torch.linspace(0, drop_path, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, mlp_dim, dropout, attn_dropout, r) for r in rates
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialization of timm's VisionTransformer: truncated normal (std 0.02) for
+        the positional embedding and every linear weight (the attention's packed q/k/v
+        projection included), zero biases, cls token N(0, 1e-6), LayerNorm at identity."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.MultiheadAttention):
+                nn.init.trunc_normal_(module.in_proj_weight, std=0.02)
+                nn.init.zeros_(module.in_proj_bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """Logits for normalized images (B, C, H, W).
+
+        With return_attention=True, also the list of each block's attention weights,
+        (B, heads, tokens, tokens) with the class token first; asking for them switches
+        off the fused attention kernel, so training never does.
+        """
+        tokens = self.patch_embed(patchify(x, self.patch_size))
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = self.pos_drop(torch.cat([cls, tokens], dim=1) + self.pos_embed)
+        attentions = []
+        for block in self.blocks:
+            x, weights = block(x, need_weights=return_attention)
+            attentions.append(weights)
+        logits = self.head(self.norm(x[:, 0]))
+        return (logits, attentions) if return_attention else logits
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for a batch of normalized images, in eval mode."""
+        self.eval()
+        return F.softmax(self(x).float(), dim=-1)
+
+    @classmethod
+    def _from_pretrained(cls, *, strict: bool = True, **kwargs):
+        # The mixin loads non-strictly by default, which would leave layers that the
+        # checkpoint lacks silently random; a mismatch must fail loudly instead.
+        return super()._from_pretrained(strict=strict, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Print the ViT's layer table.")
+    parser.add_argument("--patch-size", type=int, default=4, help="patch side in pixels")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch size for the table")
+    args = parser.parse_args()
+    from torchinfo import summary
+
+    model = ViT(patch_size=args.patch_size)
+    summary(model, input_size=(args.batch_size, 3, 32, 32), depth=3,
+            col_names=("output_size", "num_params"))
+    print(f"trainable parameters: {count_parameters(model):,}")
+
+
+if __name__ == "__main__":
+    main()

@@ -55,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-subset", type=int, default=0,
                    help="train on only this many images (0: all); for quick trials")
     p.add_argument("--patch-size", type=int, default=4, help="ViT patch size (must divide 32)")
+    p.add_argument("--dim", type=int, default=256, help="ViT embedding width")
+    p.add_argument("--depth", type=int, default=6, help="number of transformer blocks")
+    p.add_argument("--heads", type=int, default=8, help="attention heads (must divide --dim)")
+    p.add_argument("--mlp-dim", type=int, default=512, help="hidden width of each block's MLP")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout in embeddings, attention output and MLP")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the init, shuffling and augmentation")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device name")
@@ -82,6 +86,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.patch_size <= 0 or 32 % args.patch_size:
         problems.append(f"--patch-size {args.patch_size} does not divide the 32x32 image "
                         "(use 1, 2, 4, 8, 16 or 32)")
+    if min(args.dim, args.depth, args.heads, args.mlp_dim) <= 0 or args.dim % args.heads:
+        problems.append(f"--heads {args.heads} must divide --dim {args.dim} (all sizes positive)")
     if not 0 <= args.dropout < 1:
         problems.append(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.val_size <= 0:
@@ -147,7 +153,8 @@ def barrier(world: int) -> None:
 # ---------------------------------------------------------------- model and optimizer
 
 def build_model(args: argparse.Namespace, class_names, mean, std) -> ViT:
-    return ViT(patch_size=args.patch_size, num_classes=len(class_names), dropout=args.dropout,
+    return ViT(patch_size=args.patch_size, num_classes=len(class_names), dim=args.dim,
+               depth=args.depth, heads=args.heads, mlp_dim=args.mlp_dim, dropout=args.dropout,
                class_names=class_names, mean=mean, std=std)
 
 
@@ -462,7 +469,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             raise SystemExit(f"error: --resume, but {run_dir / 'last.pt'} does not exist")
         saved = load_checkpoint(run_dir / "last.pt")
         keep = {k: getattr(args, k) for k in ("device", "compile", "push_to_hub", "no_progress", "amp")}
-        args = argparse.Namespace(**{**saved["args"], **keep, "resume": True})
+        # Settings the run was started with win; defaults fill in options added since.
+        args = argparse.Namespace(**{**vars(parse_args([])), **saved["args"], **keep, "resume": True})
     check_args(args)
 
     rank, world, local_rank = init_distributed()

@@ -1,0 +1,260 @@
+import math
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import v2
+
+import data
+from conftest import CLASSES, make_folder_dataset
+
+
+# ---------------------------------------------------------------- transforms and statistics
+
+def test_train_transform_is_the_assignment_chain_in_order():
+    t = data.train_transform([0.1, 0.2, 0.3], [0.4, 0.5, 0.6]).transforms
+    assert [type(x) for x in t] == [v2.RandomHorizontalFlip, v2.RandomResizedCrop,
+                                    v2.ToDtype, v2.Normalize]
+    assert t[0].p == 0.5
+    assert tuple(t[1].size) == (32, 32)
+    assert t[1].scale == (0.8, 1.0) and t[1].ratio == (0.9, 1.1)
+    assert t[3].mean == [0.1, 0.2, 0.3] and t[3].std == [0.4, 0.5, 0.6]
+
+
+def test_eval_transform_only_normalizes():
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    out = data.eval_transform([0.5] * 3, [0.25] * 3)(image)
+    assert torch.allclose(out, (image.float() / 255 - 0.5) / 0.25, atol=1e-6)
+
+
+def test_dataset_applies_its_transform():
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    ds = data.ImageTensorDataset(images, torch.arange(5), data.train_transform([0.5] * 3, [0.2] * 3))
+    x, y = ds[3]
+    assert x.dtype == torch.float32 and x.shape == (3, 32, 32) and y == 3
+
+
+def test_channel_stats_match_torch():
+    images = torch.randint(0, 256, (300, 3, 8, 8), dtype=torch.uint8)
+    mean, std = data.channel_stats(images)
+    x = images.double() / 255
+    assert mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=1e-9)
+    assert std == pytest.approx(x.permute(1, 0, 2, 3).reshape(3, -1).std(dim=1, unbiased=False).tolist(), abs=1e-7)
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    a_train, a_val = data.split_indices(1000, 100, seed=3)
+    b_train, b_val = data.split_indices(1000, 100, seed=3)
+    c_train, c_val = data.split_indices(1000, 100, seed=4)
+    assert torch.equal(a_val, b_val) and not torch.equal(a_val, c_val)
+    assert len(a_val) == 100 and len(a_train) == 900
+    assert sorted(torch.cat([a_train, a_val]).tolist()) == list(range(1000))
+    with pytest.raises(data.DataError, match="validation size"):
+        data.split_indices(10, 10, seed=0)
+
+
+# ---------------------------------------------------------------- device augmentation vs torchvision
+
+def test_crop_boxes_follow_torchvision_distribution():
+    n = 20000
+    g = torch.Generator().manual_seed(0)
+    top, left, h, w = data.random_resized_crop_boxes(n, 32, 32, g)
+    torch.manual_seed(0)
+    ref = torch.tensor([v2.RandomResizedCrop.get_params(torch.empty(3, 32, 32), [0.8, 1.0],
+                                                        [0.9, 1.1]) for _ in range(n)]).T
+    for ours, theirs in [(h * w / 1024.0, ref[2] * ref[3] / 1024.0),
+                         (w / h.float(), ref[3] / ref[2].float()),
+                         (top.float(), ref[0].float()), (left.float(), ref[1].float())]:
+        assert ours.mean().item() == pytest.approx(theirs.mean().item(), abs=0.01 + 0.01 * theirs.std().item())
+        assert ours.std().item() == pytest.approx(theirs.std().item(), rel=0.05, abs=0.01)
+    assert (top + h <= 32).all() and (left + w <= 32).all() and (top >= 0).all() and (left >= 0).all()
+    assert (h * w >= 0.8 * 1024 - 64).all()
+
+
+def test_device_resized_crop_equals_torchvision_for_the_same_box(monkeypatch):
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    boxes = (torch.tensor([0, 1, 2, 0, 3, 1]), torch.tensor([0, 2, 1, 3, 0, 2]),
+             torch.tensor([32, 30, 29, 31, 28, 30]), torch.tensor([32, 29, 31, 28, 29, 30]))
+    monkeypatch.setattr(data, "random_resized_crop_boxes", lambda *a, **k: boxes)
+    augment = data.DeviceAugment([0.0] * 3, [1.0] * 3, flip_p=0.0)
+    out = augment(images, torch.Generator().manual_seed(0))
+    for i in range(len(images)):
+        ref = TF.resized_crop(images[i].float(), *(int(b[i]) for b in boxes), size=[32, 32],
+                              antialias=False) / 255
+        assert torch.allclose(out[i], ref, atol=1e-5), i
+    flipped = data.DeviceAugment([0.0] * 3, [1.0] * 3, flip_p=1.0)(images, torch.Generator())
+    for i in range(len(images)):
+        ref = TF.resized_crop(images[i].flip(-1).float(), *(int(b[i]) for b in boxes), size=[32, 32],
+                              antialias=False) / 255
+        assert torch.allclose(flipped[i], ref, atol=1e-5), i
+
+
+def test_device_augment_pixel_statistics_match_torchvision():
+    # A horizontal ramp: the mean column profile shows both the crop and the flip rate.
+    ramp = torch.linspace(0, 255, 32).round().to(torch.uint8)
+    images = ramp.view(1, 1, 1, 32).expand(4000, 3, 32, 32).contiguous()
+    images[:, 1] = images[:, 1].transpose(-1, -2)  # green ramps vertically
+    ours = data.DeviceAugment([0.0] * 3, [1.0] * 3)(images, torch.Generator().manual_seed(1))
+    torch.manual_seed(1)
+    reference = data.train_transform([0.0] * 3, [1.0] * 3)
+    theirs = torch.stack([reference(img) for img in images])
+    for c in range(3):
+        assert torch.allclose(ours[:, c].mean(0), theirs[:, c].mean(0), atol=0.015)
+        assert torch.allclose(ours[:, c].std(0), theirs[:, c].std(0), atol=0.015)
+    # The share of flipped images: red's first column is bright only when flipped.
+    assert (ours[:, 0, 16, 0] > 0.5).float().mean().item() == pytest.approx(0.5, abs=0.03)
+
+
+def test_device_augment_draws_differ_per_image_and_normalize():
+    images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).expand(64, -1, -1, -1)
+    out = data.DeviceAugment([0.5] * 3, [0.25] * 3)(images, torch.Generator().manual_seed(0))
+    assert out.shape == (64, 3, 32, 32) and out.dtype == torch.float32
+    assert len({tuple(o.flatten()[:50].tolist()) for o in out}) > 32
+    assert out.min() >= -2 - 1e-5 and out.max() <= 2 + 1e-5
+
+
+# ---------------------------------------------------------------- patches
+
+def naive_patchify(images, p):
+    b, c, h, w = images.shape
+    rows = []
+    for i in range(h // p):
+        for j in range(w // p):
+            rows.append(images[:, :, i * p:(i + 1) * p, j * p:(j + 1) * p].reshape(b, -1))
+    return torch.stack(rows, dim=1)
+
+
+@pytest.mark.parametrize("p", [1, 2, 4, 8, 16, 32])
+def test_patchify_matches_naive_loop_and_round_trips(p):
+    images = torch.randn(3, 3, 32, 32)
+    patches = data.patchify(images, p)
+    assert patches.shape == (3, (32 // p) ** 2, 3 * p * p)
+    assert torch.equal(patches, naive_patchify(images, p))
+    assert torch.equal(data.unpatchify(patches, p, 32, 32), images)
+
+
+def test_patchify_non_square_and_first_patch_is_top_left():
+    images = torch.arange(2 * 1 * 4 * 6).float().view(2, 1, 4, 6)
+    patches = data.patchify(images, 2)
+    assert patches.shape == (2, 6, 4)
+    assert patches[0, 0].tolist() == [0, 1, 6, 7]
+    assert patches[0, 1].tolist() == [2, 3, 8, 9]  # row-major: next patch to the right
+    assert torch.equal(data.unpatchify(patches, 2, 4, 6), images)
+
+
+@pytest.mark.parametrize("p", [0, 3, 5, 64])
+def test_patchify_rejects_sizes_that_do_not_divide(p):
+    with pytest.raises(ValueError, match="does not divide"):
+        data.patchify(torch.zeros(1, 3, 32, 32), p)
+
+
+# ---------------------------------------------------------------- loading
+
+def test_folder_source_loads_and_caches(folder_data, monkeypatch):
+    ds = data.load_split(folder_data, "train")
+    assert ds.images.shape == (120, 3, 32, 32) and ds.images.dtype == torch.uint8
+    assert ds.class_names == sorted(CLASSES)
+    assert ds.labels.bincount().tolist() == [12] * 10
+    assert data.load_split(folder_data, "test") is None
+    caches = list((folder_data / ".cache").glob("train-*.pt"))
+    assert len(caches) == 1
+    # The second load reads the cache and decodes nothing.
+    monkeypatch.setattr(data, "_decode", lambda path: pytest.fail("decoded again"))
+    again = data.load_split(folder_data, "train")
+    assert torch.equal(again.images, ds.images) and torch.equal(again.labels, ds.labels)
+
+
+def test_cache_is_rebuilt_when_files_change(folder_data):
+    data.load_split(folder_data, "train")
+    (folder_data / "train" / "cat" / "0000.png").unlink()
+    assert len(data.load_split(folder_data, "train")) == 119
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load_split(tmp_path / "nope")
+
+
+def test_empty_folder_without_network_is_a_clear_error(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to download (offline)")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(data.DataError, match="no train/<class>/ images, and CIFAR-10 could not be downloaded"):
+        data.load_split(tmp_path)
+
+
+def test_images_without_class_folders_are_a_clear_error(tmp_path):
+    (tmp_path / "train").mkdir()
+    make_folder_dataset(tmp_path / "x", per_class=1)
+    (tmp_path / "x" / "train" / "cat" / "0000.png").rename(tmp_path / "train" / "0000.png")
+    with pytest.raises(data.DataError, match="has no class folders"):
+        data.load_split(tmp_path)
+
+
+def test_empty_class_folder_is_a_clear_error(folder_data):
+    (folder_data / "train" / "zebra").mkdir()
+    with pytest.raises(data.DataError, match="zebra holds no"):
+        data.load_split(folder_data)
+
+
+def test_truncated_image_is_named_and_no_cache_is_left(tmp_path):
+    root = make_folder_dataset(tmp_path / "c", per_class=3, suffix=".jpg")
+    bad = root / "train" / "dog" / "0001.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(data.DataError, match=r"cannot read image .*dog/0001\.jpg"):
+        data.load_split(root)
+    assert not list(root.rglob("*.pt")) and not list(root.rglob("*.tmp"))
+
+
+def test_not_an_image_is_named(folder_data):
+    (folder_data / "train" / "cat" / "notes.png").write_text("not an image")
+    with pytest.raises(data.DataError, match="notes.png"):
+        data.load_split(folder_data)
+
+
+def test_mixed_image_sizes_are_named(tmp_path):
+    root = make_folder_dataset(tmp_path / "c", per_class=2)
+    from PIL import Image
+    Image.new("RGB", (40, 40)).save(root / "train" / "truck" / "0001.png")
+    with pytest.raises(data.DataError, match=r"truck/0001\.png is 40x40"):
+        data.load_split(root)
+
+
+def test_atomic_save_leaves_nothing_on_failure(tmp_path):
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        data.atomic_save({"x": Unpicklable()}, tmp_path / "out.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- figures and CLI
+
+def test_figures_are_written(tmp_path):
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    data.save_augmentation_grid(images, [0, 1, 2], CLASSES, [0.5] * 3, [0.25] * 3, tmp_path / "aug.png")
+    data.save_patch_figure(images[0], 8, tmp_path / "patches.png")
+    for name in ("aug.png", "patches.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / name).stat().st_size > 5000
+
+
+def test_cli_writes_figures(folder_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["data.py", "--data-dir", str(folder_data), "--out",
+                                     str(tmp_path / "figs"), "--val-size", "20"])
+    data.main()
+    out = capsys.readouterr().out
+    assert "100 training / 20 validation images, 10 classes" in out
+    assert (tmp_path / "figs" / "augmentations.png").exists()
+    assert (tmp_path / "figs" / "patches.png").exists()
+
+
+def test_cli_reports_bad_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["data.py", "--data-dir", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="does not exist"):
+        data.main()

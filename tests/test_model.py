@@ -1,0 +1,94 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from vit_model import ViT, count_parameters
+
+
+def test_default_model_matches_the_spec():
+    model = ViT()
+    assert count_parameters(model) == 3_195_146  # "about 3.2M"
+    assert len(model.blocks) == 6
+    block = model.blocks[0]
+    assert isinstance(block.attn, torch.nn.MultiheadAttention)
+    assert block.attn.num_heads == 8 and block.attn.embed_dim == 256
+    assert block.mlp[0].out_features == 512 and isinstance(block.mlp[1], torch.nn.GELU)
+    assert block.drop1.p == 0.2 and model.pos_drop.p == 0.2
+    assert model.pos_embed.shape == (1, 65, 256) and model.cls_token.shape == (1, 1, 256)
+
+
+@pytest.mark.parametrize("patch", [2, 4, 8, 16])
+def test_shapes_and_attention_for_several_patch_sizes(patch):
+    model = ViT(patch_size=patch, depth=2).eval()
+    x = torch.randn(3, 3, 32, 32)
+    logits, attention = model(x, return_attention=True)
+    tokens = (32 // patch) ** 2 + 1
+    assert logits.shape == (3, 10)
+    assert len(attention) == 2
+    for a in attention:
+        assert a.shape == (3, 8, tokens, tokens)
+        assert torch.allclose(a.sum(-1), torch.ones(3, 8, tokens), atol=1e-5)
+    # Asking for the weights does not change the prediction.
+    assert torch.allclose(model(x), logits, atol=1e-5)
+
+
+def test_every_size_is_an_argument():
+    model = ViT(image_size=16, patch_size=4, in_channels=1, num_classes=3, dim=32, depth=1,
+                heads=2, mlp_dim=64, dropout=0.0)
+    assert model(torch.randn(2, 1, 16, 16)).shape == (2, 3)
+    with pytest.raises(ValueError, match="does not divide"):
+        ViT(patch_size=5)
+    with pytest.raises(ValueError, match="heads"):
+        ViT(dim=30, heads=8)
+
+
+def test_init_follows_timm():
+    model = ViT()
+    w = model.blocks[0].mlp[0].weight
+    assert 0.018 < w.std() < 0.022 and abs(w.mean()) < 0.002   # trunc_normal_(std=0.02)
+    assert model.cls_token.abs().max() < 1e-4
+    assert torch.all(model.blocks[0].mlp[0].bias == 0)
+    assert torch.all(model.blocks[0].attn.in_proj_bias == 0)
+
+
+def test_dropout_only_in_training():
+    model = ViT()
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = ViT(class_names=[f"c{i}" for i in range(10)], mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.6]).eval()
+    model.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"model.safetensors", "config.json", "README.md"}
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["class_names"][3] == "c3" and config["mean"] == [0.1, 0.2, 0.3]
+    assert config["dim"] == 256 and config["patch_size"] == 4
+    loaded = ViT.from_pretrained(tmp_path).eval()
+    assert loaded.class_names == model.class_names and loaded.std == [0.4, 0.5, 0.6]
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+    assert "vit-cifar" in (tmp_path / "README.md").read_text()
+
+
+def test_loading_mismatched_weights_fails_loudly(tmp_path):
+    ViT().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["head.weight"]
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(RuntimeError, match="head.weight"):
+        ViT.from_pretrained(tmp_path)
+
+
+def test_cli_prints_layer_table():
+    out = subprocess.run([sys.executable, "vit_model.py"], capture_output=True, text=True, check=True).stdout
+    assert "MultiheadAttention" in out and "[1, 65, 256]" in out
+    assert "trainable parameters: 3,195,146" in out

@@ -1,0 +1,170 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from vit_model import ViT
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_args(data_dir, out, *extra):
+    """A quick run: a narrow two-block ViT, so that the suite stays fast on 2 cores."""
+    return ["--data-dir", str(data_dir), "--out", str(out), "--val-size", "30",
+            "--batch-size", "64", "--dim", "64", "--depth", "2", "--heads", "4",
+            "--mlp-dim", "128", "--no-progress", *extra]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_milestones_scale_with_epochs():
+    assert train.scaled_milestones(160) == [100, 150]
+    assert train.scaled_milestones(16) == [10, 15]
+    assert train.scaled_milestones(2) == [1, 2]
+
+
+def test_scheduler_follows_the_assignment():
+    args = train.parse_args(["--epochs", "160", "--lr", "1e-3"])
+    model = torch.nn.Linear(2, 2)
+    opt = train.build_optimizer(model, args, torch.device("cpu"))
+    sched = train.build_scheduler(opt, args)
+    lrs = []
+    for _ in range(160):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[99] == pytest.approx(1e-3) and lrs[100] == pytest.approx(1e-4)
+    assert lrs[149] == pytest.approx(1e-4) and lrs[150] == pytest.approx(1e-5)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.05
+
+
+def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
+    out = tmp_path / "run"
+    result = train.main(run_args(shared_folder_data, out, "--epochs", "2"))
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
+    for name in train.PLOTS:
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    last = torch.load(out / "last.pt", weights_only=True)
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert last["epoch"] == 2 and best["epoch"] == result["best_epoch"]
+    assert best["val_acc"] == pytest.approx(max(r["val_acc"] for r in rows))
+    # The test split of the folder source is evaluated.
+    assert 0 <= result["test_acc"] <= 1
+    # The export loads through the Hub mixin and predicts exactly as the best checkpoint.
+    export = out / "export"
+    assert {"model.safetensors", "config.json", "README.md", "curves.png"} <= {p.name for p in export.iterdir()}
+    loaded = ViT.from_pretrained(export).eval()
+    reference = ViT(dim=64, depth=2, heads=4, mlp_dim=128, class_names=loaded.class_names,
+                    mean=loaded.mean, std=loaded.std)
+    reference.load_state_dict(best["model"])
+    x = torch.randn(5, 3, 32, 32)
+    assert torch.equal(loaded(x), reference.eval()(x))
+    config = json.loads((export / "config.json").read_text())
+    assert config["mean"] == pytest.approx(last["mean"]) and len(config["class_names"]) == 10
+    card = (export / "README.md").read_text()
+    assert f"{100 * result['val_acc']:.2f}%" in card and "pipeline_tag: image-classification" in card
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shared_folder_data, tmp_path, monkeypatch):
+    train.main(run_args(shared_folder_data, tmp_path / "a", "--epochs", "3", "--seed", "5"))
+
+    real_write = train.write_metrics
+
+    def stop_after_first_epoch(history, path):
+        real_write(history, path)
+        if len(history) == 1:
+            raise KeyboardInterrupt  # as if killed right after the epoch's checkpoint
+
+    monkeypatch.setattr(train, "write_metrics", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(run_args(shared_folder_data, tmp_path / "b", "--epochs", "3", "--seed", "5"))
+    monkeypatch.setattr(train, "write_metrics", real_write)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
+    train.main(["--out", str(tmp_path / "b"), "--resume", "--no-progress"])
+
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(read_metrics(tmp_path / "a")) == strip(read_metrics(tmp_path / "b"))
+
+
+def test_kill_during_training_loses_at_most_the_current_epoch(shared_folder_data, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *run_args(shared_folder_data, out, "--epochs", "3")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(out / "last.pt", weights_only=True)["epoch"]
+    assert done >= 1
+    train.main(["--out", str(out), "--resume", "--no-progress"])
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
+    assert ViT.from_pretrained(out / "export") is not None
+
+
+def test_torchrun_with_two_cpu_processes(shared_folder_data, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "train.py", *run_args(shared_folder_data, out, "--epochs", "2")],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x2" in proc.stdout  # the device line names both processes
+    assert proc.stdout.count("epoch   1/2") == 1  # only rank 0 prints
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    # Both shards were seen: the train rows count every training image of the split.
+    assert ViT.from_pretrained(out / "export") is not None
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--patch-size", "5"], "--patch-size 5 does not divide"),
+    (["--batch-size", "-1"], "--batch-size must be positive"),
+    (["--heads", "5"], "--heads 5 must divide --dim 64"),
+])
+def test_bad_arguments_fail_at_once(folder_data, tmp_path, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        train.main(run_args(folder_data, tmp_path / "run", *extra))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_folder_fails_at_once(tmp_path):
+    with pytest.raises(SystemExit, match="data folder .*missing does not exist"):
+        train.main(run_args(tmp_path / "missing", tmp_path / "run"))
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="last.pt does not exist"):
+        train.main(["--out", str(tmp_path / "none"), "--resume"])
+
+
+def test_unreachable_hub_keeps_the_export(shared_folder_data, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def unreachable(self, *args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", unreachable)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match="upload to the Hub repo me/vit failed .*export in .* is intact"):
+        train.main(run_args(shared_folder_data, out, "--epochs", "1", "--push-to-hub", "me/vit"))
+    assert ViT.from_pretrained(out / "export") is not None

@@ -36,6 +36,22 @@ from vit_model import ViT, count_parameters
 ASSIGNMENT_EPOCHS = 160
 ASSIGNMENT_MILESTONES = (100, 150)
 
+# What --recipe sets. Every entry is also a flag of its own, which wins over the recipe,
+# and the resolved values are saved with the run (last.pt, results.json, model card).
+RECIPES = {
+    # The course assignment, exactly: MultiStepLR, flip + mild crop, blanket dropout 0.2.
+    "assignment": dict(epochs=ASSIGNMENT_EPOCHS, lr=5e-4, weight_decay=0.05, schedule="step",
+                       warmup_epochs=0, label_smoothing=0.0, policy="none", mixup_alpha=0.0,
+                       cutmix_alpha=0.0, dropout=0.2, attn_dropout=0.0, drop_path=0.0,
+                       decay_all=True),
+    # The same architecture trained as ViT-Lite / DeiT-style recipes train small ViTs.
+    "strong": dict(epochs=200, lr=5e-4, weight_decay=0.05, schedule="cosine",
+                   warmup_epochs=10, label_smoothing=0.1, policy="autoaugment", mixup_alpha=0.8,
+                   cutmix_alpha=1.0, dropout=0.0, attn_dropout=0.1, drop_path=0.1,
+                   decay_all=False),
+}
+POLICIES = ["none", "autoaugment", "randaugment", "trivialaugment"]
+
 
 # ---------------------------------------------------------------- arguments
 
@@ -46,11 +62,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="class-folder copy (<dir>/train/<class>/*.jpg) or a folder that "
                         "holds or receives the official CIFAR-10 download")
     p.add_argument("--out", default="runs/vit", help="run folder for checkpoints, metrics, plots, export")
-    p.add_argument("--epochs", type=int, default=ASSIGNMENT_EPOCHS,
-                   help="epochs; the LR milestones (100, 150 of 160) scale in proportion")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="assignment",
+                   help="defaults for the options below marked [recipe]: the assignment's, or "
+                        "the strong one (warmup+cosine, label smoothing, AutoAugment, "
+                        "MixUp/CutMix, drop path, no decay on norms/biases/embeddings)")
+    p.add_argument("--epochs", type=int, help="[recipe] epochs (assignment 160, strong 200); "
+                   "the step schedule's milestones (100, 150 of 160) scale in proportion")
     p.add_argument("--batch-size", type=int, default=128, help="global batch size")
-    p.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    p.add_argument("--lr", type=float, help="[recipe] AdamW peak learning rate")
+    p.add_argument("--weight-decay", type=float, help="[recipe] AdamW weight decay")
+    p.add_argument("--decay-all", action=argparse.BooleanOptionalAction,
+                   help="[recipe] weight decay on every parameter; --no-decay-all spares "
+                        "norms, biases and the position/class embeddings")
+    p.add_argument("--schedule", choices=["step", "cosine"],
+                   help="[recipe] step: x0.1 at the scaled milestones; cosine: cosine decay to 0")
+    p.add_argument("--warmup-epochs", type=float, help="[recipe] linear learning-rate warmup")
+    p.add_argument("--label-smoothing", type=float, help="[recipe] cross-entropy label smoothing")
+    p.add_argument("--policy", choices=POLICIES,
+                   help="[recipe] per-image augmentation policy before flip and crop "
+                        "(torchvision's AutoAugment with the CIFAR-10 policy, RandAugment, TrivialAugmentWide)")
+    p.add_argument("--mixup-alpha", type=float, help="[recipe] MixUp Beta(alpha, alpha); 0 disables")
+    p.add_argument("--cutmix-alpha", type=float, help="[recipe] CutMix Beta(alpha, alpha); 0 disables "
+                   "(with both on, each batch picks one at random)")
+    p.add_argument("--drop-path", type=float, help="[recipe] stochastic depth rate of the last block")
+    p.add_argument("--attn-dropout", type=float, help="[recipe] dropout on the attention weights")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="DataLoader processes for a per-image --policy (unused without one)")
     p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
     p.add_argument("--train-subset", type=int, default=0,
                    help="train on only this many images (0: all); for quick trials")
@@ -59,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=6, help="number of transformer blocks")
     p.add_argument("--heads", type=int, default=8, help="attention heads (must divide --dim)")
     p.add_argument("--mlp-dim", type=int, default=512, help="hidden width of each block's MLP")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout in embeddings, attention output and MLP")
+    p.add_argument("--dropout", type=float, help="[recipe] dropout in embeddings, attention output and MLP")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the init, shuffling and augmentation")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device name")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
@@ -71,7 +108,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="upload the export to this Hub model repo (uses your huggingface_hub login)")
     p.add_argument("--eval-batch-size", type=int, default=1000, help="batch size for evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    return p.parse_args(argv)
+    return apply_recipe(p.parse_args(argv))
+
+
+def apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the options left unset on the command line from the chosen recipe."""
+    for key, value in RECIPES[args.recipe].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -88,8 +133,12 @@ def check_args(args: argparse.Namespace) -> None:
                         "(use 1, 2, 4, 8, 16 or 32)")
     if min(args.dim, args.depth, args.heads, args.mlp_dim) <= 0 or args.dim % args.heads:
         problems.append(f"--heads {args.heads} must divide --dim {args.dim} (all sizes positive)")
-    if not 0 <= args.dropout < 1:
-        problems.append(f"--dropout must be in [0, 1), got {args.dropout}")
+    for name in ("dropout", "attn_dropout", "drop_path", "label_smoothing"):
+        if not 0 <= getattr(args, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
+    if min(args.mixup_alpha, args.cutmix_alpha, args.warmup_epochs, args.weight_decay) < 0:
+        problems.append("--mixup-alpha, --cutmix-alpha, --warmup-epochs and --weight-decay "
+                        "must not be negative")
     if args.val_size <= 0:
         problems.append(f"--val-size must be positive (validation picks the best model), got {args.val_size}")
     if not Path(args.data_dir).is_dir():
@@ -155,52 +204,142 @@ def barrier(world: int) -> None:
 def build_model(args: argparse.Namespace, class_names, mean, std) -> ViT:
     return ViT(patch_size=args.patch_size, num_classes=len(class_names), dim=args.dim,
                depth=args.depth, heads=args.heads, mlp_dim=args.mlp_dim, dropout=args.dropout,
+               attn_dropout=args.attn_dropout, drop_path=args.drop_path,
                class_names=class_names, mean=mean, std=std)
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
+    """One group with weight decay on everything, or two: matrices decayed; norms, biases
+    and the position/class embeddings not (decaying those only pulls them towards 0)."""
+    if decay_all:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    decay, keep = [], []
+    for name, param in model.named_parameters():
+        exempt = param.ndim <= 1 or name.split(".")[-1] in ("pos_embed", "cls_token")
+        (keep if exempt else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
 def build_optimizer(model: torch.nn.Module, args: argparse.Namespace, device: torch.device):
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                             fused=fused)
+    return torch.optim.AdamW(param_groups(model, args.weight_decay, args.decay_all), lr=args.lr,
+                             fused=device.type == "cuda")
 
 
-def build_scheduler(optimizer, args: argparse.Namespace):
-    """Stepped once per epoch: x0.1 at the (scaled) assignment milestones."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, scaled_milestones(args.epochs), gamma=0.1)
+def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: list[int]) -> float:
+    """Multiplier of the peak learning rate at an optimizer step."""
+    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if schedule == "step":
+        return ramp * 0.1 ** sum(step >= m for m in milestones)
+    progress = max(0.0, step - warmup) / max(1, total - warmup)
+    return ramp * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(optimizer, args: argparse.Namespace, steps_per_epoch: int):
+    """Stepped after every optimizer step. The assignment's schedule is MultiStepLR itself,
+    x0.1 at the (scaled) milestone epochs; warmup or cosine go through one LambdaLR."""
+    milestones = [m * steps_per_epoch for m in scaled_milestones(args.epochs)]
+    if args.schedule == "step" and not args.warmup_epochs:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    total = args.epochs * steps_per_epoch
+    warmup = round(args.warmup_epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, args.schedule, milestones))
+
+
+def build_policy(name: str):
+    """The per-image augmentation policy (a torchvision v2 transform on uint8), or None."""
+    from torchvision.transforms import v2
+
+    return {"none": None,
+            "autoaugment": v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+            "randaugment": v2.RandAugment(),
+            "trivialaugment": v2.TrivialAugmentWide()}[name]
+
+
+def build_mixing(args: argparse.Namespace, num_classes: int):
+    """MixUp and/or CutMix on a normalized batch (one of them per batch when both are on),
+    or None. Returns soft targets that sum to one."""
+    from torchvision.transforms import v2
+
+    choices = []
+    if args.mixup_alpha > 0:
+        choices.append(v2.MixUp(alpha=args.mixup_alpha, num_classes=num_classes))
+    if args.cutmix_alpha > 0:
+        choices.append(v2.CutMix(alpha=args.cutmix_alpha, num_classes=num_classes))
+    if not choices:
+        return None
+    return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+
+def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
+    """Optimizer steps in an epoch of n images: each process gets n // world of them."""
+    return math.ceil((n // world) / (batch_size // world))
+
+
+def epoch_batches(perm: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, batch: int,
+                  policy, workers: int, seed: int, device: torch.device):
+    """(uint8 images, labels) batches on the device, in the order of perm.
+
+    Without a policy the images already sit on the device and are indexed there. A policy
+    such as AutoAugment draws per image, so those batches come from DataLoader workers
+    that apply it to the uint8 images on the CPU (cheap at 32x32), seeded per epoch so
+    that a resumed run draws the same."""
+    if policy is None:
+        for start in range(0, len(perm), batch):
+            idx = perm[start:start + batch]
+            yield images[idx], labels[idx]
+        return
+    from torch.utils.data import DataLoader
+
+    from data import ImageTensorDataset
+
+    loader = DataLoader(ImageTensorDataset(images, labels, policy), batch_size=batch,
+                        sampler=perm.tolist(), num_workers=workers,
+                        generator=torch.Generator().manual_seed(seed),
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 # ---------------------------------------------------------------- one epoch
 
-def train_one_epoch(model, optimizer, images, labels, augment, args, state, device, bf16,
-                    rank: int, world: int, show_progress: bool) -> dict:
+def train_one_epoch(model, optimizer, scheduler, images, labels, pipeline: dict, args, state,
+                    device, bf16, rank: int, world: int, show_progress: bool) -> dict:
     """One pass over this process's shard of a fresh permutation; returns mean loss and
-    accuracy over all processes."""
+    accuracy over all processes (against the dominant label when batches are mixed)."""
     from tqdm import tqdm
 
     model.train()
     # The permutation comes from one generator shared by every process, so the shards
     # partition the data; each process then takes every world-th index.
     n = len(labels) // world * world
-    perm = torch.randperm(len(labels), generator=state["shuffle"])[:n][rank::world].to(device)
+    perm = torch.randperm(len(labels), generator=state["shuffle"])[:n][rank::world]
+    if pipeline["policy"] is None:
+        perm = perm.to(device)
     batch = args.batch_size // world
-    steps = math.ceil(len(perm) / batch)
+    batches = epoch_batches(perm, images, labels, batch, pipeline["policy"], args.workers,
+                            args.seed * 100_003 + state["epoch"] * world + rank, device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    bar = tqdm(range(steps), desc=f"epoch {state['epoch'] + 1}/{args.epochs}", unit="step",
+    steps = steps_per_epoch(len(labels), args.batch_size, world)
+    bar = tqdm(batches, total=steps, desc=f"epoch {state['epoch'] + 1}/{args.epochs}", unit="step",
                disable=not show_progress, leave=False, dynamic_ncols=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    for step in bar:
-        idx = perm[step * batch:(step + 1) * batch]
-        x = augment(images[idx], state["augment"])
-        y = labels[idx]
+    for step, (x, y) in enumerate(bar):
+        x = pipeline["augment"](x, state["augment"])
+        target = y
+        if pipeline["mixing"] is not None:
+            x, target = pipeline["mixing"](x, y)
         with autocast:
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, target, label_smoothing=args.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step()
         loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(dim=1) == y).sum()
+        dominant = target.argmax(dim=1) if target.ndim == 2 else target
+        correct += (logits.argmax(dim=1) == dominant).sum()
         if show_progress and (step % 20 == 0 or step == steps - 1):
             seen = min((step + 1) * batch, len(perm))
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
@@ -432,7 +571,9 @@ def finish(model: ViT, run_dir: Path, args, history, best, train_set, val_idx, t
     table = {"validation accuracy": f"{100 * val['acc']:.2f}% ({len(val_idx)} held-out images)",
              "best epoch": f"{best_state['epoch']} of {args.epochs}",
              "training time": f"{sum(h['seconds'] for h in history) / 60:.1f} min on {device_name(device)}"}
-    result = {"val_acc": val["acc"], "val_loss": val["loss"], "best_epoch": best_state["epoch"]}
+    result = {"val_acc": val["acc"], "val_loss": val["loss"], "best_epoch": best_state["epoch"],
+              "recipe": args.recipe,
+              "settings": {k: getattr(args, k) for k in [*RECIPES[args.recipe], "batch_size", "seed"]}}
     if test_set is not None:
         test = evaluate(model, test_set.images, test_set.labels, mean, std, args.eval_batch_size, device, bf16)
         table["test accuracy"] = f"{100 * test['acc']:.2f}% ({len(test_set)} images)"
@@ -440,14 +581,25 @@ def finish(model: ViT, run_dir: Path, args, history, best, train_set, val_idx, t
     table["per-class validation accuracy"] = ", ".join(
         f"{n} {100 * a:.1f}" for n, a in zip(names, (cm.diag().float() / cm.sum(1).clamp(min=1)).tolist()))
     summary = {"table": table, "params": count_parameters(model), "command": command_line(),
-               "recipe": f"assignment recipe: AdamW lr {args.lr}, weight decay {args.weight_decay}, "
-                         f"batch {args.batch_size}, MultiStepLR x0.1 at epochs "
-                         f"{scaled_milestones(args.epochs)} of {args.epochs}, dropout {args.dropout}",
+               "recipe": describe_recipe(args),
                "data": args.data_description}
     export_dir = export_model(model, run_dir, summary)
     result["export"] = str(export_dir)
     (run_dir / "results.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def describe_recipe(args: argparse.Namespace) -> str:
+    """The run's recipe in words, every ingredient named with its value."""
+    schedule = (f"x0.1 at epochs {scaled_milestones(args.epochs)}" if args.schedule == "step"
+                else "cosine decay")
+    return (f"{args.recipe} recipe, {args.epochs} epochs: AdamW lr {args.lr}, batch "
+            f"{args.batch_size}, weight decay {args.weight_decay} "
+            f"({'on all parameters' if args.decay_all else 'not on norms, biases, embeddings'}), "
+            f"{args.warmup_epochs:g} warmup epochs then {schedule}, label smoothing "
+            f"{args.label_smoothing}, policy {args.policy}, flip + RandomResizedCrop, MixUp "
+            f"{args.mixup_alpha}, CutMix {args.cutmix_alpha}, dropout {args.dropout}, attention "
+            f"dropout {args.attn_dropout}, drop path {args.drop_path}")
 
 
 def device_name(device: torch.device) -> str:
@@ -500,7 +652,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     random.seed(args.seed + rank)
     model = build_model(args, train_set.class_names, mean, std).to(device)
     optimizer = build_optimizer(model, args, device)
-    scheduler = build_scheduler(optimizer, args)
+    scheduler = build_scheduler(optimizer, args, steps_per_epoch(len(train_idx), args.batch_size, world))
     state = {"epoch": 0, "best_val_acc": -1.0, "best_epoch": 0, "history": [],
              "shuffle": torch.Generator().manual_seed(args.seed),
              "augment": torch.Generator(device).manual_seed(args.seed + 1000 * (rank + 1))}
@@ -518,9 +670,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.compile:
         train_model = torch.compile(train_model)
 
-    images = train_set.images[train_idx].to(device)
-    labels = train_set.labels[train_idx].to(device)
-    augment = DeviceAugment(mean, std, size=train_set.images.shape[-1])
+    pipeline = {"policy": build_policy(args.policy),
+                "augment": DeviceAugment(mean, std, size=train_set.images.shape[-1]),
+                "mixing": build_mixing(args, len(train_set.class_names))}
+    # A per-image policy runs in CPU workers, so the images stay on the CPU for them.
+    data_device = device if pipeline["policy"] is None else torch.device("cpu")
+    images = train_set.images[train_idx].to(data_device)
+    labels = train_set.labels[train_idx].to(data_device)
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"{args.data_description}; {count_parameters(model):,} parameters; "
@@ -532,10 +688,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     with sdpa_kernel(attention_kernels(device)):
         while state["epoch"] < args.epochs:
             start = time.time()
-            row = train_one_epoch(train_model, optimizer, images, labels, augment, args, state,
-                                  device, bf16, rank, world, show_progress)
             lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+            row = train_one_epoch(train_model, optimizer, scheduler, images, labels, pipeline,
+                                  args, state, device, bf16, rank, world, show_progress)
             state["epoch"] += 1
             if main_process:
                 val = evaluate(model, train_set.images[val_idx], train_set.labels[val_idx], mean,

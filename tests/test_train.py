@@ -36,15 +36,19 @@ def test_scheduler_follows_the_assignment():
     args = train.parse_args(["--epochs", "160", "--lr", "1e-3"])
     model = torch.nn.Linear(2, 2)
     opt = train.build_optimizer(model, args, torch.device("cpu"))
-    sched = train.build_scheduler(opt, args)
+    sched = train.build_scheduler(opt, args, steps_per_epoch=3)
+    assert isinstance(sched, torch.optim.lr_scheduler.MultiStepLR)
     lrs = []
-    for _ in range(160):
+    for _ in range(160 * 3):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs[99] == pytest.approx(1e-3) and lrs[100] == pytest.approx(1e-4)
-    assert lrs[149] == pytest.approx(1e-4) and lrs[150] == pytest.approx(1e-5)
-    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.05
+    epoch_lr = lrs[::3]
+    assert lrs[:300] == [pytest.approx(1e-3)] * 300  # epochs 1-100, no warmup
+    assert epoch_lr[100] == pytest.approx(1e-4) and epoch_lr[149] == pytest.approx(1e-4)
+    assert epoch_lr[150] == pytest.approx(1e-5) and epoch_lr[159] == pytest.approx(1e-5)
+    assert isinstance(opt, torch.optim.AdamW) and len(opt.param_groups) == 1
+    assert opt.param_groups[0]["weight_decay"] == 0.05
 
 
 def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
@@ -168,3 +172,113 @@ def test_unreachable_hub_keeps_the_export(shared_folder_data, tmp_path, monkeypa
     with pytest.raises(SystemExit, match="upload to the Hub repo me/vit failed .*export in .* is intact"):
         train.main(run_args(shared_folder_data, out, "--epochs", "1", "--push-to-hub", "me/vit"))
     assert ViT.from_pretrained(out / "export") is not None
+
+
+# ---------------------------------------------------------------- recipes
+
+def test_assignment_recipe_is_the_default_and_adds_nothing():
+    args = train.parse_args([])
+    assert (args.recipe, args.epochs, args.schedule, args.warmup_epochs) == ("assignment", 160, "step", 0)
+    assert train.build_policy(args.policy) is None
+    assert train.build_mixing(args, 10) is None
+    assert args.label_smoothing == 0.0 and args.decay_all
+    model = train.build_model(args, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
+    assert all(b.drop_path.p == 0 and b.attn.dropout == 0 and b.drop1.p == 0.2 for b in model.blocks)
+    assert model.pos_drop.p == 0.2 and model.blocks[0].mlp[2].p == 0.2
+
+
+def test_strong_recipe_switches_every_ingredient_on():
+    from torchvision.transforms import v2
+
+    args = train.parse_args(["--recipe", "strong"])
+    assert (args.epochs, args.schedule, args.warmup_epochs, args.label_smoothing) == (200, "cosine", 10, 0.1)
+    policy = train.build_policy(args.policy)
+    assert isinstance(policy, v2.AutoAugment) and policy.policy == v2.AutoAugmentPolicy.CIFAR10
+    mixing = train.build_mixing(args, 10)
+    assert isinstance(mixing, v2.RandomChoice)
+    assert {type(t) for t in mixing.transforms} == {v2.MixUp, v2.CutMix}
+    model = train.build_model(args, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
+    rates = [b.drop_path.p for b in model.blocks]
+    assert rates[0] == 0 and rates[-1] == pytest.approx(0.1) and rates == sorted(rates)
+    assert all(b.attn.dropout == 0.1 and b.drop1.p == 0.0 for b in model.blocks)
+
+
+def test_each_ingredient_can_be_switched_off_alone():
+    args = train.parse_args(["--recipe", "strong", "--policy", "none", "--mixup-alpha", "0",
+                             "--decay-all"])
+    assert train.build_policy(args.policy) is None
+    assert type(train.build_mixing(args, 10)).__name__ == "CutMix"
+    assert args.decay_all and args.label_smoothing == 0.1 and args.drop_path == 0.1
+    with pytest.raises(SystemExit, match="--label-smoothing must be in"):
+        train.check_args(train.parse_args(["--label-smoothing", "1.5"]))
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings():
+    from vit_model import ViT
+
+    model = ViT(depth=2)
+    decay, keep = train.param_groups(model, 0.05, decay_all=False)
+    assert decay["weight_decay"] == 0.05 and keep["weight_decay"] == 0.0
+    kept = {id(p) for p in keep["params"]}
+    for name, p in model.named_parameters():
+        exempt = ("bias" in name or "norm" in name or name in ("pos_embed", "cls_token"))
+        assert (id(p) in kept) == exempt, name
+    assert len(train.param_groups(model, 0.05, decay_all=True)) == 1
+
+
+def test_warmup_cosine_learning_rate_at_chosen_steps():
+    args = train.parse_args(["--recipe", "strong", "--lr", "1e-3"])  # 200 epochs, 10 warmup
+    opt = train.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+    sched = train.build_scheduler(opt, args, steps_per_epoch=10)
+    lrs = []
+    for _ in range(2000):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-5)             # first warmup step: 1/100 of the peak
+    assert lrs[49] == pytest.approx(0.5e-3)          # halfway through warmup
+    assert lrs[99] == pytest.approx(1e-3)            # end of warmup: the peak
+    assert lrs[100 + 950] == pytest.approx(0.5e-3)   # half of the cosine
+    assert lrs[-1] < 1e-8 and lrs == lrs[:100] + sorted(lrs[100:], reverse=True)
+
+
+def test_mixup_cutmix_targets_sum_to_one():
+    args = train.parse_args(["--recipe", "strong"])
+    mixing = train.build_mixing(args, 10)
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 32, 32)
+    y = torch.arange(32) % 10
+    mixed, target = mixing(x, y)
+    assert target.shape == (32, 10)
+    assert torch.allclose(target.sum(1), torch.ones(32))
+    assert (target > 0).sum(1).max() == 2 and not torch.equal(mixed, x)
+
+
+def test_policy_draws_per_image_in_workers():
+    images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).expand(64, -1, -1, -1).contiguous()
+    labels = torch.zeros(64, dtype=torch.long)
+    policy = train.build_policy("autoaugment")
+    (x, y), = list(train.epoch_batches(torch.arange(64), images, labels, 64, policy, 2, 0,
+                                       torch.device("cpu")))
+    assert x.dtype == torch.uint8 and x.shape == (64, 3, 32, 32)
+    assert len({bytes(img.numpy()) for img in x}) > 20  # one draw per image, not per batch
+    (again, _), = list(train.epoch_batches(torch.arange(64), images, labels, 64, policy, 2, 0,
+                                           torch.device("cpu")))
+    assert torch.equal(x, again)  # seeded: a resumed epoch draws the same
+
+
+def test_strong_recipe_trains_end_to_end(shared_folder_data, tmp_path, monkeypatch):
+    seen = []
+    real_ce = train.F.cross_entropy
+
+    def recording_ce(logits, target, **kwargs):
+        seen.append((target.shape, kwargs.get("label_smoothing")))
+        return real_ce(logits, target, **kwargs)
+
+    monkeypatch.setattr(train.F, "cross_entropy", recording_ce)
+    result = train.main(run_args(shared_folder_data, tmp_path / "run", "--recipe", "strong",
+                                 "--epochs", "2", "--warmup-epochs", "1", "--workers", "2"))
+    training_calls = [s for s in seen if s[1] == 0.1]
+    assert training_calls and all(shape[1:] == (10,) for shape, _ in training_calls)  # soft targets
+    assert result["recipe"] == "strong" and result["settings"]["policy"] == "autoaugment"
+    assert "strong recipe, 2 epochs" in (tmp_path / "run" / "export" / "README.md").read_text()

@@ -348,33 +348,41 @@ def save_augmentation_grid(images: torch.Tensor, labels, class_names, mean, std,
     save_figure(fig, path)
 
 
+def patch_grid(image: torch.Tensor, patch_size: int, gap: int = 1, fill: float = 1.0) -> torch.Tensor:
+    """A (C, H, W) image redrawn with `gap` pixels of `fill` between its patches."""
+    c, h, w = image.shape
+    patches = patchify(image[None], patch_size)[0].view(h // patch_size, w // patch_size, c,
+                                                        patch_size, patch_size)
+    step = patch_size + gap
+    out = torch.full((c, h // patch_size * step - gap, w // patch_size * step - gap), fill,
+                     dtype=image.dtype)
+    for i in range(h // patch_size):  # a display helper: at most 32x32 patches
+        for j in range(w // patch_size):
+            out[:, i * step:i * step + patch_size, j * step:j * step + patch_size] = patches[i, j]
+    return out
+
+
 def save_patch_figure(image: torch.Tensor, patch_size: int, path: str | os.PathLike) -> None:
-    """One uint8 image, then its patches laid out with gaps, then the token sequence."""
+    """One uint8 image, its patches laid out with gaps, and the token matrix the model
+    reads: one row per patch, C*P*P values each."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    c, h, w = image.shape
-    patches = patchify(image[None].float() / 255, patch_size)[0]
-    grid_h, grid_w = h // patch_size, w // patch_size
-    fig = plt.figure(figsize=(12, 4.2))
-    top = fig.add_gridspec(2, 3, height_ratios=[4, 1], width_ratios=[1, 1, 0.01])
-    ax = fig.add_subplot(top[0, 0])
-    ax.imshow(image.permute(1, 2, 0).numpy())
-    ax.set_title(f"image {w}x{h}"), ax.axis("off")
-    cells = top[0, 1].subgridspec(grid_h, grid_w, wspace=0.08, hspace=0.08)
-    for k, patch in enumerate(patches):
-        sub = fig.add_subplot(cells[k // grid_w, k % grid_w])
-        sub.imshow(patch.view(c, patch_size, patch_size).permute(1, 2, 0).numpy())
-        sub.axis("off")
-    fig.text(0.55, 0.93, f"{len(patches)} patches of {patch_size}x{patch_size}", ha="center")
-    seq = fig.add_subplot(top[1, :])
-    strip = patches.view(-1, c, patch_size, patch_size).permute(2, 0, 3, 1).reshape(
-        patch_size, -1, c)
-    seq.imshow(strip.numpy(), aspect="auto")
-    seq.set_title(f"token sequence the model reads ({len(patches)} tokens of "
-                  f"{c}x{patch_size}x{patch_size} = {patches.shape[1]} values)", fontsize=9)
-    seq.axis("off")
+    x = image.float() / 255
+    tokens = patchify(x[None], patch_size)[0]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), width_ratios=[1, 1, 1.1])
+    axes[0].imshow(x.permute(1, 2, 0).numpy())
+    axes[0].set_title(f"image {x.shape[2]}x{x.shape[1]}")
+    axes[1].imshow(patch_grid(x, patch_size, gap=max(1, patch_size // 4)).permute(1, 2, 0).numpy())
+    axes[1].set_title(f"{len(tokens)} patches of {patch_size}x{patch_size}, row by row")
+    axes[2].imshow(tokens.numpy(), aspect="auto", cmap="gray", interpolation="nearest")
+    axes[2].set_title(f"token sequence: {len(tokens)} tokens x {tokens.shape[1]} values", fontsize=10)
+    axes[2].set_xlabel("value (channel, row, column within the patch)")
+    axes[2].set_ylabel("token (patch index)")
+    for ax in axes[:2]:
+        ax.axis("off")
+    fig.tight_layout()
     save_figure(fig, path)
 
 

@@ -258,3 +258,12 @@ def test_cli_reports_bad_folder(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["data.py", "--data-dir", str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="does not exist"):
         data.main()
+
+
+def test_patch_grid_puts_gaps_between_patches():
+    image = torch.arange(2 * 8 * 8).float().view(2, 8, 8)
+    grid = data.patch_grid(image, 4, gap=2, fill=-1)
+    assert grid.shape == (2, 10, 10)
+    assert torch.equal(grid[:, :4, :4], image[:, :4, :4])
+    assert torch.equal(grid[:, 6:, 6:], image[:, 4:, 4:])
+    assert (grid[:, 4:6, :] == -1).all() and (grid[:, :, 4:6] == -1).all()

@@ -1,9 +1,47 @@
-"""Shared fixtures: the app served from this process, with the bundled weights."""
+"""Shared fixtures: small class-folder datasets that the tests make themselves, and the app
+served from this process with the bundled weights."""
 
 import socket
+from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck"]
+
+
+def make_folder_dataset(root: Path, per_class: int = 12, size: int = 32, seed: int = 0,
+                        splits=("train",), suffix: str = ".png") -> Path:
+    """<root>/<split>/<class>/NNNN.png with images whose mean colour depends on the class,
+    so that even a couple of epochs learn something."""
+    g = torch.Generator().manual_seed(seed)
+    for split in splits:
+        for k, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            base = torch.tensor([(37 * k) % 256, (91 * k) % 256, (151 * k) % 256])
+            for i in range(per_class):
+                noise = torch.randint(-40, 41, (size, size, 3), generator=g)
+                pixels = (base + noise).clamp(0, 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{i:04d}{suffix}")
+    return root
+
+
+@pytest.fixture
+def folder_data(tmp_path: Path) -> Path:
+    return make_folder_dataset(tmp_path / "cifar")
+
+
+@pytest.fixture(scope="session")
+def shared_folder_data(tmp_path_factory) -> Path:
+    """One read-only dataset with train and test splits for the slower training tests."""
+    return make_folder_dataset(tmp_path_factory.mktemp("data") / "cifar", per_class=16,
+                               splits=("train", "test"))
+
+
+# ---------------------------------------------------------------- the app
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -1,0 +1,65 @@
+"""bench.py: the naive baseline computes what the project computes, and a tiny run
+yields a complete, sane result. No timing is asserted: machines are noisy."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import bench
+from data import patchify
+from vit_model import ViT, count_parameters
+
+
+@pytest.mark.parametrize("patch_size", [1, 4, 8])
+def test_naive_patchify_equals_data_patchify(patch_size):
+    images = torch.randn(3, 3, 32, 32)
+    assert torch.equal(bench.naive_patchify(images, patch_size), patchify(images, patch_size))
+
+
+def test_naive_vit_matches_project_vit():
+    project = ViT().eval()
+    naive = bench.NaiveViT().eval()
+    naive.load_state_dict(project.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(naive(x), project(x))
+
+
+def test_timm_vit_has_the_project_size():
+    project = ViT()
+    assert count_parameters(bench.timm_vit(project, 0.2)) == count_parameters(project)
+
+
+def test_flop_count_matches_the_formula():
+    """FlopCounterMode sees every matmul, attention included: compare with the count
+    by hand for 64 patches + class token, width 256, MLP 512, 6 blocks."""
+    tokens, dim, mlp, depth = 65, 256, 512, 6
+    per_block = 2 * tokens * dim * (3 * dim + dim + 2 * mlp) + 2 * 2 * tokens * tokens * dim
+    expected = 2 * 64 * 48 * dim + depth * per_block + 2 * dim * 10
+    assert bench.forward_flops(ViT(), 32, torch.device("cpu")) == expected
+
+
+def test_tiny_run_writes_complete_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench.main(["--device", "cpu", "--threads", "1", "--batch-size", "4", "--steps", "2",
+                "--warmup", "1", "--repeats", "1", "--infer-batch", "4", "--infer-reps", "1",
+                "--latency-reps", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result) == {"project", "timm", "naive", "setup"}
+    for name in bench.CONTENDERS:
+        entry = result[name]
+        for key in ("train_img_per_s", "train_ms_per_step", "infer_ms_per_img", "infer_ms_batch1",
+                    "gflops_per_img_forward", "train_tflops", "train_speed_vs_project"):
+            assert math.isfinite(entry[key]) and entry[key] > 0, (name, key, entry[key])
+        assert entry["params"] == 3_195_146
+    assert result["project"]["train_speed_vs_project"] == 1.0
+    assert result["naive"]["bf16"] is False
+    printed = capsys.readouterr().out
+    assert "timm: training" in printed and "naive: training" in printed
+
+
+def test_bad_settings_fail_with_one_message():
+    with pytest.raises(SystemExit, match="--warmup"):
+        bench.main(["--steps", "2", "--warmup", "3"])

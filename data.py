@@ -259,6 +259,9 @@ class DeviceAugment:
         self.size, self.flip_p, self.scale, self.ratio = size, flip_p, scale, ratio
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.mean.device != images.device:
+            # Once, not per batch: a host-to-device copy would stall the step on a GPU.
+            self.mean, self.std = self.mean.to(images.device), self.std.to(images.device)
         n, _, height, width = images.shape
         top, left, h, w = random_resized_crop_boxes(n, height, width, generator, self.scale, self.ratio)
         xs = _source_coords(left, w, self.size)
@@ -271,19 +274,14 @@ class DeviceAugment:
             ((2 * ys + 1) / height - 1)[:, :, None].expand(n, self.size, self.size),
         ], dim=-1)
         x = F.grid_sample(images.float(), grid, mode="bilinear", align_corners=False)
-        return normalize(x / 255, self.mean, self.std)
-
-
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(x - mean) / std with per-channel (1, C, 1, 1) statistics moved to x's device."""
-    return (x - mean.to(x.device)) / std.to(x.device)
+        return (x / 255 - self.mean) / self.std
 
 
 def to_normalized(images: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 batch -> normalized float batch, without augmentation."""
-    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return normalize(images.float() / 255, mean, std)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean) / std
 
 
 def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:

@@ -553,7 +553,7 @@ def write_metrics(history: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def finish(model: ViT, run_dir: Path, args, history, best, train_set, val_idx, test_set,
+def finish(model: ViT, run_dir: Path, args, history, train_set, val_idx, test_set,
            mean, std, device, bf16) -> dict:
     """Plots, final evaluation of the best model, export; returns the summary."""
     best_state = load_checkpoint(run_dir / "best.pt")
@@ -719,7 +719,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
         result = None
         if main_process:
-            result = finish(model, run_dir, args, state["history"], state, train_set, val_idx,
+            result = finish(model, run_dir, args, state["history"], train_set, val_idx,
                             test_set, mean, std, device, bf16)
             print(f"best validation accuracy {100 * result['val_acc']:.2f}% at epoch "
                   f"{result['best_epoch']}; export in {result['export']}", flush=True)

@@ -23,7 +23,7 @@ import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from data import denormalize, patchify, to_normalized, train_transform
+from data import denormalize, patchify, tile_patches, to_normalized, train_transform
 from rollout import HEAD_FUSIONS, block_attention_map, model_rollout, overlay_heatmap, scale_to_unit
 from vit_model import ViT
 
@@ -231,18 +231,12 @@ def augmented_views(image: torch.Tensor, count: int, seed: int, mean, std) -> li
         return [denormalize(transform(image), mean, std) for _ in range(count)]
 
 
-def tile_patches(patches: torch.Tensor, columns: int, cell: int, gap: int) -> np.ndarray:
-    """(N, 3, p, p) uint8 patches in rows of `columns`, each enlarged to cell x cell
-    pixels, `gap` white pixels apart; returns (H, W, 3) uint8."""
-    n, _, p, _ = patches.shape
-    rows = -(-n // columns)
-    step = cell + gap
-    canvas = np.full((rows * step - gap, min(n, columns) * step - gap, 3), 255, dtype=np.uint8)
-    big = patches.repeat_interleave(cell // p, 2).repeat_interleave(cell // p, 3)
-    for k, patch in enumerate(big.permute(0, 2, 3, 1).numpy()):
-        r, c = divmod(k, columns)
-        canvas[r * step:r * step + cell, c * step:c * step + cell] = patch
-    return canvas
+def tile_enlarged(patches: torch.Tensor, columns: int, cell: int, gap: int) -> np.ndarray:
+    """(N, 3, p, p) uint8 patches, each enlarged to cell x cell pixels, tiled in rows of
+    `columns` with `gap` white pixels between them; returns (H, W, 3) uint8."""
+    scale = cell // patches.shape[-1]
+    big = patches.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    return tile_patches(big, columns, gap, fill=255).permute(1, 2, 0).numpy()
 
 
 def patch_views(image: torch.Tensor, patch_size: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -254,12 +248,12 @@ def patch_views(image: torch.Tensor, patch_size: int) -> tuple[np.ndarray, np.nd
     patches = patchify(image[None], patch_size)[0].view(-1, 3, patch_size, patch_size)
     n = len(patches)
     scale = DISPLAY_SIZE // size
-    grid = tile_patches(patches, size // patch_size, patch_size * scale, 4)
+    grid = tile_enlarged(patches, size // patch_size, patch_size * scale, 4)
     # The sequence wraps like text, four times wider than tall (so it cannot be mistaken
     # for the grid) and about 770 pixels wide, whatever the patch size.
     columns = min(n, 2 * math.isqrt(n))
     cell = patch_size * min(scale, max(1, (770 // columns - 2) // patch_size))
-    sequence = tile_patches(patches, columns, cell, 2)
+    sequence = tile_enlarged(patches, columns, cell, 2)
     caption = (f"**{n} patches of {patch_size}x{patch_size}** ({size // patch_size} x "
                f"{size // patch_size}). The model reads them left to right, top to bottom, "
                f"each flattened to 3x{patch_size}x{patch_size} = {3 * patch_size ** 2} numbers "

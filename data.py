@@ -346,17 +346,15 @@ def save_augmentation_grid(images: torch.Tensor, labels, class_names, mean, std,
     save_figure(fig, path)
 
 
-def patch_grid(image: torch.Tensor, patch_size: int, gap: int = 1, fill: float = 1.0) -> torch.Tensor:
-    """A (C, H, W) image redrawn with `gap` pixels of `fill` between its patches."""
-    c, h, w = image.shape
-    patches = patchify(image[None], patch_size)[0].view(h // patch_size, w // patch_size, c,
-                                                        patch_size, patch_size)
-    step = patch_size + gap
-    out = torch.full((c, h // patch_size * step - gap, w // patch_size * step - gap), fill,
-                     dtype=image.dtype)
-    for i in range(h // patch_size):  # a display helper: at most 32x32 patches
-        for j in range(w // patch_size):
-            out[:, i * step:i * step + patch_size, j * step:j * step + patch_size] = patches[i, j]
+def tile_patches(patches: torch.Tensor, columns: int, gap: int = 1, fill: float = 1.0) -> torch.Tensor:
+    """(N, C, p, p) patches laid out in rows of `columns`, `gap` pixels of `fill` apart:
+    a (C, H, W) picture, for the patch figure and the app's patch tab."""
+    n, c, p, _ = patches.shape
+    rows, step = -(-n // columns), p + gap
+    out = torch.full((c, rows * step - gap, min(n, columns) * step - gap), fill, dtype=patches.dtype)
+    for k, patch in enumerate(patches):  # a display helper: at most 1024 patches
+        r, col = divmod(k, columns)
+        out[:, r * step:r * step + p, col * step:col * step + p] = patch
     return out
 
 
@@ -372,7 +370,9 @@ def save_patch_figure(image: torch.Tensor, patch_size: int, path: str | os.PathL
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), width_ratios=[1, 1, 1.1])
     axes[0].imshow(x.permute(1, 2, 0).numpy())
     axes[0].set_title(f"image {x.shape[2]}x{x.shape[1]}")
-    axes[1].imshow(patch_grid(x, patch_size, gap=max(1, patch_size // 4)).permute(1, 2, 0).numpy())
+    grid = tile_patches(tokens.view(-1, x.shape[0], patch_size, patch_size),
+                        x.shape[2] // patch_size, gap=max(1, patch_size // 4))
+    axes[1].imshow(grid.permute(1, 2, 0).numpy())
     axes[1].set_title(f"{len(tokens)} patches of {patch_size}x{patch_size}, row by row")
     axes[2].imshow(tokens.numpy(), aspect="auto", cmap="gray", interpolation="nearest")
     axes[2].set_title(f"token sequence: {len(tokens)} tokens x {tokens.shape[1]} values", fontsize=10)

@@ -259,10 +259,13 @@ def test_cli_reports_bad_folder(tmp_path, monkeypatch):
         data.main()
 
 
-def test_patch_grid_puts_gaps_between_patches():
+def test_tile_patches_puts_gaps_between_patches():
     image = torch.arange(2 * 8 * 8).float().view(2, 8, 8)
-    grid = data.patch_grid(image, 4, gap=2, fill=-1)
+    patches = data.patchify(image[None], 4)[0].view(4, 2, 4, 4)
+    grid = data.tile_patches(patches, columns=2, gap=2, fill=-1)
     assert grid.shape == (2, 10, 10)
     assert torch.equal(grid[:, :4, :4], image[:, :4, :4])
     assert torch.equal(grid[:, 6:, 6:], image[:, 4:, 4:])
     assert (grid[:, 4:6, :] == -1).all() and (grid[:, :, 4:6] == -1).all()
+    wrapped = data.tile_patches(patches[:3], columns=2, gap=1, fill=0)
+    assert wrapped.shape == (2, 9, 9) and (wrapped[:, 5:, 5:] == 0).all()  # last row half full

@@ -214,7 +214,11 @@ def enlarge(image: torch.Tensor, size: int = DISPLAY_SIZE) -> np.ndarray:
 def classify(model: ViT, image: torch.Tensor) -> dict[str, float]:
     """Class probabilities for a uint8 (3, 32, 32) image, normalized with the mean/std
     stored in the model's config."""
-    probs = model.predict_proba(to_normalized(image[None], model.mean, model.std))[0]
+    return label_dict(model, model.predict_proba(to_normalized(image[None], model.mean, model.std))[0])
+
+
+def label_dict(model: ViT, probs: torch.Tensor) -> dict[str, float]:
+    """{class name: probability}, what gr.Label shows."""
     return {name: float(p) for name, p in zip(model.class_names, probs)}
 
 
@@ -272,11 +276,15 @@ def predict(model: ViT | None, image: str | None) -> dict[str, float]:
 
 def augment(mean, std, image: str | None, count: int, seed: int | None) -> list[tuple[np.ndarray, str]]:
     """/augment: the image at 32x32, then `count` augmented versions."""
+    return augment_gallery(mean, std, load_photo(image), count, seed)
+
+
+def augment_gallery(mean, std, small: torch.Tensor, count: int, seed: int | None):
+    """The gallery of /augment for an already decoded 32x32 image."""
     if not 1 <= count <= 32:
         raise user_error(f"Ask for 1 to 32 augmented versions, not {count}.")
     if seed is None:
         raise user_error("Enter a seed: any whole number from 0 up gives repeatable draws.")
-    small = load_photo(image)
     views = augmented_views(small, int(count), int(seed), mean, std)
     return [(enlarge(small, 128), f"input, {IMAGE_SIZE}x{IMAGE_SIZE}")] + \
         [(enlarge(v, 128), f"augmented {i + 1}") for i, v in enumerate(views)]
@@ -297,6 +305,14 @@ def rollout(model: ViT | None, image: str | None, head_fusion: str, discard_rati
     """/rollout: the rollout heatmap over the image, each block's raw attention for one
     head (or the heads fused), and the prediction it explains."""
     model = _require(model)
+    return explain(model, load_photo(image, model.image_size), head_fusion, discard_ratio,
+                   block_head)[1:]
+
+
+def explain(model: ViT, small: torch.Tensor, head_fusion: str, discard_ratio: float,
+            block_head: str) -> tuple[dict[str, float], np.ndarray, list[tuple[np.ndarray, str]], str]:
+    """One forward pass with attention for a decoded image: the class probabilities,
+    and what /rollout shows (heatmap, block-by-block maps, caption)."""
     if head_fusion not in HEAD_FUSIONS:
         raise user_error(f"Head fusion must be one of {', '.join(HEAD_FUSIONS)}.")
     if not 0 <= discard_ratio < 1:
@@ -305,7 +321,6 @@ def rollout(model: ViT | None, image: str | None, head_fusion: str, discard_rati
     head = _head_value(block_head)
     if isinstance(head, int) and not 0 <= head < heads:
         raise user_error(f"The model has heads 1 to {heads}, not {block_head!r}.")
-    small = load_photo(image, model.image_size)
     x = to_normalized(small[None], model.mean, model.std)
     logits, maps, attentions = model_rollout(model, x, head_fusion, discard_ratio)
     blocks = [(overlay_heatmap(small, scale_to_unit(block_attention_map(attentions, b, head))[0]),
@@ -314,7 +329,7 @@ def rollout(model: ViT | None, image: str | None, head_fusion: str, discard_rati
     best = int(probs.argmax())
     summary = (f"Explaining the prediction **{model.class_names[best]}** "
                f"({100 * float(probs[best]):.1f}%).")
-    return overlay_heatmap(small, scale_to_unit(maps)[0]), blocks, summary
+    return label_dict(model, probs), overlay_heatmap(small, scale_to_unit(maps)[0]), blocks, summary
 
 
 # ---------------------------------------------------------------- the page
@@ -400,9 +415,12 @@ def build_demo(model: ViT | None, status: str) -> gr.Blocks:
         def refresh(path, count_, seed_, patch_, fusion_, discard_, head_):
             if path is None:
                 return [None] * len(all_outputs)
+            # Decoded once, and one forward pass serves both the prediction and the rollout.
+            small = load_photo(path)
             model_outputs = [None, None, None, None] if model is None else \
-                [predict(model, path), *rollout(model, path, fusion_, discard_, head_)]
-            return [augment(mean, std, path, count_, seed_), *patches(path, patch_), *model_outputs]
+                list(explain(model, small, fusion_, discard_, head_))
+            return [augment_gallery(mean, std, small, count_, seed_),
+                    *patch_views(small, int(patch_)), *model_outputs]
 
         image.change(refresh, all_inputs, all_outputs, api_visibility="private")
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)

@@ -553,22 +553,21 @@ def write_metrics(history: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def finish(model: ViT, run_dir: Path, args, history, train_set, val_idx, test_set,
-           mean, std, device, bf16) -> dict:
+def finish(model: ViT, run_dir: Path, args, history, names, val_images, val_labels,
+           test_set, mean, std, device, bf16) -> dict:
     """Plots, final evaluation of the best model, export; returns the summary."""
     best_state = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best_state["model"])
-    names = train_set.class_names
-    val_images, val_labels = train_set.images[val_idx], train_set.labels[val_idx]
     val = evaluate(model, val_images, val_labels, mean, std, args.eval_batch_size, device, bf16)
     save_curves(history, run_dir / "curves.png")
+    val_labels = val_labels.cpu()
     cm = confusion_matrix(val_labels, val["preds"], len(names))
     title = f"validation, best epoch {best_state['epoch']} ({100 * val['acc']:.2f}%)"
     save_confusion_matrix(cm, names, run_dir / "confusion_matrix.png", title)
     save_per_class_accuracy(cm, names, run_dir / "per_class_accuracy.png", title)
-    save_prediction_grid(val_images[:32], val_labels[:32], val["preds"][:32], names,
+    save_prediction_grid(val_images[:32].cpu(), val_labels[:32], val["preds"][:32], names,
                          run_dir / "predictions.png")
-    table = {"validation accuracy": f"{100 * val['acc']:.2f}% ({len(val_idx)} held-out images)",
+    table = {"validation accuracy": f"{100 * val['acc']:.2f}% ({len(val_labels)} held-out images)",
              "best epoch": f"{best_state['epoch']} of {args.epochs}",
              "training time": f"{sum(h['seconds'] for h in history) / 60:.1f} min on {device_name(device)}"}
     result = {"val_acc": val["acc"], "val_loss": val["loss"], "best_epoch": best_state["epoch"],
@@ -680,6 +679,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     data_device = device if pipeline["policy"] is None else torch.device("cpu")
     images = train_set.images[train_idx].to(data_device)
     labels = train_set.labels[train_idx].to(data_device)
+    # Moved to the device once, not indexed and copied again for every evaluation.
+    val_images, val_labels = train_set.images[val_idx].to(device), train_set.labels[val_idx]
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"{args.data_description}; {count_parameters(model):,} parameters; "
@@ -696,8 +697,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                                   args, state, device, bf16, rank, world, show_progress)
             state["epoch"] += 1
             if main_process:
-                val = evaluate(model, train_set.images[val_idx], train_set.labels[val_idx], mean,
-                               std, args.eval_batch_size, device, bf16)
+                val = evaluate(model, val_images, val_labels, mean, std, args.eval_batch_size,
+                               device, bf16)
                 row = {"epoch": state["epoch"], "lr": lr, **row, "val_loss": val["loss"],
                        "val_acc": val["acc"], "seconds": time.time() - start}
                 state["history"].append(row)
@@ -719,8 +720,8 @@ def main(argv: list[str] | None = None) -> dict | None:
 
         result = None
         if main_process:
-            result = finish(model, run_dir, args, state["history"], train_set, val_idx,
-                            test_set, mean, std, device, bf16)
+            result = finish(model, run_dir, args, state["history"], train_set.class_names,
+                            val_images, val_labels, test_set, mean, std, device, bf16)
             print(f"best validation accuracy {100 * result['val_acc']:.2f}% at epoch "
                   f"{result['best_epoch']}; export in {result['export']}", flush=True)
     if world > 1:

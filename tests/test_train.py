@@ -135,7 +135,6 @@ def test_torchrun_with_two_cpu_processes(shared_folder_data, tmp_path):
     assert proc.stdout.count("epoch   1/2") == 1  # only rank 0 prints
     rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
-    # Both shards were seen: the train rows count every training image of the split.
     assert ViT.from_pretrained(out / "export") is not None
 
 

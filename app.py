@@ -23,9 +23,9 @@ import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from data import denormalize, patchify, tile_patches, to_normalized, train_transform
+from data import denormalize, tile_patches, to_normalized, train_transform
 from rollout import HEAD_FUSIONS, block_attention_map, model_rollout, overlay_heatmap, scale_to_unit
-from vit_model import ViT
+from vit_model import ViT, patchify
 
 HERE = Path(__file__).resolve().parent
 BUNDLED_WEIGHTS = HERE / "weights"

@@ -43,9 +43,9 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 import train
-from data import (CIFAR10_CLASSES, CROP_RATIO, CROP_SCALE, DataError, DeviceAugment,
-                  ImageTensorDataset, channel_stats, load_split, train_transform)
-from vit_model import ViT, count_parameters
+from data import (CROP_RATIO, CROP_SCALE, DataError, DeviceAugment, ImageTensorDataset,
+                  channel_stats, load_split, train_transform)
+from vit_model import CIFAR10_CLASSES, ViT, count_parameters
 
 CONTENDERS = ("project", "timm", "naive")
 

@@ -17,7 +17,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
-from data import CIFAR10_CLASSES, patchify
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C*P*P): non-overlapping P x P patches in row-major order,
+    each flattened channel first, then row, then column."""
+    b, c, h, w = images.shape
+    p = patch_size
+    if p <= 0 or h % p or w % p:
+        raise ValueError(f"patch size {p} does not divide the image size {h}x{w}")
+    x = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of patchify: (B, N, C*P*P) -> (B, C, H, W)."""
+    b, n, d = patches.shape
+    p = patch_size
+    if p <= 0 or height % p or width % p or n != (height // p) * (width // p) or d % (p * p):
+        raise ValueError(f"{n} patches of {d} values do not tile a {height}x{width} image "
+                         f"with patch size {p}")
+    c = d // (p * p)
+    x = patches.reshape(b, height // p, width // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, height, width)
+
+
 
 
 class DropPath(nn.Module):

@@ -11,7 +11,8 @@ import torch
 from PIL import Image, ImageFile
 
 import app
-from data import denormalize, patchify, train_transform
+from data import denormalize, train_transform
+from vit_model import patchify
 
 EXAMPLE = app.EXAMPLES_DIR / "cat_0003.jpg"
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import bench
-from data import patchify
-from vit_model import ViT, count_parameters
+from vit_model import ViT, count_parameters, patchify
 
 
 @pytest.mark.parametrize("patch_size", [1, 4, 8])

@@ -5,6 +5,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import v2
 
 import data
+import vit_model
 from conftest import CLASSES, make_folder_dataset
 
 
@@ -110,41 +111,6 @@ def test_device_augment_draws_differ_per_image_and_normalize():
     assert out.shape == (64, 3, 32, 32) and out.dtype == torch.float32
     assert len({tuple(o.flatten()[:50].tolist()) for o in out}) > 32
     assert out.min() >= -2 - 1e-5 and out.max() <= 2 + 1e-5
-
-
-# ---------------------------------------------------------------- patches
-
-def naive_patchify(images, p):
-    b, c, h, w = images.shape
-    rows = []
-    for i in range(h // p):
-        for j in range(w // p):
-            rows.append(images[:, :, i * p:(i + 1) * p, j * p:(j + 1) * p].reshape(b, -1))
-    return torch.stack(rows, dim=1)
-
-
-@pytest.mark.parametrize("p", [1, 2, 4, 8, 16, 32])
-def test_patchify_matches_naive_loop_and_round_trips(p):
-    images = torch.randn(3, 3, 32, 32)
-    patches = data.patchify(images, p)
-    assert patches.shape == (3, (32 // p) ** 2, 3 * p * p)
-    assert torch.equal(patches, naive_patchify(images, p))
-    assert torch.equal(data.unpatchify(patches, p, 32, 32), images)
-
-
-def test_patchify_non_square_and_first_patch_is_top_left():
-    images = torch.arange(2 * 1 * 4 * 6).float().view(2, 1, 4, 6)
-    patches = data.patchify(images, 2)
-    assert patches.shape == (2, 6, 4)
-    assert patches[0, 0].tolist() == [0, 1, 6, 7]
-    assert patches[0, 1].tolist() == [2, 3, 8, 9]  # row-major: next patch to the right
-    assert torch.equal(data.unpatchify(patches, 2, 4, 6), images)
-
-
-@pytest.mark.parametrize("p", [0, 3, 5, 64])
-def test_patchify_rejects_sizes_that_do_not_divide(p):
-    with pytest.raises(ValueError, match="does not divide"):
-        data.patchify(torch.zeros(1, 3, 32, 32), p)
 
 
 # ---------------------------------------------------------------- loading
@@ -261,7 +227,7 @@ def test_cli_reports_bad_folder(tmp_path, monkeypatch):
 
 def test_tile_patches_puts_gaps_between_patches():
     image = torch.arange(2 * 8 * 8).float().view(2, 8, 8)
-    patches = data.patchify(image[None], 4)[0].view(4, 2, 4, 4)
+    patches = vit_model.patchify(image[None], 4)[0].view(4, 2, 4, 4)
     grid = data.tile_patches(patches, columns=2, gap=2, fill=-1)
     assert grid.shape == (2, 10, 10)
     assert torch.equal(grid[:, :4, :4], image[:, :4, :4])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vit_model import ViT, count_parameters
+from vit_model import ViT, count_parameters, patchify, unpatchify
 
 
 def test_default_model_matches_the_spec():
@@ -92,3 +92,40 @@ def test_cli_prints_layer_table():
     out = subprocess.run([sys.executable, "vit_model.py"], capture_output=True, text=True, check=True).stdout
     assert "MultiheadAttention" in out and "[1, 65, 256]" in out
     assert "trainable parameters: 3,195,146" in out
+
+
+# ---------------------------------------------------------------- patches
+
+# ---------------------------------------------------------------- patches
+
+def naive_patchify(images, p):
+    b, c, h, w = images.shape
+    rows = []
+    for i in range(h // p):
+        for j in range(w // p):
+            rows.append(images[:, :, i * p:(i + 1) * p, j * p:(j + 1) * p].reshape(b, -1))
+    return torch.stack(rows, dim=1)
+
+
+@pytest.mark.parametrize("p", [1, 2, 4, 8, 16, 32])
+def test_patchify_matches_naive_loop_and_round_trips(p):
+    images = torch.randn(3, 3, 32, 32)
+    patches = patchify(images, p)
+    assert patches.shape == (3, (32 // p) ** 2, 3 * p * p)
+    assert torch.equal(patches, naive_patchify(images, p))
+    assert torch.equal(unpatchify(patches, p, 32, 32), images)
+
+
+def test_patchify_non_square_and_first_patch_is_top_left():
+    images = torch.arange(2 * 1 * 4 * 6).float().view(2, 1, 4, 6)
+    patches = patchify(images, 2)
+    assert patches.shape == (2, 6, 4)
+    assert patches[0, 0].tolist() == [0, 1, 6, 7]
+    assert patches[0, 1].tolist() == [2, 3, 8, 9]  # row-major: next patch to the right
+    assert torch.equal(unpatchify(patches, 2, 4, 6), images)
+
+
+@pytest.mark.parametrize("p", [0, 3, 5, 64])
+def test_patchify_rejects_sizes_that_do_not_divide(p):
+    with pytest.raises(ValueError, match="does not divide"):
+        patchify(torch.zeros(1, 3, 32, 32), p)

@@ -27,7 +27,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -42,9 +41,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+import loop
 import train
-from data import (CROP_RATIO, CROP_SCALE, DataError, DeviceAugment, ImageTensorDataset,
-                  channel_stats, load_split, train_transform)
+from data import (CROP_RATIO, CROP_SCALE, DeviceAugment, ImageTensorDataset, channel_stats,
+                  train_transform, training_data_or_exit)
 from vit_model import CIFAR10_CLASSES, ViT, count_parameters
 
 CONTENDERS = ("project", "timm", "naive")
@@ -190,33 +190,34 @@ class Contender:
 
 
 def project_contender(images, labels, mean, std, cfg, device, bf16, compile_model) -> Contender:
-    """train.py's loop, unchanged: each run is one train.train_one_epoch over the first
+    """train.py's loop, unchanged: each run is one loop.train_one_epoch over the first
     steps x batch images, which ends with the epoch's single host synchronization."""
-    model = train.build_model(cfg, CIFAR10_CLASSES, mean, std).to(device)
+    procs = loop.Processes(0, 1, device)
+    model = train.build_model(cfg, CIFAR10_CLASSES, mean, std, images.shape[-1]).to(device)
     fast = torch.compile(model) if compile_model else model
     optimizer = train.build_optimizer(model, cfg, device)
-    scheduler = train.build_scheduler(optimizer, cfg, len(labels) // cfg.batch_size)
-    pipeline = {"policy": train.build_policy(cfg.policy),
-                "augment": DeviceAugment(mean, std, size=images.shape[-1]),
-                "mixing": train.build_mixing(cfg, len(CIFAR10_CLASSES))}
-    images, labels = images.to(device), labels.to(device)
-    state = {"epoch": 0, "shuffle": torch.Generator().manual_seed(cfg.seed),
-             "augment": torch.Generator(device).manual_seed(cfg.seed + 1000)}
-    kernels = train.attention_kernels(device)
+    batches = loop.EpochBatches(images, labels, batch_size=cfg.batch_size, seed=cfg.seed,
+                                procs=procs, policy=train.build_policy(cfg.policy))
+    scheduler = train.build_scheduler(optimizer, cfg, batches.steps)
+    augment = DeviceAugment(mean, std, size=images.shape[-1])
+    mixing = train.build_mixing(cfg, len(CIFAR10_CLASSES))
+    generator = procs.generator(cfg.seed)
 
     def run(steps: int) -> float:
-        n = steps * cfg.batch_size
-        with sdpa_kernel(kernels):
+        with procs.attention_context():
             sync(device)
             start = time.perf_counter()
-            train.train_one_epoch(fast, optimizer, scheduler, images[:n], labels[:n], pipeline,
-                                  cfg, state, device, bf16, 0, 1, False)
+            loop.train_one_epoch(fast, optimizer, scheduler, itertools.islice(batches.epoch(0), steps),
+                                 steps=steps, augment=augment, generator=generator, mixing=mixing,
+                                 label_smoothing=cfg.label_smoothing, bf16=bf16, procs=procs)
             sync(device)
         return time.perf_counter() - start
 
+    kernels = [SDPBackend.MATH] if device.type == "cpu" else None
     return Contender("project", model, fast, run, bf16, kernels,
                      {"data": "uint8 tensor on the device, data.DeviceAugment",
-                      "attention": "train.attention_kernels: " + ", ".join(k.name for k in kernels),
+                      "attention": "loop.Processes.attention_context: " + (
+                          "MATH" if kernels else "torch's choice"),
                       "optimizer": "train.build_optimizer", "compile": compile_model})
 
 
@@ -338,29 +339,15 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e12
 
 
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    return f"{device.type}: {model}"
-
-
 def load_images(args: argparse.Namespace, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """n uint8 training images with labels: the first n real ones, or random ones."""
     if args.data_dir:
-        try:
-            train_set = load_split(args.data_dir, "train")
-        except DataError as err:
-            raise SystemExit(f"error: {err}")
-        if len(train_set) < n:
-            raise SystemExit(f"error: {args.data_dir} has {len(train_set)} training images, "
+        data = training_data_or_exit(args.data_dir)
+        if len(data.train_idx) < n:
+            raise SystemExit(f"error: {args.data_dir} has {len(data.train_idx)} training images, "
                              f"the benchmark needs steps x batch size = {n}")
-        return train_set.images[:n], train_set.labels[:n], f"{n} images from {args.data_dir}"
+        idx = data.train_idx[:n]
+        return data.images[idx], data.labels[idx], f"{n} training images from {args.data_dir}"
     g = torch.Generator().manual_seed(args.seed)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, len(CIFAR10_CLASSES), (n,), generator=g)
@@ -371,8 +358,8 @@ def load_images(args: argparse.Namespace, n: int) -> tuple[torch.Tensor, torch.T
 
 def measure(args: argparse.Namespace) -> tuple[dict, dict]:
     """(results per contender, setup shared by all)."""
-    device = train.pick_device(args.device)
-    bf16 = train.use_bf16(args.amp, device)
+    device = loop.pick_device(args.device)
+    bf16 = loop.Processes(0, 1, device).use_bf16(args.amp)
     images, labels, data_description = load_images(args, args.steps * args.batch_size)
     mean, std = channel_stats(images)
     contenders = build_contenders(images, labels, mean, std, args, device, bf16)
@@ -413,7 +400,7 @@ def measure(args: argparse.Namespace) -> tuple[dict, dict]:
     for r in results.values():
         r["train_speed_vs_project"] = r["train_img_per_s"] / results["project"]["train_img_per_s"]
         r["infer_speed_vs_project"] = results["project"]["infer_ms_per_img"] / r["infer_ms_per_img"]
-    setup = {"device": device_description(device), "torch": torch.__version__,
+    setup = {"device": loop.Processes(0, 1, device).machine(), "torch": torch.__version__,
              "threads": torch.get_num_threads(), "batch_size": args.batch_size,
              "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
              "infer_batch": args.infer_batch, "data": data_description,
@@ -453,7 +440,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Measure, print the table; returns (and with --json writes) the results per
     contender, plus the shared settings under "setup"."""
     args = parse_args(argv)
-    resolve_defaults(args, train.pick_device(args.device))
+    resolve_defaults(args, loop.pick_device(args.device))
     check_args(args)
     threads = torch.get_num_threads()
     try:

@@ -1,4 +1,4 @@
-"""CIFAR-10 data: loading and caching, the train/val split, augmentation, patching.
+"""CIFAR-10 data: loading and caching, the train/val split and statistics, augmentation.
 
 Two sources sit behind one data folder:
   * a class-folder copy, `<root>/train/<class>/*.jpg|png` and optionally `<root>/test/...`
@@ -28,8 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
-
-from vit_model import patchify
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 CROP_SCALE = (0.8, 1.0)
@@ -127,15 +125,24 @@ def _load_folder_split(root: Path, split: str) -> ImageSet:
     images = []
     for path, _ in tqdm(files, desc=f"decoding {split} images (once)", unit="img",
                         mininterval=1.0, leave=False):
-        image = _decode(path)
-        if images and image.shape != images[0].shape:
-            raise DataError(f"image {path} is {image.shape[2]}x{image.shape[1]}, but the "
-                            f"others are {images[0].shape[2]}x{images[0].shape[1]}")
-        images.append(image)
+        images.append(_decode(path))
+        _check_size(images, files)
     result = ImageSet(torch.stack(images), torch.tensor([l for _, l in files]), class_names)
     atomic_save({"images": result.images, "labels": result.labels,
                  "class_names": class_names}, cache)
     return result
+
+
+def _check_size(images: list[torch.Tensor], files: list[tuple[Path, int]]) -> None:
+    """Every image square and of one size; the message names the two files that differ."""
+    k = len(images) - 1
+    c, h, w = images[k].shape
+    if h != w:
+        raise DataError(f"image {files[k][0]} is {w}x{h}: images must be square (the ViT "
+                        "cuts them into a square grid of patches)")
+    if k and images[k].shape[1:] != images[0].shape[1:]:
+        raise DataError(f"images differ in size: {files[0][0]} is {images[0].shape[2]}x"
+                        f"{images[0].shape[1]} but {files[k][0]} is {w}x{h}; resize them to one size")
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
@@ -152,13 +159,27 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         raise
 
 
-def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random split of range(n) into (train, val) index tensors."""
-    if not 0 <= val_size < n:
-        raise DataError(f"validation size {val_size} must be at least 0 and below the "
-                        f"{n} training images")
+def val_size(text: str) -> float:
+    """argparse type of --val-size: a fraction (0 < v < 1) or a count of images (v >= 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a fraction nor a count") from None
+    if value <= 0 or (value >= 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(f"{text} must be a fraction between 0 and 1 or a "
+                                         "whole number of images")
+    return value
+
+
+def split_indices(n: int, val_size: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random split of range(n) into (train, val) index tensors; val_size is a
+    fraction of n (below 1) or a count."""
+    count = round(val_size * n) if 0 < val_size < 1 else int(val_size)
+    if not 0 < count < n:
+        raise DataError(f"validation size {count} must be at least 1 and below the {n} "
+                        f"images of the training split (--val-size {val_size:g})")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[val_size:].sort().values, perm[:val_size].sort().values
+    return perm[count:].sort().values, perm[:count].sort().values
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -173,6 +194,55 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     mean = total / count
     std = (squares / count - mean * mean).sqrt()
     return mean.tolist(), std.tolist()
+
+
+@dataclass
+class TrainingData:
+    """The training split of a data folder, cut into the images trained on and the ones
+    held out for validation, with the training images' statistics and the test split."""
+    images: torch.Tensor      # (N, C, H, W) uint8, the whole training split
+    labels: torch.Tensor      # (N,) int64
+    class_names: list[str]
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    mean: list[float]
+    std: list[float]
+    test: ImageSet | None
+    description: str          # source and split sizes, in words
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
+
+def load_training_data(data_dir: str | os.PathLike, val_size: float = 0.1, seed: int = 0,
+                       train_subset: int = 0) -> TrainingData:
+    """Load a data folder, split it with `seed`, keep `train_subset` training images (0:
+    all) and compute mean/std on the images trained on. Raises DataError."""
+    train_set = load_split(data_dir, "train")
+    test_set = load_split(data_dir, "test")
+    train_idx, val_idx = split_indices(len(train_set), val_size, seed)
+    if train_subset:
+        pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed))
+        train_idx = train_idx[pick[:train_subset]].sort().values
+    mean, std = channel_stats(train_set.images[train_idx])
+    source = ("class folders" if (Path(data_dir) / "train").is_dir()
+              else "official CIFAR-10 via torchvision")
+    description = (f"{Path(data_dir).resolve().name}/ ({source}): {len(train_idx)} training / "
+                   f"{len(val_idx)} validation images (split seed {seed})"
+                   + (f", {len(test_set)} test images" if test_set else ", no test split"))
+    return TrainingData(train_set.images, train_set.labels, train_set.class_names, train_idx,
+                        val_idx, mean, std, test_set, description)
+
+
+def training_data_or_exit(data_dir: str | os.PathLike, val_size: float = 0.1, seed: int = 0,
+                          train_subset: int = 0) -> TrainingData:
+    """load_training_data for a command line: a data problem ends the program with one
+    clear message instead of a traceback."""
+    try:
+        return load_training_data(data_dir, val_size, seed, train_subset)
+    except DataError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 # ---------------------------------------------------------------- reference transforms
@@ -291,35 +361,7 @@ def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x * std + mean).clamp(0, 1)
 
 
-# ---------------------------------------------------------------- figures
-
-def save_augmentation_grid(images: torch.Tensor, labels, class_names, mean, std,
-                           path: str | os.PathLike, per_image: int = 6, seed: int = 0) -> None:
-    """A grid: each row one training image, then `per_image` draws of the training
-    transform, de-normalized, labelled with the class."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    torch.manual_seed(seed)
-    transform = train_transform(mean, std, images.shape[-1])
-    rows = len(images)
-    fig, axes = plt.subplots(rows, per_image + 1, figsize=(1.3 * (per_image + 1), 1.4 * rows),
-                             squeeze=False)
-    for r, (image, label) in enumerate(zip(images, labels)):
-        views = [image.float() / 255] + [denormalize(transform(image), mean, std)
-                                         for _ in range(per_image)]
-        for c, view in enumerate(views):
-            ax = axes[r, c]
-            ax.imshow(view.permute(1, 2, 0).numpy())
-            ax.set_xticks([]), ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(class_names[int(label)], fontsize=9)
-            if r == 0:
-                ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-
+# ---------------------------------------------------------------- display
 
 def tile_patches(patches: torch.Tensor, columns: int, gap: int = 1, fill: float = 1.0) -> torch.Tensor:
     """(N, C, p, p) patches laid out in rows of `columns`, `gap` pixels of `fill` apart:
@@ -333,70 +375,30 @@ def tile_patches(patches: torch.Tensor, columns: int, gap: int = 1, fill: float 
     return out
 
 
-def save_patch_figure(image: torch.Tensor, patch_size: int, path: str | os.PathLike) -> None:
-    """One uint8 image, its patches laid out with gaps, and the token matrix the model
-    reads: one row per patch, C*P*P values each."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = image.float() / 255
-    tokens = patchify(x[None], patch_size)[0]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), width_ratios=[1, 1, 1.1])
-    axes[0].imshow(x.permute(1, 2, 0).numpy())
-    axes[0].set_title(f"image {x.shape[2]}x{x.shape[1]}")
-    grid = tile_patches(tokens.view(-1, x.shape[0], patch_size, patch_size),
-                        x.shape[2] // patch_size, gap=max(1, patch_size // 4))
-    axes[1].imshow(grid.permute(1, 2, 0).numpy())
-    axes[1].set_title(f"{len(tokens)} patches of {patch_size}x{patch_size}, row by row")
-    axes[2].imshow(tokens.numpy(), aspect="auto", cmap="gray", interpolation="nearest")
-    axes[2].set_title(f"token sequence: {len(tokens)} tokens x {tokens.shape[1]} values", fontsize=10)
-    axes[2].set_xlabel("value (channel, row, column within the patch)")
-    axes[2].set_ylabel("token (patch index)")
-    for ax in axes[:2]:
-        ax.axis("off")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def save_figure(fig, path: str | os.PathLike) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="Load CIFAR-10, print its statistics and "
-                                     "draw the augmentation and patch figures.")
+                                     "draw the augmentation and patch figures.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", required=True,
                         help="class-folder copy (<dir>/train/<class>/*.jpg) or a folder to "
                              "download the official CIFAR-10 into")
     parser.add_argument("--out", default="figures", help="folder for the PNGs")
-    parser.add_argument("--val-size", type=int, default=5000, help="images held out for validation")
+    parser.add_argument("--val-size", type=val_size, default=0.1,
+                        help="held out for validation: a fraction, or a number of images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     parser.add_argument("--patch-size", type=int, default=4, help="patch size of the patch figure")
     args = parser.parse_args()
-    try:
-        train = load_split(args.data_dir, "train")
-        train_idx, val_idx = split_indices(len(train), args.val_size, args.seed)
-    except DataError as err:
-        raise SystemExit(f"error: {err}")
-    mean, std = channel_stats(train.images[train_idx])
-    print(f"{len(train_idx)} training / {len(val_idx)} validation images, "
-          f"{len(train.class_names)} classes")
-    print("mean", [round(m, 4) for m in mean], "std", [round(s, 4) for s in std])
-    picks = torch.stack([(train.labels[train_idx] == k).nonzero()[0, 0]
-                         for k in range(len(train.class_names))])
-    save_augmentation_grid(train.images[train_idx][picks], train.labels[train_idx][picks],
-                           train.class_names, mean, std, Path(args.out) / "augmentations.png")
-    save_patch_figure(train.images[train_idx][picks[0]], args.patch_size,
-                      Path(args.out) / "patches.png")
+    from report import save_augmentation_grid, save_patch_figure
+
+    data = training_data_or_exit(args.data_dir, args.val_size, args.seed)
+    print(f"{data.description}, {len(data.class_names)} classes")
+    print("mean", [round(m, 4) for m in data.mean], "std", [round(s, 4) for s in data.std])
+    labels = data.labels[data.train_idx]
+    picks = data.train_idx[torch.stack([(labels == k).nonzero()[0, 0]
+                                        for k in range(len(data.class_names))])]
+    save_augmentation_grid(data.images[picks], data.labels[picks], data.class_names,
+                           data.mean, data.std, Path(args.out) / "augmentations.png")
+    save_patch_figure(data.images[picks[0]], args.patch_size, Path(args.out) / "patches.png")
     print(f"figures written to {args.out}/")
 
 

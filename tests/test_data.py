@@ -200,21 +200,12 @@ def test_atomic_save_leaves_nothing_on_failure(tmp_path):
 
 # ---------------------------------------------------------------- figures and CLI
 
-def test_figures_are_written(tmp_path):
-    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    data.save_augmentation_grid(images, [0, 1, 2], CLASSES, [0.5] * 3, [0.25] * 3, tmp_path / "aug.png")
-    data.save_patch_figure(images[0], 8, tmp_path / "patches.png")
-    for name in ("aug.png", "patches.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert (tmp_path / name).stat().st_size > 5000
-
-
 def test_cli_writes_figures(folder_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["data.py", "--data-dir", str(folder_data), "--out",
                                      str(tmp_path / "figs"), "--val-size", "20"])
     data.main()
     out = capsys.readouterr().out
-    assert "100 training / 20 validation images, 10 classes" in out
+    assert "100 training / 20 validation images (split seed 0), no test split, 10 classes" in out
     assert (tmp_path / "figs" / "augmentations.png").exists()
     assert (tmp_path / "figs" / "patches.png").exists()
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import loop
+import report
 import train
 from vit_model import ViT
 
@@ -57,7 +59,7 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
     rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert set(rows[0]) >= {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
-    for name in train.PLOTS:
+    for name in report.PLOTS:
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     last = torch.load(out / "last.pt", weights_only=True)
     best = torch.load(out / "best.pt", weights_only=True)
@@ -67,7 +69,8 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
     assert 0 <= result["test_acc"] <= 1
     # The export loads through the Hub mixin and predicts exactly as the best checkpoint.
     export = out / "export"
-    assert {"model.safetensors", "config.json", "README.md", "curves.png"} <= {p.name for p in export.iterdir()}
+    assert {"model.safetensors", "config.json", "README.md", "curves.png",
+            "training.json"} <= {p.name for p in export.iterdir()}
     loaded = ViT.from_pretrained(export).eval()
     reference = ViT(dim=64, depth=2, heads=4, mlp_dim=128, class_names=loaded.class_names,
                     mean=loaded.mean, std=loaded.std)
@@ -84,17 +87,17 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shared_folder_data, tmp_path, monkeypatch):
     train.main(run_args(shared_folder_data, tmp_path / "a", "--epochs", "3", "--seed", "5"))
 
-    real_write = train.write_metrics
+    real_end = loop.RunState.end_epoch
 
-    def stop_after_first_epoch(history, path):
-        real_write(history, path)
-        if len(history) == 1:
+    def stop_after_first_epoch(self, *args):
+        real_end(self, *args)
+        if len(self.history) == 1:
             raise KeyboardInterrupt  # as if killed right after the epoch's checkpoint
 
-    monkeypatch.setattr(train, "write_metrics", stop_after_first_epoch)
+    monkeypatch.setattr(loop.RunState, "end_epoch", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train.main(run_args(shared_folder_data, tmp_path / "b", "--epochs", "3", "--seed", "5"))
-    monkeypatch.setattr(train, "write_metrics", real_write)
+    monkeypatch.setattr(loop.RunState, "end_epoch", real_end)
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
     train.main(["--out", str(tmp_path / "b"), "--resume", "--no-progress"])
 
@@ -182,7 +185,8 @@ def test_assignment_recipe_is_the_default_and_adds_nothing():
     assert train.build_mixing(args, 10) is None
     assert args.label_smoothing == 0.0 and args.decay_all
     model = train.build_model(args, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
-    assert all(b.drop_path.p == 0 and b.attn.dropout == 0 and b.drop1.p == 0.2 for b in model.blocks)
+    # Every dropout 0.2, nn.MultiheadAttention's own on the attention weights included.
+    assert all(b.drop_path.p == 0 and b.attn.dropout == 0.2 and b.drop1.p == 0.2 for b in model.blocks)
     assert model.pos_drop.p == 0.2 and model.blocks[0].mlp[2].p == 0.2
 
 
@@ -256,25 +260,29 @@ def test_mixup_cutmix_targets_sum_to_one():
 def test_policy_draws_per_image_in_workers():
     images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).expand(64, -1, -1, -1).contiguous()
     labels = torch.zeros(64, dtype=torch.long)
-    policy = train.build_policy("autoaugment")
-    (x, y), = list(train.epoch_batches(torch.arange(64), images, labels, 64, policy, 2, 0,
-                                       torch.device("cpu")))
+    procs = loop.Processes(0, 1, torch.device("cpu"))
+    batches = loop.EpochBatches(images, labels, batch_size=64, seed=0, procs=procs,
+                                policy=train.build_policy("autoaugment"), workers=2)
+    (x, y), = list(batches.epoch(0))
     assert x.dtype == torch.uint8 and x.shape == (64, 3, 32, 32)
     assert len({bytes(img.numpy()) for img in x}) > 20  # one draw per image, not per batch
-    (again, _), = list(train.epoch_batches(torch.arange(64), images, labels, 64, policy, 2, 0,
-                                           torch.device("cpu")))
-    assert torch.equal(x, again)  # seeded: a resumed epoch draws the same
+    (other, _), = list(batches.epoch(1))
+    assert not torch.equal(x, other)  # a new epoch draws anew, with the same workers
+    again = loop.EpochBatches(images, labels, batch_size=64, seed=0, procs=procs,
+                              policy=train.build_policy("autoaugment"), workers=1)
+    (x_again, _), = list(again.epoch(0))
+    assert torch.equal(x, x_again)  # seeded per (epoch, image): a resumed epoch draws the same
 
 
 def test_strong_recipe_trains_end_to_end(shared_folder_data, tmp_path, monkeypatch):
     seen = []
-    real_ce = train.F.cross_entropy
+    real_ce = loop.F.cross_entropy
 
     def recording_ce(logits, target, **kwargs):
         seen.append((target.shape, kwargs.get("label_smoothing")))
         return real_ce(logits, target, **kwargs)
 
-    monkeypatch.setattr(train.F, "cross_entropy", recording_ce)
+    monkeypatch.setattr(loop.F, "cross_entropy", recording_ce)
     result = train.main(run_args(shared_folder_data, tmp_path / "run", "--recipe", "strong",
                                  "--epochs", "2", "--warmup-epochs", "1", "--workers", "2"))
     training_calls = [s for s in seen if s[1] == 0.1]

@@ -1,0 +1,365 @@
+"""The machinery under train.py: the processes and device of a run, an epoch's batches,
+one training epoch, evaluation, and the resumable state of a run with its checkpoints.
+
+Kept apart from train.py so that train.py reads as the story of a run (its command line,
+recipes and main) and bench.py can time exactly the epoch that train.py runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from data import ImageTensorDataset, atomic_save, to_normalized
+
+# How often the progress bar reads the running loss back from the device: each read
+# waits for the device's queue to drain, so it happens by the clock, not every step.
+PROGRESS_SECONDS = 2.0
+
+
+# ---------------------------------------------------------------- processes and device
+
+@dataclass
+class Processes:
+    """This process's place in the run (rank among world) and its device."""
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def use_bf16(self, mode: str) -> bool:
+        """bf16 autocast: asked for, or (auto) where the hardware computes bf16 natively.
+        Elsewhere it is emulated and slower than float32: CUDA GPUs before compute
+        capability 8 (T4, V100), CPUs without AVX512-BF16 or AMX, and MPS."""
+        if mode != "auto":
+            return mode == "on"
+        if self.device.type == "cuda":
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        if self.device.type == "cpu":
+            return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return False
+
+    def attention_context(self):
+        """On CPUs the plain matmul-softmax attention beats the fused kernels for 65 tokens
+        (1.5x per training step); elsewhere torch's own choice stands."""
+        if self.device.type != "cpu":
+            return nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
+
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return model
+        ids = [self.device] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def machine(self) -> str:
+        """The device in words, for logs and the model card."""
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+        elif self.device.type == "cpu":
+            name = f"{cpu_model()} CPU, {torch.get_num_threads()} threads"
+        else:
+            name = self.device.type
+        return name + (f" x{self.world} processes" if self.world > 1 else "")
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            dist.barrier()  # every rank waits until rank 0 has written the export
+            dist.destroy_process_group()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def start_processes(device_name: str) -> Processes:
+    """One process, or under torchrun the process group: NCCL for CUDA devices, gloo
+    otherwise (so --device cpu works on a GPU machine), with the CUDA device set first."""
+    if "RANK" not in os.environ:
+        return Processes(0, 1, pick_device(device_name))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = pick_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return Processes(dist.get_rank(), dist.get_world_size(), device)
+
+
+# ---------------------------------------------------------------- an epoch's batches
+
+def seed_for(*parts) -> int:
+    """A seed that depends on every part (seed, purpose, epoch, rank, ...), so that each
+    process and each epoch draws independently and reproducibly."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
+
+
+
+class PolicyDataset(ImageTensorDataset):
+    """Items are (epoch, index): each image's policy draw is seeded by both, so workers
+    that live across epochs still draw what a resumed run draws."""
+
+    def __init__(self, images, labels, policy, seed: int):
+        super().__init__(images, labels, policy)
+        self.seed = seed
+
+    def __getitem__(self, item):
+        epoch, i = item
+        with torch.random.fork_rng(devices=[]):  # leave the caller's stream untouched
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
+            return super().__getitem__(i)
+
+
+class EpochBatches:
+    """The training images, shuffled afresh each epoch (the same permutation in every
+    process, each taking every world-th image) and cut into full batches only: a ragged
+    last batch would change shapes, which torch.compile answers with a second graph.
+    With a per-image policy the batches come from DataLoader workers that live across
+    epochs; otherwise the images sit on the device and are indexed there."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
+                 seed: int, procs: Processes, policy=None, workers: int = 0):
+        self.procs, self.seed, self.policy = procs, seed, policy
+        self.per_process = batch_size // procs.world
+        self.steps = len(labels) // procs.world // self.per_process
+        on = torch.device("cpu") if policy is not None else procs.device
+        self.images, self.labels = images.to(on), labels.to(on)
+        self.items: list[tuple[int, int]] = []
+        self.loader = None
+        if policy is not None:
+            from torch.utils.data import DataLoader
+
+            self.loader = DataLoader(PolicyDataset(self.images, self.labels, policy, seed),
+                                     batch_size=self.per_process, sampler=self, num_workers=workers,
+                                     persistent_workers=workers > 0,
+                                     pin_memory=procs.device.type == "cuda")
+
+    def __iter__(self):   # the DataLoader's sampler: this epoch's (epoch, index) items
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def epoch(self, epoch: int):
+        """(uint8 images, labels) batches of this process on its device."""
+        g = torch.Generator().manual_seed(seed_for(self.seed, "shuffle", epoch))
+        used = self.steps * self.per_process * self.procs.world
+        mine = torch.randperm(len(self.labels), generator=g)[:used][self.procs.rank::self.procs.world]
+        if self.loader is None:
+            mine = mine.to(self.images.device)
+            for idx in mine.split(self.per_process):
+                yield self.images[idx], self.labels[idx]
+            return
+        self.items = [(epoch, i) for i in mine.tolist()]
+        device = self.procs.device
+        for x, y in self.loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+def train_one_epoch(model, optimizer, scheduler, batches, *, steps: int, augment, generator,
+                    mixing, label_smoothing: float, bf16: bool, procs: Processes, ema=None,
+                    description: str = "", show_progress: bool = False) -> dict:
+    """One pass over this process's batches; returns mean loss and accuracy over all
+    processes (against the dominant label when batches are mixed)."""
+    from tqdm import tqdm
+
+    model.train()
+    device = procs.device
+    totals = torch.zeros(2, device=device)   # loss sum, correct
+    seen = 0
+    bar = tqdm(total=steps, desc=description, unit="step", disable=not show_progress,
+               leave=False, dynamic_ncols=True)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    shown = time.monotonic()
+    for step, (x, y) in enumerate(batches):
+        x = augment(x, generator)
+        target = y
+        if mixing is not None:
+            x, target = mixing(x, y)
+        with autocast:
+            logits = model(x)
+            loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model.module if hasattr(model, "module") else model)
+        dominant = target.argmax(dim=1) if target.ndim == 2 else target
+        totals += torch.stack([loss.detach().float() * len(y),
+                               (logits.argmax(dim=1) == dominant).sum().float()])
+        seen += len(y)
+        bar.update()
+        if show_progress and (time.monotonic() - shown > PROGRESS_SECONDS or step == steps - 1):
+            loss_sum, correct = totals.tolist()   # one host-device sync
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            shown = time.monotonic()
+    bar.close()
+    totals = torch.cat([totals, torch.tensor([float(seen)], device=device)])
+    if procs.world > 1:
+        dist.all_reduce(totals)
+    loss_sum, correct, seen = totals.tolist()
+    return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
+
+
+@torch.no_grad()
+def predict(model, images: torch.Tensor, mean, std, batch_size: int, device, bf16: bool,
+            flip: bool = False) -> torch.Tensor:
+    """Logits (float32, on the CPU) for uint8 images, in eval mode; with flip, the mean
+    of the logits of each image and its mirror image (test-time augmentation)."""
+    model.eval()
+    out = []
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for chunk in images.split(batch_size):
+            x = to_normalized(chunk.to(device), mean, std)
+            logits = model(x).float()
+            if flip:
+                logits = (logits + model(x.flip(-1)).float()) / 2
+            out.append(logits.cpu())
+    return torch.cat(out)
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    acc: float
+    preds: torch.Tensor
+
+
+def evaluate(model, images, labels, mean, std, batch_size, device, bf16, flip: bool = False) -> Evaluation:
+    logits = predict(model, images, mean, std, batch_size, device, bf16, flip)
+    labels = labels.cpu()
+    return Evaluation(F.cross_entropy(logits, labels).item(),
+                      (logits.argmax(1) == labels).float().mean().item(), logits.argmax(1))
+
+
+# ---------------------------------------------------------------- the run's state
+
+CHECKPOINT_KEYS = {"model", "optimizer", "args", "mean", "std", "epoch", "best_val_acc",
+                   "best_epoch", "history"}
+
+
+def on_cpu(obj):
+    """The same nesting of dicts and lists with every tensor moved to the CPU, so that a
+    checkpoint written on a GPU loads on a machine without one."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
+def load_checkpoint(path: Path, resume_hint: bool = False) -> dict:
+    """A checkpoint of train.py, or one clear message naming the file and what to do."""
+    if not path.exists():
+        raise SystemExit(f"error: --resume, but {path} does not exist" if resume_hint
+                         else f"error: checkpoint {path} does not exist")
+    advice = (f"delete {path.parent} (or use another --out) to start the run afresh"
+              if resume_hint else "train again to rewrite it")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = "it is empty" if path.stat().st_size == 0 else (
+            "it holds objects other than tensors and plain values" if "weights_only" in str(err)
+            else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}")
+        raise SystemExit(f"error: {path} is not a readable train.py checkpoint ({reason}); "
+                         f"it may be truncated or come from another program: {advice}") from None
+    needed = CHECKPOINT_KEYS if path.name == "last.pt" else {"model", "epoch"}
+    missing = needed - set(saved) if isinstance(saved, dict) else needed
+    if missing:
+        raise SystemExit(f"error: {path} was not written by this version of train.py (it "
+                         f"lacks {', '.join(sorted(missing))}): {advice}")
+    return saved
+
+
+@dataclass
+class RunState:
+    """What a run carries from epoch to epoch and across a resume: its settings, the
+    training images' statistics, progress and history. Saved in last.pt with the model,
+    optimizer and EMA; randomness is not saved but reseeded from (seed, epoch, rank)."""
+    settings: dict
+    mean: list[float]
+    std: list[float]
+    epoch: int = 0
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def save(self, path: Path, model, optimizer, ema) -> None:
+        atomic_save(on_cpu({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "args": self.settings,
+            "mean": self.mean, "std": self.std, "epoch": self.epoch,
+            "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+            "history": self.history}), path)
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> RunState:
+        return cls(saved["args"], saved["mean"], saved["std"], saved["epoch"],
+                   saved["best_val_acc"], saved["best_epoch"], saved["history"])
+
+    def restore(self, saved: dict, model, optimizer, ema) -> None:
+        """Load the tensors that save() wrote into freshly built objects."""
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if ema is not None:
+            if saved.get("ema") is None:
+                raise SystemExit("error: the checkpoint has no EMA weights to continue")
+            ema.load_state_dict(saved["ema"])
+
+    def end_epoch(self, row: dict, run_dir: Path, model, optimizer, scored, ema) -> None:
+        """Record an epoch: best.pt if it is the best so far, then last.pt and metrics."""
+        import json
+
+        self.history.append(row)
+        if row["val_acc"] > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
+            atomic_save(on_cpu({"model": scored.state_dict(), "epoch": self.epoch,
+                                "val_acc": row["val_acc"]}), run_dir / "best.pt")
+        self.save(run_dir / "last.pt", model, optimizer, ema)
+        tmp = run_dir / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        os.replace(tmp, run_dir / "metrics.jsonl")

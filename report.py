@@ -1,0 +1,350 @@
+"""Every figure and every written account of a run: plots, the model card, the export
+folder and the Hub upload, plus the data figures of `python data.py`.
+
+One matplotlib set-up (`pyplot()`, the non-interactive Agg backend, imported only when a
+figure is drawn) and one way to save a figure (`save_figure`: atomically, then closed).
+train.py calls `write_run_report` once after its last epoch; nothing here trains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from data import denormalize, tile_patches, train_transform
+from vit_model import ViT, count_parameters, patchify
+
+PLOTS = ["curves.png", "time_to_accuracy.png", "confusion_matrix.png",
+         "per_class_accuracy.png", "predictions.png"]
+# What travels with the weights besides config.json: the app reads it to tell a visitor
+# what the model was trained with and how accurate it is.
+TRAINING_FILE = "training.json"
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: files only, no display needed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    pyplot().close(fig)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- statistics
+
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts, rows true class, columns predicted class."""
+    return torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2).view(
+        num_classes, num_classes)
+
+
+def per_class_accuracy(cm: torch.Tensor) -> list[float]:
+    """Fraction of each true class predicted correctly (0 for a class with no images)."""
+    return (cm.diag().float() / cm.sum(1).clamp(min=1)).tolist()
+
+
+def one_per_class(labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of `count` images taken round-robin over the classes (first images of
+    each class first), so a grid of samples shows every class, not the first one."""
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    rank = torch.arange(len(labels)) - torch.searchsorted(sorted_labels, sorted_labels)
+    by_rank = order[torch.argsort(rank * (int(labels.max()) + 1) + sorted_labels, stable=True)]
+    return by_rank[:count]
+
+
+# ---------------------------------------------------------------- run plots
+
+def save_curves(history: list[dict], path: Path) -> None:
+    plt = pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    style = dict(marker="o", markersize=3)  # a 1-epoch run is a single point
+    label = "train (augmented, regularized)"
+    ax1.plot(epochs, [h["train_loss"] for h in history], label=label, **style)
+    ax1.plot(epochs, [h["val_loss"] for h in history], label="validation", **style)
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy"), ax1.legend(), ax1.grid(alpha=0.3)
+    ax2.plot(epochs, [100 * h["train_acc"] for h in history], label=label, **style)
+    ax2.plot(epochs, [100 * h["val_acc"] for h in history], label="validation", **style)
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy (%)"), ax2.legend(), ax2.grid(alpha=0.3)
+    fig.suptitle("loss and accuracy per epoch")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_time_to_accuracy(history: list[dict], path: Path, machine: str) -> None:
+    """Validation accuracy against cumulative wall-clock minutes of training."""
+    plt = pyplot()
+    minutes, total = [], 0.0
+    for h in history:
+        total += h["seconds"] / 60
+        minutes.append(total)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(minutes, [100 * h["val_acc"] for h in history], marker="o", markersize=3)
+    ax.set_xlabel(f"wall-clock minutes ({machine})"), ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("time to accuracy"), ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_confusion_matrix(cm: torch.Tensor, class_names, path: Path, title: str) -> None:
+    plt = pyplot()
+    rates = cm.float() / cm.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    im = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    k = len(class_names)
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_per_class_accuracy(accuracy: list[float], class_names, path: Path, title: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bars = ax.bar(class_names, [100 * a for a in accuracy], color="tab:blue")
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_ylim(0, 105), ax.set_ylabel("accuracy (%)"), ax.set_title(title)
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_prediction_grid(images: torch.Tensor, labels, preds, class_names, path: Path,
+                         rows: int = 4, cols: int = 8) -> None:
+    """Sample images with true and predicted class; wrong predictions in red."""
+    plt = pyplot()
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    for ax, image, y, p in zip(axes.flat, images, labels, preds):
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        ax.set_title(f"{class_names[y]}\n→ {class_names[p]}", fontsize=8,
+                     color="tab:green" if y == p else "tab:red")
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("true → predicted (validation)")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# ---------------------------------------------------------------- the run's report
+
+@dataclass
+class RunSummary:
+    """What a finished run reports: figures for the card, training.json and results.json."""
+    recipe: str                  # the recipe's name
+    recipe_description: str      # every ingredient with its value
+    data: str                    # where the images came from, split sizes
+    machine: str                 # the device, in words
+    command: str
+    epochs: int
+    best_epoch: int
+    val_acc: float
+    val_acc_flip_tta: float
+    val_images: int
+    split_seed: int
+    class_names: list[str]
+    confusion: list[list[int]]
+    history: list[dict]
+    settings: dict
+    test_acc: float | None = None
+    test_images: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def per_class_acc(self) -> list[float]:
+        return per_class_accuracy(torch.tensor(self.confusion))
+
+    @property
+    def training_minutes(self) -> float:
+        return sum(h["seconds"] for h in self.history) / 60
+
+    def as_json(self) -> dict:
+        return {"recipe": self.recipe, "recipe_description": self.recipe_description,
+                "epochs": self.epochs, "best_epoch": self.best_epoch, "val_acc": self.val_acc,
+                "val_acc_flip_tta": self.val_acc_flip_tta, "val_images": self.val_images,
+                "split_seed": self.split_seed, "test_acc": self.test_acc, "data": self.data,
+                "machine": self.machine, "training_minutes": round(self.training_minutes, 1),
+                "command": self.command, "settings": self.settings,
+                "class_names": self.class_names, "per_class_acc": self.per_class_acc,
+                "confusion_matrix": self.confusion, "history": self.history}
+
+
+def write_run_plots(summary: RunSummary, run_dir: Path, val_images: torch.Tensor,
+                    val_labels: torch.Tensor, val_preds: torch.Tensor) -> None:
+    """The run's PNGs: curves, time to accuracy, confusion matrix, per-class accuracy and
+    a grid of validation predictions drawn from every class."""
+    names = summary.class_names
+    save_curves(summary.history, run_dir / "curves.png")
+    save_time_to_accuracy(summary.history, run_dir / "time_to_accuracy.png", summary.machine)
+    title = f"validation, best epoch {summary.best_epoch} ({100 * summary.val_acc:.2f}%)"
+    save_confusion_matrix(torch.tensor(summary.confusion), names, run_dir / "confusion_matrix.png", title)
+    save_per_class_accuracy(summary.per_class_acc, names, run_dir / "per_class_accuracy.png", title)
+    pick = one_per_class(val_labels, 32)
+    save_prediction_grid(val_images[pick], val_labels[pick].tolist(), val_preds[pick].tolist(),
+                         names, run_dir / "predictions.png")
+
+
+def model_card(summary: RunSummary, params: int) -> str:
+    """The export's README.md: Hub front matter, the run's real figures and plots."""
+    epochs = f"{summary.epochs} epoch{'s' if summary.epochs != 1 else ''}"
+    table = {
+        "recipe": summary.recipe_description,
+        "validation accuracy": f"{100 * summary.val_acc:.2f}% ({summary.val_images} held-out images)",
+        "validation accuracy, flip TTA": f"{100 * summary.val_acc_flip_tta:.2f}% (mean of the "
+                                          "logits of the image and its mirror image)",
+        "best epoch": f"{summary.best_epoch} of {summary.epochs}",
+        "training time": f"{summary.training_minutes:.1f} min for {epochs} on {summary.machine}",
+        "per-class validation accuracy": ", ".join(
+            f"{n} {100 * a:.1f}" for n, a in zip(summary.class_names, summary.per_class_acc)),
+    }
+    if summary.test_acc is not None:
+        table["test accuracy"] = f"{100 * summary.test_acc:.2f}% ({summary.test_images} images)"
+    rows = "\n".join(f"| {k} | {v} |" for k, v in table.items())
+    plots = "\n\n".join(f"![{p[:-4]}]({p})" for p in PLOTS)
+    return f"""---
+library_name: vit-cifar
+license: mit
+pipeline_tag: image-classification
+tags: [image-classification, vision-transformer, cifar10, pytorch, pytorch_model_hub_mixin]
+datasets: [cifar10]
+metrics: [accuracy]
+---
+
+# ViT for CIFAR-10 ({params / 1e6:.2f}M parameters)
+
+A Vision Transformer trained from scratch by `train.py` of vit-cifar ({summary.recipe}
+recipe, {epochs}). Data: {summary.data}.
+
+| | |
+|---|---|
+{rows}
+
+Command: `{summary.command}`
+
+```python
+from vit_model import ViT   # vit-cifar's vit_model.py
+model = ViT.from_pretrained("<this repo or folder>")   # config.json has class_names, mean, std
+```
+
+`{TRAINING_FILE}` holds these figures, the settings and the per-epoch history.
+
+{plots}
+"""
+
+
+def export_model(model: ViT, run_dir: Path, summary: RunSummary) -> Path:
+    """Write run_dir/export (weights, config, model card, training.json, plots) via a
+    temporary folder, so a reader never sees half an export."""
+    final = run_dir / "export"
+    tmp = run_dir / ".export.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "README.md").write_text(model_card(summary, count_parameters(model)))
+    write_json_atomic(summary.as_json(), tmp / TRAINING_FILE)
+    model.save_pretrained(tmp)
+    for name in PLOTS:
+        if (run_dir / name).exists():
+            shutil.copy(run_dir / name, tmp / name)
+    old = run_dir / ".export.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def push_to_hub(export_dir: Path, repo_id: str) -> str:
+    """Upload the export folder; returns the repo URL. Raises RuntimeError naming the cause."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(export_dir), repo_id=repo_id,
+                          commit_message="Upload ViT trained with vit-cifar train.py")
+    except Exception as err:
+        raise RuntimeError(f"upload to the Hub repo {repo_id} failed ({type(err).__name__}: "
+                           f"{err}); the local export in {export_dir} is intact") from err
+    return f"https://huggingface.co/{repo_id}"
+
+
+def write_json_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def command_line() -> str:
+    return " ".join(["python", Path(sys.argv[0]).name] + sys.argv[1:])
+
+
+# ---------------------------------------------------------------- data figures
+
+def save_augmentation_grid(images: torch.Tensor, labels, class_names, mean, std,
+                           path: str | os.PathLike, per_image: int = 6, seed: int = 0) -> None:
+    """A grid: each row one training image, then `per_image` draws of the training
+    transform, de-normalized, labelled with the class."""
+    plt = pyplot()
+    torch.manual_seed(seed)
+    transform = train_transform(mean, std, images.shape[-1])
+    rows = len(images)
+    fig, axes = plt.subplots(rows, per_image + 1, figsize=(1.3 * (per_image + 1), 1.4 * rows),
+                             squeeze=False)
+    for r, (image, label) in enumerate(zip(images, labels)):
+        views = [image.float() / 255] + [denormalize(transform(image), mean, std)
+                                         for _ in range(per_image)]
+        for c, view in enumerate(views):
+            ax = axes[r, c]
+            ax.imshow(view.permute(1, 2, 0).numpy())
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(class_names[int(label)], fontsize=9)
+            if r == 0:
+                ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_patch_figure(image: torch.Tensor, patch_size: int, path: str | os.PathLike) -> None:
+    """One uint8 image, its patches laid out with gaps, and the token matrix the model
+    reads: one row per patch, C*P*P values each."""
+    plt = pyplot()
+    x = image.float() / 255
+    tokens = patchify(x[None], patch_size)[0]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), width_ratios=[1, 1, 1.1])
+    axes[0].imshow(x.permute(1, 2, 0).numpy())
+    axes[0].set_title(f"image {x.shape[2]}x{x.shape[1]}")
+    grid = tile_patches(tokens.view(-1, x.shape[0], patch_size, patch_size),
+                        x.shape[2] // patch_size, gap=max(1, patch_size // 4))
+    axes[1].imshow(grid.permute(1, 2, 0).numpy())
+    axes[1].set_title(f"{len(tokens)} patches of {patch_size}x{patch_size}, row by row")
+    axes[2].imshow(tokens.numpy(), aspect="auto", cmap="gray", interpolation="nearest")
+    axes[2].set_title(f"token sequence: {len(tokens)} tokens x {tokens.shape[1]} values", fontsize=10)
+    axes[2].set_xlabel("value (channel, row, column within the patch)")
+    axes[2].set_ylabel("token (patch index)")
+    for ax in axes[:2]:
+        ax.axis("off")
+    fig.tight_layout()
+    save_figure(fig, path)

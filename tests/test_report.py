@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+
+import report
+from conftest import CLASSES
+from vit_model import ViT
+
+
+def test_figures_are_written(tmp_path):
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    report.save_augmentation_grid(images, [0, 1, 2], CLASSES, [0.5] * 3, [0.25] * 3, tmp_path / "aug.png")
+    report.save_patch_figure(images[0], 8, tmp_path / "patches.png")
+    for name in ("aug.png", "patches.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / name).stat().st_size > 5000
+
+
+def test_prediction_samples_come_from_every_class():
+    labels = torch.arange(10).repeat_interleave(50)   # class-sorted, as a validation split can be
+    pick = report.one_per_class(labels, 32)
+    assert len(set(pick.tolist())) == 32
+    assert sorted(labels[pick[:10]].tolist()) == list(range(10))
+    counts = torch.bincount(labels[pick], minlength=10)
+    assert counts.max() - counts.min() <= 1
+    assert report.one_per_class(torch.tensor([2, 2, 0]), 5).tolist() == [2, 0, 1]
+
+
+def summary(history, epochs=1) -> report.RunSummary:
+    return report.RunSummary(
+        recipe="assignment", recipe_description="assignment recipe, 1 epoch", data="test data",
+        machine="a CPU", command="python train.py", epochs=epochs, best_epoch=1, val_acc=0.5,
+        val_acc_flip_tta=0.52, val_images=4, split_seed=0, class_names=CLASSES[:2],
+        confusion=[[1, 1], [0, 2]], history=history, settings={"lr": 5e-4})
+
+
+def test_one_epoch_run_shows_its_point_and_says_one_epoch(tmp_path):
+    history = [{"epoch": 1, "lr": 5e-4, "train_loss": 2.0, "train_acc": 0.3, "val_loss": 1.9,
+                "val_acc": 0.5, "seconds": 30.0}]
+    run = summary(history)
+    report.save_curves(history, tmp_path / "curves.png")
+    import matplotlib.image
+    pixels = matplotlib.image.imread(tmp_path / "curves.png")
+    # Not empty axes: the single point is drawn as a marker in the plot's colours.
+    coloured = (abs(pixels[..., 0] - pixels[..., 2]) > 0.3).sum()
+    assert coloured > 20
+    card = report.model_card(run, 1000)
+    assert "1 epoch)" in card and "1 epochs" not in card
+    assert "52.00%" in card and "50.00%" in card
+    assert run.per_class_acc == [0.5, 1.0]
+
+
+def test_export_holds_weights_card_and_training_json(tmp_path):
+    model = ViT(dim=32, depth=1, heads=2, mlp_dim=32)
+    history = [{"epoch": 1, "lr": 5e-4, "train_loss": 2.0, "train_acc": 0.3, "val_loss": 1.9,
+                "val_acc": 0.5, "seconds": 30.0}]
+    for name in report.PLOTS[:1]:
+        report.save_curves(history, tmp_path / name)
+    export = report.export_model(model, tmp_path, summary(history))
+    info = json.loads((export / report.TRAINING_FILE).read_text())
+    assert info["val_acc"] == 0.5 and info["val_acc_flip_tta"] == 0.52 and info["recipe"] == "assignment"
+    assert info["history"] == history and info["training_minutes"] == 0.5
+    assert (export / "curves.png").exists() and ViT.from_pretrained(export) is not None
+    assert not list(tmp_path.glob(".export*"))
+
+
+def test_hub_failure_names_the_cause(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def unreachable(self, *args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", unreachable)
+    with pytest.raises(RuntimeError, match="me/vit failed .*ConnectionError.*intact"):
+        report.push_to_hub(tmp_path, "me/vit")

@@ -198,7 +198,8 @@ class EpochBatches:
 # ---------------------------------------------------------------- training and evaluation
 
 def train_one_epoch(model, optimizer, scheduler, batches, *, steps: int, augment, generator,
-                    mixing, label_smoothing: float, bf16: bool, procs: Processes, ema=None,
+                    mixing, label_smoothing: float, bf16: bool, procs: Processes,
+                    patch_keep: float = 1.0, ema=None,
                     description: str = "", show_progress: bool = False) -> dict:
     """One pass over this process's batches; returns mean loss and accuracy over all
     processes (against the dominant label when batches are mixed)."""
@@ -218,7 +219,7 @@ def train_one_epoch(model, optimizer, scheduler, batches, *, steps: int, augment
         if mixing is not None:
             x, target = mixing(x, y)
         with autocast:
-            logits = model(x)
+            logits = model(x, patch_keep=patch_keep) if patch_keep < 1 else model(x)
             loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

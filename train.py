@@ -41,18 +41,19 @@ RECIPES = {
     "assignment": dict(epochs=ASSIGNMENT_EPOCHS, lr=5e-4, weight_decay=0.05, schedule="step",
                        warmup_epochs=0, label_smoothing=0.0, policy="none", mixup_alpha=0.0,
                        cutmix_alpha=0.0, dropout=0.2, attn_dropout=0.2, drop_path=0.0,
-                       decay_all=True, ema=0.0),
+                       decay_all=True, ema=0.0, patch_keep=1.0),
     # The same architecture trained as ViT-Lite / DeiT-style recipes train small ViTs.
     "strong": dict(epochs=200, lr=5e-4, weight_decay=0.05, schedule="cosine",
                    warmup_epochs=10, label_smoothing=0.1, policy="autoaugment", mixup_alpha=0.8,
                    cutmix_alpha=1.0, dropout=0.0, attn_dropout=0.1, drop_path=0.1,
-                   decay_all=False, ema=0.0),
+                   decay_all=False, ema=0.0, patch_keep=1.0),
     # Most accuracy per training FLOP at a fixed --epochs (README, "The budget recipe"):
-    # warmup then linear decay to zero over exactly this run, no dropout, drop path.
+    # warmup then linear decay to zero over exactly this run, no dropout, drop path, half
+    # the patches per training image; "auto" values follow --epochs (budget_value).
     "budget": dict(epochs=30, lr=1e-3, weight_decay=0.05, schedule="linear",
-                   warmup_epochs=1, label_smoothing=0.1, policy="none", mixup_alpha=0.0,
+                   warmup_epochs="auto", label_smoothing=0.1, policy="auto", mixup_alpha=0.0,
                    cutmix_alpha=0.0, dropout=0.0, attn_dropout=0.0, drop_path=0.1,
-                   decay_all=False, ema=0.0),
+                   decay_all=False, ema=0.0, patch_keep=1.0),
 }
 POLICIES = ["none", "autoaugment", "randaugment", "trivialaugment"]
 # How a resumed run may differ from its start: these come from the new command line (its
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, help=recipe_help(
         "ema", "decay per step of an exponential moving average of the weights, which is then "
         "what is validated and exported; 0: off"))
+    p.add_argument("--patch-keep", type=float, help=recipe_help(
+        "patch_keep", "fraction of the patch tokens each training image keeps, a random "
+        "subset per image (PatchDropout); evaluation sees them all"))
     p.add_argument("--workers", type=int, default=2,
                    help="DataLoader processes for a per-image --policy (unused without one)")
     p.add_argument("--val-size", type=val_size, default=0.1,
@@ -133,12 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def budget_value(key: str, epochs: int):
+    """The budget recipe's epoch-dependent values: warmup 5% of the run (at least one
+    epoch), and a light per-image policy only for runs long enough to need regularizing."""
+    if key == "warmup_epochs":
+        return max(1, round(0.05 * epochs))
+    return "trivialaugment" if epochs >= 40 else "none"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line with the recipe's values filled in where a flag was not given."""
     args = build_parser().parse_args(argv)
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    for key in ("warmup_epochs", "policy"):
+        if getattr(args, key) == "auto":
+            setattr(args, key, budget_value(key, args.epochs))
     return args
 
 
@@ -187,6 +202,8 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("dropout", "attn_dropout", "drop_path", "label_smoothing", "ema"):
         if not 0 <= getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
+    if not 0 < args.patch_keep <= 1:
+        problems.append(f"--patch-keep must be in (0, 1], got {args.patch_keep}")
     if min(args.mixup_alpha, args.cutmix_alpha, args.warmup_epochs, args.weight_decay,
            args.train_subset, args.workers) < 0:
         problems.append("--mixup-alpha, --cutmix-alpha, --warmup-epochs, --weight-decay, "
@@ -336,7 +353,7 @@ def describe_recipe(args: argparse.Namespace) -> str:
             f"{describe_schedule(args)}, label smoothing {args.label_smoothing:g}, policy "
             f"{args.policy}, flip + RandomResizedCrop, MixUp {args.mixup_alpha:g}, CutMix "
             f"{args.cutmix_alpha:g}, dropout {args.dropout:g}, attention dropout "
-            f"{args.attn_dropout:g}, drop path {args.drop_path:g}, EMA "
+            f"{args.attn_dropout:g}, drop path {args.drop_path:g}, patches kept {args.patch_keep:g}, EMA "
             + (f"{args.ema:g}" if args.ema else "off"))
 
 
@@ -444,7 +461,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             row = train_one_epoch(
                 train_model, optimizer, scheduler, batches.epoch(state.epoch), steps=batches.steps,
                 augment=augment, generator=procs.generator(seed_for(args.seed, "augment", state.epoch, procs.rank)),
-                mixing=mixing, label_smoothing=args.label_smoothing, bf16=bf16, procs=procs, ema=ema,
+                mixing=mixing, label_smoothing=args.label_smoothing, patch_keep=args.patch_keep,
+                bf16=bf16, procs=procs, ema=ema,
                 description=f"epoch {state.epoch + 1}/{args.epochs}",
                 show_progress=procs.main and not args.no_progress)
             state.epoch += 1

@@ -164,16 +164,25 @@ class ViT(
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False, patch_keep: float = 1.0):
         """Logits for normalized images (B, C, H, W).
 
         With return_attention=True, also the list of each block's attention weights,
         (B, heads, tokens, tokens) with the class token first; asking for them switches
         off the fused attention kernel, so training never does.
+
+        patch_keep < 1 (training only) keeps that fraction of the patch tokens, a fresh
+        random subset per image after the positions are added (PatchDropout, Liu et al.
+        2022): fewer tokens, a cheaper step; evaluation always sees every patch.
         """
-        tokens = self.patch_embed(patchify(x, self.patch_size))
-        cls = self.cls_token.expand(x.shape[0], -1, -1)
-        x = self.pos_drop(torch.cat([cls, tokens], dim=1) + self.pos_embed)
+        tokens = self.patch_embed(patchify(x, self.patch_size)) + self.pos_embed[:, 1:]
+        if self.training and patch_keep < 1:
+            b, n, d = tokens.shape
+            keep = max(1, round(patch_keep * n))
+            idx = torch.rand(b, n, device=x.device).argsort(dim=1)[:, :keep]
+            tokens = tokens.gather(1, idx[:, :, None].expand(b, keep, d))
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = self.pos_drop(torch.cat([cls, tokens], dim=1))
         attentions = []
         for block in self.blocks:
             x, weights = block(x, need_weights=return_attention)

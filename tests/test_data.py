@@ -1,4 +1,6 @@
 
+import argparse
+
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -184,8 +186,27 @@ def test_mixed_image_sizes_are_named(tmp_path):
     root = make_folder_dataset(tmp_path / "c", per_class=2)
     from PIL import Image
     Image.new("RGB", (40, 40)).save(root / "train" / "truck" / "0001.png")
-    with pytest.raises(data.DataError, match=r"truck/0001\.png is 40x40"):
+    with pytest.raises(data.DataError, match=r"airplane/0000\.png is 32x32 but .*truck/0001\.png is 40x40"):
         data.load_split(root)
+
+
+@pytest.mark.parametrize("odd", ["first", "last"])
+def test_non_square_images_are_refused_naming_the_file(tmp_path, odd):
+    root = make_folder_dataset(tmp_path / "c", per_class=2)
+    from PIL import Image
+    name = ("airplane", "0000.png") if odd == "first" else ("truck", "0001.png")
+    Image.new("RGB", (40, 32)).save(root / "train" / name[0] / name[1])
+    with pytest.raises(data.DataError, match=rf"{name[0]}/{name[1]} is 40x32: images must be square"):
+        data.load_split(root)
+
+
+def test_val_size_is_a_fraction_or_a_count():
+    assert len(data.split_indices(600, 0.1, seed=0)[1]) == 60   # 10% of a small folder
+    assert len(data.split_indices(50_000, data.val_size("0.1"), seed=0)[1]) == 5000
+    assert len(data.split_indices(600, data.val_size("25"), seed=0)[1]) == 25
+    for bad in ("0", "-3", "2.5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            data.val_size(bad)
 
 
 def test_atomic_save_leaves_nothing_on_failure(tmp_path):

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -289,3 +290,158 @@ def test_strong_recipe_trains_end_to_end(shared_folder_data, tmp_path, monkeypat
     assert training_calls and all(shape[1:] == (10,) for shape, _ in training_calls)  # soft targets
     assert result["recipe"] == "strong" and result["settings"]["policy"] == "autoaugment"
     assert "strong recipe, 2 epochs" in (tmp_path / "run" / "export" / "README.md").read_text()
+
+
+# ---------------------------------------------------------------- every device
+
+def test_every_epoch_reseeds_from_seed_epoch_and_rank():
+    seeds = {train.seed_for(0, "augment", epoch, rank) for epoch in range(3) for rank in range(4)}
+    assert len(seeds) == 12   # no two processes or epochs share a stream
+    assert train.seed_for(0, "augment", 1, 0) == train.seed_for(0, "augment", 1, 0)
+
+
+def test_processes_split_each_epoch_into_full_disjoint_batches():
+    images = torch.zeros(45, 3, 4, 4, dtype=torch.uint8)
+    labels = torch.arange(45)
+    shards = []
+    for rank in range(2):
+        procs = loop.Processes(rank, 2, torch.device("cpu"))
+        batches = loop.EpochBatches(images, labels, batch_size=8, seed=0, procs=procs)
+        got = [y for _, y in batches.epoch(3)]
+        assert batches.steps == len(got) == 5 and all(len(y) == 4 for y in got)  # 22 // 4
+        shards.append(torch.cat(got))
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+    procs = loop.Processes(0, 1, torch.device("cpu"))
+    one = loop.EpochBatches(images, labels, batch_size=8, seed=0, procs=procs)
+    left_out = [set(range(45)) - set(torch.cat([y for _, y in one.epoch(e)]).tolist()) for e in range(4)]
+    assert all(len(s) == 5 for s in left_out) and len(set.union(*left_out)) > 5  # a new tail each epoch
+
+
+def test_checkpoints_hold_cpu_tensors_and_no_generator_states(shared_folder_data, tmp_path):
+    out = tmp_path / "run"
+    train.main(run_args(shared_folder_data, out, "--epochs", "1"))
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert "rng" not in last and set(last) >= loop.CHECKPOINT_KEYS
+
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                yield from tensors(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                yield from tensors(v)
+    assert all(t.device.type == "cpu" for t in tensors(last))
+    assert loop.on_cpu({"a": [torch.ones(1)], "b": 2})["b"] == 2
+
+
+@pytest.mark.parametrize("content, reason", [(b"", "it is empty"),
+                                             (b"\x00garbage" * 10, "not a readable")])
+def test_corrupt_checkpoint_is_named_with_what_to_do(shared_folder_data, tmp_path, content, reason):
+    out = tmp_path / "run"
+    train.main(run_args(shared_folder_data, out, "--epochs", "1"))
+    (out / "best.pt").write_bytes(content)
+    with pytest.raises(SystemExit, match=f"best.pt .*{reason}.*delete") as err:
+        train.main(["--out", str(out), "--resume", "--no-progress"])
+    assert "weights_only=False" not in str(err.value)
+
+
+def test_resume_honours_more_epochs_and_refuses_other_changes(shared_folder_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main(run_args(shared_folder_data, out, "--epochs", "2"))
+    with pytest.raises(SystemExit, match="cannot change --lr 0.1 .*run has 0.0005"):
+        train.main(["--out", str(out), "--resume", "--lr", "0.1"])
+    with pytest.raises(SystemExit, match="already trained 2 epochs"):
+        train.main(["--out", str(out), "--resume", "--epochs", "1"])
+    train.main(["--out", str(out), "--resume", "--epochs", "3", "--no-progress"])
+    assert "re-planned for 3 epochs" in capsys.readouterr().out
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+def test_extended_schedule_continues_from_the_new_plan():
+    args = train.parse_args(["--epochs", "16"])
+    opt = train.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+    opt.param_groups[0]["lr"] = 5e-6   # as a resumed optimizer holds it after both drops
+    sched = train.build_scheduler(opt, args, steps_per_epoch=2, done_steps=2 * 12)
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-5)   # milestones 10 and 15: one drop
+
+
+def test_bf16_only_where_it_is_native(monkeypatch):
+    cuda = loop.Processes(0, 1, torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert not cuda.use_bf16("auto") and cuda.use_bf16("on")   # a T4 or V100 emulates it
+    cpu = loop.Processes(0, 1, torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert cpu.use_bf16("auto") and not cpu.use_bf16("off")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert not cpu.use_bf16("auto")
+    assert not loop.Processes(0, 1, torch.device("mps")).use_bf16("auto")
+
+
+def test_process_group_backend_follows_the_device(monkeypatch):
+    calls = []
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(loop.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    monkeypatch.setattr(loop.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(loop.dist, "get_world_size", lambda: 2)
+    procs = loop.start_processes("cpu")   # --device cpu under torchrun, GPUs or not
+    assert calls == [("gloo", {})] and procs.world == 2
+    assert isinstance(procs.attention_context(), type(torch.nn.attention.sdpa_kernel([])))
+    assert loop.Processes(0, 1, torch.device("cuda")).attention_context().__class__.__name__ == "nullcontext"
+
+
+def test_fused_adamw_on_the_cpu():
+    args = train.parse_args([])
+    opt = train.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+    assert opt.defaults["fused"]
+
+
+def test_progress_bar_shows_the_last_step_of_a_short_epoch(capsys):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    procs = loop.Processes(0, 1, torch.device("cpu"))
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    batches = loop.EpochBatches(images, torch.arange(64) % 10, batch_size=16, seed=0, procs=procs)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    from data import DeviceAugment
+    row = loop.train_one_epoch(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                               batches.epoch(0), steps=batches.steps,
+                               augment=DeviceAugment([0.5] * 3, [0.25] * 3), generator=procs.generator(0),
+                               mixing=None, label_smoothing=0.0, bf16=False, procs=procs,
+                               show_progress=True, description="epoch 1/1")
+    err = capsys.readouterr().err
+    assert "4/4" in err and f"loss={row['train_loss']:.3f}" in err
+
+
+@pytest.mark.parametrize("extra", [["--amp", "on"], ["--compile", "aot_eager"]])
+def test_autocast_and_compiled_runs_train(shared_folder_data, tmp_path, extra):
+    out = tmp_path / "run"
+    result = train.main(run_args(shared_folder_data, out, "--epochs", "2", *extra))
+    rows = read_metrics(out)
+    assert all(math.isfinite(r["train_loss"]) for r in rows) and rows[1]["train_loss"] < rows[0]["train_loss"]
+    assert 0 <= result["val_acc"] <= 1
+
+
+# ---------------------------------------------------------------- any dataset
+
+def test_a_folder_of_48x48_images_trains_at_48(tmp_path):
+    from conftest import make_folder_dataset
+
+    root = make_folder_dataset(tmp_path / "big", per_class=8, size=48)
+    out = tmp_path / "run"
+    train.main(run_args(root, out, "--epochs", "1", "--val-size", "0.25", "--batch-size", "32",
+                        "--patch-size", "8"))
+    config = json.loads((out / "export" / "config.json").read_text())
+    assert config["image_size"] == 48 and config["patch_size"] == 8
+    with pytest.raises(SystemExit, match="--patch-size 5 does not divide the 48x48 images .*1, 2, 3, 4, 6"):
+        train.main(run_args(root, tmp_path / "bad", "--patch-size", "5", "--val-size", "0.25"))
+
+
+def test_one_epoch_run_says_what_it_does_after_the_last_epoch(shared_folder_data, tmp_path, capsys):
+    train.main(run_args(shared_folder_data, tmp_path / "run", "--epochs", "1"))
+    out = capsys.readouterr().out
+    assert out.index("evaluating the best checkpoint") < out.index("writing the export")
+    card = (tmp_path / "run" / "export" / "README.md").read_text()
+    assert "1 epoch:" in card and "[1, 1]" not in card and "constant learning rate" in card

@@ -195,10 +195,10 @@ def project_contender(images, labels, mean, std, cfg, device, bf16, compile_mode
     procs = loop.Processes(0, 1, device)
     model = train.build_model(cfg, CIFAR10_CLASSES, mean, std, images.shape[-1]).to(device)
     fast = torch.compile(model) if compile_model else model
-    optimizer = train.build_optimizer(model, cfg, device)
+    optimizer = loop.build_optimizer(model, cfg, device)
     batches = loop.EpochBatches(images, labels, batch_size=cfg.batch_size, seed=cfg.seed,
                                 procs=procs, policy=train.build_policy(cfg.policy))
-    scheduler = train.build_scheduler(optimizer, cfg, batches.steps)
+    scheduler = loop.build_scheduler(optimizer, cfg, batches.steps)
     augment = DeviceAugment(mean, std, size=images.shape[-1])
     mixing = train.build_mixing(cfg, len(CIFAR10_CLASSES))
     generator = procs.generator(cfg.seed)
@@ -268,7 +268,7 @@ def build_contenders(images, labels, mean, std, args, device, bf16) -> list[Cont
 
     timm_model = timm_vit(project.model, cfg.dropout, cfg.attn_dropout, cfg.drop_path).to(device)
     timm = loader_contender(
-        "timm", timm_model, train.build_optimizer(timm_model, cfg, device),
+        "timm", timm_model, loop.build_optimizer(timm_model, cfg, device),
         loader(ImageTensorDataset(images, labels, train_transform(mean, std, images.shape[-1]))),
         device, bf16, args.compile,
         {"data": "DataLoader, data.train_transform (transforms.v2) per uint8 image",

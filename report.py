@@ -300,6 +300,39 @@ def command_line() -> str:
     return " ".join(["python", Path(sys.argv[0]).name] + sys.argv[1:])
 
 
+# ---------------------------------------------------------------- words
+
+def describe_schedule(settings, milestones: list[int]) -> str:
+    """The learning-rate schedule as the run had it; `milestones` are the step
+    schedule's x0.1 epochs (those at or past the end never happen)."""
+    warmup = f"{settings.warmup_epochs:g} warmup epochs, then " if settings.warmup_epochs else ""
+    if settings.schedule in ("cosine", "linear"):
+        return warmup + f"{settings.schedule} decay to 0"
+    drops = [m for m in milestones if m < settings.epochs]
+    if not drops:
+        return warmup + "a constant learning rate (the x0.1 milestones fall at the end of the run)"
+    return warmup + f"x0.1 after epoch{'s' if len(drops) > 1 else ''} {' and '.join(map(str, drops))}"
+
+
+def describe_recipe(settings, milestones: list[int]) -> str:
+    """The run's recipe in words, every ingredient named with its value."""
+    s = settings
+    epochs = f"{s.epochs} epoch{'s' if s.epochs != 1 else ''}"
+    return (f"{s.recipe} recipe, {epochs}: AdamW lr {s.lr:g}, batch {s.batch_size}, weight decay "
+            f"{s.weight_decay:g} ({'on all parameters' if s.decay_all else 'not on norms, biases, embeddings'}), "
+            f"{describe_schedule(s, milestones)}, label smoothing {s.label_smoothing:g}, policy "
+            f"{s.policy}, flip + RandomResizedCrop, MixUp {s.mixup_alpha:g}, CutMix "
+            f"{s.cutmix_alpha:g}, dropout {s.dropout:g}, attention dropout {s.attn_dropout:g}, "
+            f"drop path {s.drop_path:g}, patches kept {s.patch_keep:g}, EMA "
+            + (f"{s.ema:g}" if s.ema else "off"))
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
 # ---------------------------------------------------------------- data figures
 
 def save_augmentation_grid(images: torch.Tensor, labels, class_names, mean, std,

@@ -17,21 +17,19 @@ plots and export/ (model.safetensors, config.json, training.json, README.md mode
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import report
 from data import DeviceAugment, TrainingData, training_data_or_exit, val_size
-from loop import (EpochBatches, Processes, RunState, evaluate, load_checkpoint, seed_for,
+from loop import (ASSIGNMENT_EPOCHS, EpochBatches, Processes, RunState, build_ema, build_optimizer,
+                  build_scheduler, evaluate, load_checkpoint, scaled_milestones, seed_for,
                   start_processes, train_one_epoch)
 from vit_model import ViT, count_parameters
-
-ASSIGNMENT_EPOCHS = 160
-ASSIGNMENT_MILESTONES = (100, 150)
 
 # What --recipe sets. Every entry is also a flag of its own, which wins over the recipe,
 # and the resolved values are saved with the run (last.pt, training.json, model card).
@@ -70,18 +68,10 @@ def recipe_help(key: str, what: str) -> str:
     return f"{what} [recipe: {values}]"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", default="data",
-                   help="class-folder copy (<dir>/train/<class>/*.jpg) or a folder that "
-                        "holds or receives the official CIFAR-10 download")
-    p.add_argument("--out", default="runs/vit", help="run folder for checkpoints, metrics, plots, export")
-    p.add_argument("--recipe", choices=list(RECIPES), default="assignment",
-                   help="defaults for the options marked [recipe]")
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """The options whose defaults come from --recipe (shown per recipe in --help)."""
     p.add_argument("--epochs", type=int, help=recipe_help("epochs", "epochs; the step schedule's "
                    "milestones (100, 150 of 160) scale in proportion"))
-    p.add_argument("--batch-size", type=int, default=128, help="global batch size")
     p.add_argument("--lr", type=float, help=recipe_help("lr", "AdamW peak learning rate"))
     p.add_argument("--weight-decay", type=float, help=recipe_help("weight_decay", "AdamW weight decay"))
     p.add_argument("--decay-all", action=argparse.BooleanOptionalAction, help=recipe_help(
@@ -109,6 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-keep", type=float, help=recipe_help(
         "patch_keep", "fraction of the patch tokens each training image keeps, a random "
         "subset per image (PatchDropout); evaluation sees them all"))
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one: recipe options list theirs per recipe."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--data-dir", default="data",
+                   help="class-folder copy (<dir>/train/<class>/*.jpg) or a folder that "
+                        "holds or receives the official CIFAR-10 download")
+    p.add_argument("--out", default="runs/vit", help="run folder for checkpoints, metrics, plots, export")
+    p.add_argument("--recipe", choices=list(RECIPES), default="assignment",
+                   help="defaults for the options marked [recipe]; the budget recipe's "
+                        "'auto' warmup is 5%% of the epochs (at least 1) and its 'auto' policy "
+                        "trivialaugment from 40 epochs on, none below")
+    p.add_argument("--batch-size", type=int, default=128, help="global batch size")
+    add_recipe_options(p)
     p.add_argument("--workers", type=int, default=2,
                    help="DataLoader processes for a per-image --policy (unused without one)")
     p.add_argument("--val-size", type=val_size, default=0.1,
@@ -228,11 +239,6 @@ def check_data_fits(args: argparse.Namespace, data: TrainingData, world: int) ->
                          f"{len(data.train_idx)} training images")
 
 
-def scaled_milestones(epochs: int) -> list[int]:
-    """The assignment's LR milestones (100 and 150 of 160 epochs) at another epoch count."""
-    return [max(1, round(m * epochs / ASSIGNMENT_EPOCHS)) for m in ASSIGNMENT_MILESTONES]
-
-
 # ---------------------------------------------------------------- model, optimizer, schedule
 
 def build_model(args: argparse.Namespace, class_names, mean, std, image_size: int = 32) -> ViT:
@@ -240,60 +246,6 @@ def build_model(args: argparse.Namespace, class_names, mean, std, image_size: in
                dim=args.dim, depth=args.depth, heads=args.heads, mlp_dim=args.mlp_dim,
                dropout=args.dropout, attn_dropout=args.attn_dropout, drop_path=args.drop_path,
                class_names=class_names, mean=mean, std=std)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
-    """One group with weight decay on everything, or two: matrices decayed; norms, biases
-    and the position/class embeddings not (decaying those only pulls them towards 0)."""
-    if decay_all:
-        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
-    decay, keep = [], []
-    for name, param in model.named_parameters():
-        exempt = param.ndim <= 1 or name.split(".")[-1] in ("pos_embed", "cls_token")
-        (keep if exempt else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
-
-
-def build_optimizer(model: torch.nn.Module, args: argparse.Namespace, device: torch.device):
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-    # The fused kernel, where the device has one (3.6x faster step() on one CPU thread).
-    return torch.optim.AdamW(param_groups(model, args.weight_decay, args.decay_all), lr=args.lr,
-                             fused=device.type in _get_fused_kernels_supported_devices())
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: list[int]) -> float:
-    """Multiplier of the peak learning rate at an optimizer step."""
-    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
-    if schedule == "step":
-        return ramp * 0.1 ** sum(step >= m for m in milestones)
-    progress = min(1.0, max(0.0, step - warmup) / max(1, total - warmup))
-    if schedule == "linear":  # Li, Yumer & Ramanan 2020: linear decay to zero over the budget
-        return ramp * (1 - progress)
-    return ramp * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def build_scheduler(optimizer, args: argparse.Namespace, steps_per_epoch: int, done_steps: int = 0):
-    """Stepped after every optimizer step, and fast-forwarded past `done_steps` on a
-    resume, so it follows the plan of the (possibly extended) run. The assignment's
-    schedule is MultiStepLR itself; warmup, cosine or linear go through one LambdaLR."""
-    import warnings
-
-    for group in optimizer.param_groups:   # a resumed optimizer holds the decayed rate
-        group["lr"] = args.lr
-        group.pop("initial_lr", None)
-    milestones = [m * steps_per_epoch for m in scaled_milestones(args.epochs)]
-    if args.schedule == "step" and not args.warmup_epochs:
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-    else:
-        total, warmup = args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, total, warmup, args.schedule, milestones))
-    with warnings.catch_warnings():  # stepping without optimizer.step() is the point here
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(done_steps):
-            scheduler.step()
-    return scheduler
 
 
 def build_policy(name: str):
@@ -321,49 +273,58 @@ def build_mixing(args: argparse.Namespace, num_classes: int):
     return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
 
 
-def build_ema(model: ViT, decay: float):
-    """An exponential moving average of the weights (buffers included), or None."""
-    if not decay:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
-# ---------------------------------------------------------------- words
-
-def describe_schedule(args: argparse.Namespace) -> str:
-    warmup = f"{args.warmup_epochs:g} warmup epochs, then " if args.warmup_epochs else ""
-    if args.schedule == "cosine":
-        return warmup + "cosine decay to 0"
-    if args.schedule == "linear":
-        return warmup + "linear decay to 0"
-    drops = [m for m in scaled_milestones(args.epochs) if m < args.epochs]
-    if not drops:
-        return warmup + "a constant learning rate (the x0.1 milestones fall at the end of the run)"
-    return warmup + f"x0.1 after epoch{'s' if len(drops) > 1 else ''} {' and '.join(map(str, drops))}"
-
-
-def describe_recipe(args: argparse.Namespace) -> str:
-    """The run's recipe in words, every ingredient named with its value."""
-    epochs = f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}"
-    return (f"{args.recipe} recipe, {epochs}: AdamW lr {args.lr:g}, batch {args.batch_size}, "
-            f"weight decay {args.weight_decay:g} "
-            f"({'on all parameters' if args.decay_all else 'not on norms, biases, embeddings'}), "
-            f"{describe_schedule(args)}, label smoothing {args.label_smoothing:g}, policy "
-            f"{args.policy}, flip + RandomResizedCrop, MixUp {args.mixup_alpha:g}, CutMix "
-            f"{args.cutmix_alpha:g}, dropout {args.dropout:g}, attention dropout "
-            f"{args.attn_dropout:g}, drop path {args.drop_path:g}, patches kept {args.patch_keep:g}, EMA "
-            + (f"{args.ema:g}" if args.ema else "off"))
-
-
-def format_hours(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
-
-
 # ---------------------------------------------------------------- the run
+
+@dataclass
+class Trainer:
+    """What trains, built once per process: the model (wrapped for DDP and compile as
+    asked), its optimizer, schedule and weight average, and the data pipeline."""
+    model: ViT
+    train_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: torch.nn.Module | None
+    batches: EpochBatches
+    augment: DeviceAugment
+    mixing: object
+
+    @classmethod
+    def build(cls, args, data: TrainingData, state: RunState, saved: dict | None,
+              procs: Processes) -> Trainer:
+        torch.manual_seed(args.seed)
+        model = build_model(args, data.class_names, state.mean, state.std, data.image_size).to(procs.device)
+        batches = EpochBatches(data.images[data.train_idx], data.labels[data.train_idx],
+                               batch_size=args.batch_size, seed=args.seed, procs=procs,
+                               policy=build_policy(args.policy), workers=args.workers)
+        optimizer = build_optimizer(model, args, procs.device)
+        ema = build_ema(model, args.ema)
+        if saved:
+            state.restore(saved, model, optimizer, ema)
+        scheduler = build_scheduler(optimizer, args, batches.steps, state.epoch * batches.steps)
+        train_model = procs.wrap(model)
+        if args.compile:
+            train_model = torch.compile(train_model, backend=args.compile)
+        return cls(model, train_model, optimizer, scheduler, ema, batches,
+                   DeviceAugment(state.mean, state.std, size=data.image_size),
+                   build_mixing(args, len(data.class_names)))
+
+    @property
+    def scored(self) -> ViT:
+        """The weights that are validated, kept as best.pt and exported."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def train_epoch(self, args, epoch: int, procs: Processes, bf16: bool) -> dict:
+        """One epoch, its randomness drawn afresh from (seed, epoch, rank)."""
+        torch.manual_seed(seed_for(args.seed, "torch", epoch, procs.rank))
+        random.seed(seed_for(args.seed, "python", epoch, procs.rank))
+        return train_one_epoch(
+            self.train_model, self.optimizer, self.scheduler, self.batches.epoch(epoch),
+            steps=self.batches.steps, augment=self.augment,
+            generator=procs.generator(seed_for(args.seed, "augment", epoch, procs.rank)),
+            mixing=self.mixing, label_smoothing=args.label_smoothing, bf16=bf16, procs=procs,
+            patch_keep=args.patch_keep, ema=self.ema, description=f"epoch {epoch + 1}/{args.epochs}",
+            show_progress=procs.main and not args.no_progress)
+
 
 def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunState,
            data: TrainingData, procs: Processes, bf16: bool) -> dict:
@@ -378,13 +339,12 @@ def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunSta
     val = evaluate(model, val_images, val_labels, **evaluation)
     flipped = evaluate(model, val_images, val_labels, flip=True, **evaluation)
     test = data.test and evaluate(model, data.test.images, data.test.labels, **evaluation)
-    names = data.class_names
     summary = report.RunSummary(
-        recipe=args.recipe, recipe_description=describe_recipe(args), data=data.description,
-        machine=procs.machine(), command=report.command_line(), epochs=args.epochs,
-        best_epoch=best["epoch"], val_acc=val.acc, val_acc_flip_tta=flipped.acc,
-        val_images=len(val_labels), split_seed=args.seed, class_names=names,
-        confusion=report.confusion_matrix(val_labels, val.preds, len(names)).tolist(),
+        recipe=args.recipe, recipe_description=report.describe_recipe(args, scaled_milestones(args.epochs)),
+        data=data.description, machine=procs.machine(), command=report.command_line(),
+        epochs=args.epochs, best_epoch=best["epoch"], val_acc=val.acc, val_acc_flip_tta=flipped.acc,
+        val_images=len(val_labels), split_seed=args.seed, class_names=data.class_names,
+        confusion=report.confusion_matrix(val_labels, val.preds, len(data.class_names)).tolist(),
         history=state.history, settings=state.settings,
         test_acc=test.acc if test else None, test_images=len(data.test) if data.test else 0)
     print("drawing the plots ...", flush=True)
@@ -397,11 +357,11 @@ def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunSta
 
 
 def prepare_run(args: argparse.Namespace, argv: list[str] | None):
-    """The settings, the saved checkpoint (or None) and the run state of this run."""
-    run_dir = Path(args.out)
+    """The settings, the saved checkpoint (or None) and the run state (or None)."""
     if not args.resume:
         check_args(args)
         return args, None, None
+    run_dir = Path(args.out)
     saved = load_checkpoint(run_dir / "last.pt", resume_hint=True)
     if (run_dir / "best.pt").exists():
         load_checkpoint(run_dir / "best.pt", resume_hint=True)
@@ -411,80 +371,60 @@ def prepare_run(args: argparse.Namespace, argv: list[str] | None):
     return args, saved, state
 
 
+def run_state(args: argparse.Namespace, data: TrainingData, state: RunState | None) -> RunState:
+    """A new run's state, or the resumed one after checking that the data is the same."""
+    if state is None:
+        return RunState(settings=vars(args).copy(), mean=data.mean, std=data.std)
+    if not torch.allclose(torch.tensor(state.mean), torch.tensor(data.mean), atol=1e-6):
+        raise SystemExit(f"error: the images in {args.data_dir} are not the ones this run was "
+                         "trained on (their mean differs from the checkpoint's)")
+    state.settings = vars(args).copy()
+    return state
+
+
+def log_epoch(state: RunState, row: dict, epochs: int, first: bool) -> None:
+    print(f"epoch {state.epoch:>3}/{epochs}  lr {row['lr']:.2e}  train loss "
+          f"{row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  val loss "
+          f"{row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  ({row['seconds']:.0f}s)", flush=True)
+    if first and state.epoch < epochs:   # so a CPU user can size --epochs
+        s = row["seconds"]
+        print(f"epoch {state.epoch}: {s:.0f} s; {epochs} epochs ≈ {report.format_duration(s * epochs)} "
+              f"on this machine ({report.format_duration(s * (epochs - state.epoch))} to go)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     args, saved, state = prepare_run(parse_args(argv), argv)
     run_dir = Path(args.out)
     procs = start_processes(args.device)
     bf16 = procs.use_bf16(args.amp)
-
     data = training_data_or_exit(args.data_dir, args.val_size, args.seed, args.train_subset)
     check_data_fits(args, data, procs.world)
-    if state is None:
-        state = RunState(settings=vars(args).copy(), mean=data.mean, std=data.std)
-    elif not torch.allclose(torch.tensor(state.mean), torch.tensor(data.mean), atol=1e-6):
-        raise SystemExit(f"error: the images in {args.data_dir} are not the ones this run was "
-                         "trained on (their mean differs from the checkpoint's)")
-    state.settings = vars(args).copy()
-
-    torch.manual_seed(args.seed)
-    model = build_model(args, data.class_names, state.mean, state.std, data.image_size).to(procs.device)
-    batches = EpochBatches(data.images[data.train_idx], data.labels[data.train_idx],
-                           batch_size=args.batch_size, seed=args.seed, procs=procs,
-                           policy=build_policy(args.policy), workers=args.workers)
-    optimizer = build_optimizer(model, args, procs.device)
-    ema = build_ema(model, args.ema)
-    if saved:
-        state.restore(saved, model, optimizer, ema)
-    scheduler = build_scheduler(optimizer, args, batches.steps, state.epoch * batches.steps)
-    train_model = procs.wrap(model)
-    if args.compile:
-        train_model = torch.compile(train_model, backend=args.compile)
-    augment = DeviceAugment(state.mean, state.std, size=data.image_size)
-    mixing = build_mixing(args, len(data.class_names))
-    scored = ema.module if ema else model   # the weights validated, kept and exported
-    val_images = data.images[data.val_idx].to(procs.device)
-    val_labels = data.labels[data.val_idx]
+    state = run_state(args, data, state)
+    trainer = Trainer.build(args, data, state, saved, procs)
+    val_images, val_labels = data.images[data.val_idx].to(procs.device), data.labels[data.val_idx]
     if procs.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        print(f"{data.description}; {count_parameters(model):,} parameters; "
+        print(f"{data.description}; {count_parameters(trainer.model):,} parameters; "
               f"{procs.machine()}; bf16 {'on' if bf16 else 'off'}; "
               + (f"resuming after epoch {state.epoch} of {args.epochs}" if saved
-                 else f"{args.epochs} epochs of {batches.steps} steps"), flush=True)
+                 else f"{args.epochs} epochs of {trainer.batches.steps} steps"), flush=True)
 
+    result, first_epoch = None, state.epoch
     with procs.attention_context():
-        first_epoch = state.epoch
         while state.epoch < args.epochs:
-            start = time.time()
-            torch.manual_seed(seed_for(args.seed, "torch", state.epoch, procs.rank))
-            random.seed(seed_for(args.seed, "python", state.epoch, procs.rank))
-            lr = optimizer.param_groups[0]["lr"]
-            row = train_one_epoch(
-                train_model, optimizer, scheduler, batches.epoch(state.epoch), steps=batches.steps,
-                augment=augment, generator=procs.generator(seed_for(args.seed, "augment", state.epoch, procs.rank)),
-                mixing=mixing, label_smoothing=args.label_smoothing, patch_keep=args.patch_keep,
-                bf16=bf16, procs=procs, ema=ema,
-                description=f"epoch {state.epoch + 1}/{args.epochs}",
-                show_progress=procs.main and not args.no_progress)
+            start, lr = time.time(), trainer.optimizer.param_groups[0]["lr"]
+            row = trainer.train_epoch(args, state.epoch, procs, bf16)
             state.epoch += 1
             if procs.main:
-                val = evaluate(scored, val_images, val_labels, data.mean, data.std,
+                val = evaluate(trainer.scored, val_images, val_labels, data.mean, data.std,
                                args.eval_batch_size, procs.device, bf16)
                 row = {"epoch": state.epoch, "lr": lr, **row, "val_loss": val.loss,
                        "val_acc": val.acc, "seconds": time.time() - start}
-                state.end_epoch(row, run_dir, model, optimizer, scored, ema)
-                print(f"epoch {state.epoch:>3}/{args.epochs}  lr {lr:.2e}  train loss "
-                      f"{row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  val loss "
-                      f"{val.loss:.4f} acc {100 * val.acc:.2f}%  ({row['seconds']:.0f}s)", flush=True)
-                if state.epoch == first_epoch + 1 and state.epoch < args.epochs:
-                    print(f"epoch {state.epoch}: {row['seconds']:.0f} s; {args.epochs} epochs ≈ "
-                          f"{format_hours(row['seconds'] * args.epochs)} on this machine "
-                          f"({format_hours(row['seconds'] * (args.epochs - state.epoch))} to go)",
-                          flush=True)
+                state.end_epoch(row, run_dir, trainer.model, trainer.optimizer, trainer.scored, trainer.ema)
+                log_epoch(state, row, args.epochs, first=state.epoch == first_epoch + 1)
             procs.barrier()
-
-        result = None
         if procs.main:
-            result = finish(scored, run_dir=run_dir, args=args, state=state, data=data,
+            result = finish(trainer.scored, run_dir=run_dir, args=args, state=state, data=data,
                             procs=procs, bf16=bf16)
             print(f"best validation accuracy {100 * result['val_acc']:.2f}% at epoch "
                   f"{result['best_epoch']} ({100 * result['val_acc_flip_tta']:.2f}% with flip "

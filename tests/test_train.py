@@ -30,16 +30,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def test_milestones_scale_with_epochs():
-    assert train.scaled_milestones(160) == [100, 150]
-    assert train.scaled_milestones(16) == [10, 15]
-    assert train.scaled_milestones(2) == [1, 2]
+    assert loop.scaled_milestones(160) == [100, 150]
+    assert loop.scaled_milestones(16) == [10, 15]
+    assert loop.scaled_milestones(2) == [1, 2]
 
 
 def test_scheduler_follows_the_assignment():
     args = train.parse_args(["--epochs", "160", "--lr", "1e-3"])
     model = torch.nn.Linear(2, 2)
-    opt = train.build_optimizer(model, args, torch.device("cpu"))
-    sched = train.build_scheduler(opt, args, steps_per_epoch=3)
+    opt = loop.build_optimizer(model, args, torch.device("cpu"))
+    sched = loop.build_scheduler(opt, args, steps_per_epoch=3)
     assert isinstance(sched, torch.optim.lr_scheduler.MultiStepLR)
     lrs = []
     for _ in range(160 * 3):
@@ -221,19 +221,19 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
     from vit_model import ViT
 
     model = ViT(depth=2)
-    decay, keep = train.param_groups(model, 0.05, decay_all=False)
+    decay, keep = loop.param_groups(model, 0.05, decay_all=False)
     assert decay["weight_decay"] == 0.05 and keep["weight_decay"] == 0.0
     kept = {id(p) for p in keep["params"]}
     for name, p in model.named_parameters():
         exempt = ("bias" in name or "norm" in name or name in ("pos_embed", "cls_token"))
         assert (id(p) in kept) == exempt, name
-    assert len(train.param_groups(model, 0.05, decay_all=True)) == 1
+    assert len(loop.param_groups(model, 0.05, decay_all=True)) == 1
 
 
 def test_warmup_cosine_learning_rate_at_chosen_steps():
     args = train.parse_args(["--recipe", "strong", "--lr", "1e-3"])  # 200 epochs, 10 warmup
-    opt = train.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
-    sched = train.build_scheduler(opt, args, steps_per_epoch=10)
+    opt = loop.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+    sched = loop.build_scheduler(opt, args, steps_per_epoch=10)
     lrs = []
     for _ in range(2000):
         lrs.append(opt.param_groups[0]["lr"])
@@ -361,9 +361,9 @@ def test_resume_honours_more_epochs_and_refuses_other_changes(shared_folder_data
 
 def test_extended_schedule_continues_from_the_new_plan():
     args = train.parse_args(["--epochs", "16"])
-    opt = train.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+    opt = loop.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
     opt.param_groups[0]["lr"] = 5e-6   # as a resumed optimizer holds it after both drops
-    sched = train.build_scheduler(opt, args, steps_per_epoch=2, done_steps=2 * 12)
+    loop.build_scheduler(opt, args, steps_per_epoch=2, done_steps=2 * 12)
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-5)   # milestones 10 and 15: one drop
 
 
@@ -395,7 +395,7 @@ def test_process_group_backend_follows_the_device(monkeypatch):
 
 def test_fused_adamw_on_the_cpu():
     args = train.parse_args([])
-    opt = train.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+    opt = loop.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
     assert opt.defaults["fused"]
 
 

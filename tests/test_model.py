@@ -129,3 +129,13 @@ def test_patchify_non_square_and_first_patch_is_top_left():
 def test_patchify_rejects_sizes_that_do_not_divide(p):
     with pytest.raises(ValueError, match="does not divide"):
         patchify(torch.zeros(1, 3, 32, 32), p)
+
+
+def test_cli_prints_the_real_cost_of_a_forward_pass():
+    out = subprocess.run([sys.executable, "vit_model.py"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "mult-adds" not in out and "3,195,146" in out
+    # By hand: 6 blocks x 65 tokens x (4 x 256^2 + 2 x 256 x 512) multiply-adds, the two
+    # attention matmuls (2 x 8 heads x 65^2 x 32 per block) and the patch embedding.
+    macs = 6 * 65 * (4 * 256 ** 2 + 2 * 256 * 512) + 6 * 2 * 8 * 65 * 65 * 32 + 64 * 48 * 256 + 256 * 10
+    assert f"forward pass: {2 * macs / 1e9:.3f} GFLOP per image" in out

@@ -17,6 +17,7 @@ plots and export/ (model.safetensors, config.json, training.json, README.md mode
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "trivialaugment from 40 epochs on, none below")
     p.add_argument("--batch-size", type=int, default=128, help="global batch size")
     add_recipe_options(p)
-    p.add_argument("--workers", type=int, default=2,
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="DataLoader processes for a per-image --policy (unused without one)")
     p.add_argument("--val-size", type=val_size, default=0.1,
                    help="held out for validation: a fraction (0.1: 5,000 of CIFAR-10's 50,000) or a count")

@@ -49,10 +49,10 @@ RECIPES = {
     # Most accuracy per training FLOP at a fixed --epochs (README, "The budget recipe"):
     # warmup then linear decay to zero over exactly this run, no dropout, drop path, half
     # the patches per training image; "auto" values follow --epochs (budget_value).
-    "budget": dict(epochs=30, lr=1e-3, weight_decay=0.05, schedule="linear",
+    "budget": dict(epochs=30, lr=5e-4, weight_decay=0.05, schedule="linear",
                    warmup_epochs="auto", label_smoothing=0.1, policy="auto", mixup_alpha=0.0,
                    cutmix_alpha=0.0, dropout=0.0, attn_dropout=0.0, drop_path=0.1,
-                   decay_all=False, ema=0.0, patch_keep=1.0),
+                   decay_all=False, ema=0.0, patch_keep=0.5),
 }
 POLICIES = ["none", "autoaugment", "randaugment", "trivialaugment"]
 # How a resumed run may differ from its start: these come from the new command line (its

@@ -54,7 +54,7 @@ DELETE_CACHE = (300, 900)
 # (not over) the mistakes, which are twice as wide as tall; phones get fewer columns.
 CSS = """
 #photo img, #seen img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-#blocks .grid-wrap, #mistakes .grid-wrap { height: auto !important; max-height: none !important; }
+#blocks .grid-wrap, #mistakes .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
 #mistakes .thumbnail-item { aspect-ratio: auto; height: auto; flex-direction: column; }
 #mistakes .thumbnail-item img { aspect-ratio: 2 / 1; width: 100%; height: auto; }
 #mistakes .caption-label { position: static; max-width: none; white-space: normal; margin: 4px; }
@@ -185,20 +185,13 @@ class Endpoints:
         """/view: the image as the model reads it ({size}x{size} PNG)."""
         if image is None:  # a cleared upload: nothing to show, and no message on the page
             raise gr.Error(photo.NO_IMAGE, visible=False, print_exception=False)
-        session, key = getattr(request, "session_hash", None), payload_key(image)
-        if (repeat := self.last_view.recent(session, key)) is not None:
-            path, message = repeat
-            if message is not None:  # already shown for this image
-                raise gr.Error(message, visible=False, print_exception=False)
-            if os.path.exists(path):
-                return path
-        try:
-            path = self._png(self.read(image).permute(1, 2, 0).numpy())
-        except photo.UserError as err:
-            self.last_view.remember(session, key, (None, str(err)))
-            raise
-        self.last_view.remember(session, key, (path, None))
-        return path
+        outcome, fresh = self.last_view.run(
+            getattr(request, "session_hash", None), payload_key(image),
+            lambda: self._png(self.read(image).permute(1, 2, 0).numpy()))
+        if outcome.exception() is not None and not fresh:  # already shown for this image
+            raise gr.Error(str(outcome.exception()), visible=False, print_exception=False)
+        path = outcome.result()
+        return path if os.path.exists(path) else self._png(self.read(image).permute(1, 2, 0).numpy())
 
     def predict(self, image) -> dict[str, float]:
         """/predict: class probabilities for an image."""
@@ -304,7 +297,8 @@ def results_markdown(loaded: Loaded) -> str:
         rows.append(("per-class accuracy", ", ".join(f"{n} {100 * float(a):.1f}%"
                                                      for n, a in zip(names, per_class))))
     rows = [(k, v) for k, v in rows if v not in (None, "")]
-    return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]) if rows else ""
+    return "\n".join(["| | as recorded in training.json |", "|---|---|",
+                      *(f"| {k} | {v} |" for k, v in rows)]) if rows else ""
 
 
 def model_tab(loaded: Loaded, out: Path) -> None:
@@ -319,7 +313,7 @@ def model_tab(loaded: Loaded, out: Path) -> None:
     gr.Markdown(f"**{parameters:,} parameters.** The graph is traced from the loaded module "
                 f"with one {model.image_size}x{model.image_size} input (torchview, drawn by "
                 "graphviz); the table lists each layer's output shape and parameters (torchinfo).")
-    with gr.Row():
+    with gr.Row(equal_height=False):
         reason = model_graph.dot_missing()
         if reason is None:
             graph = model_graph.draw(model, model.image_size, out / "model_graph.png")
@@ -327,8 +321,9 @@ def model_tab(loaded: Loaded, out: Path) -> None:
                      buttons=["fullscreen"], scale=1)
         else:
             gr.Markdown(f"The graph cannot be drawn here: {reason}.")
-        gr.Code(model_graph.layer_table(model, model.image_size), label="Layers", scale=2,
-                interactive=False)
+        table = model_graph.layer_table(model, model.image_size)
+        gr.Code(table, label="Layers", scale=2, interactive=False,
+                max_lines=table.count("\n") + 1)
 
 
 def answer_row(size: int) -> tuple[gr.Image, gr.Image, gr.Label, gr.Image, gr.Markdown]:
@@ -382,9 +377,13 @@ def mistakes_tab(demo: gr.Blocks, ends: Endpoints) -> None:
 
 def results_tab(loaded: Loaded, figures: list[tuple[Path, str]]) -> None:
     gr.Markdown(results_markdown(loaded) or "This model's folder has no training.json.")
-    with gr.Row():
-        for path, title in figures:
-            gr.Image(str(path), label=title, interactive=False, buttons=["fullscreen"])
+    # The curves are wide (loss beside accuracy): a row of their own; the others share one.
+    wide = [f for f in figures if f[0].name == "curves.png"]
+    for row in (wide, [f for f in figures if f not in wide]):
+        with gr.Row(equal_height=False):
+            for path, title in row:  # each figure has its own title, so no label over it
+                gr.Image(str(path), label=title, show_label=False, interactive=False,
+                         buttons=["fullscreen"], min_width=380)
 
 
 def augment_tab(ends: Endpoints, seen) -> tuple:

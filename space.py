@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -72,34 +73,40 @@ def _replay(messages, then=None):
 
 
 class LastCall:
-    """Each session's last call of one endpoint, remembered for a few seconds.
+    """Each session's last call of one endpoint, shared for a few seconds.
 
     Gradio's Image fires its change event twice for one upload when it already held an
     image (it compares value objects, not values), and a changed control reruns the same
-    step for the same image: an identical call within `seconds` gets the same outcome
-    without decoding the photo again, and a repeated failure is not shown twice."""
+    step for the same image: a call identical to the session's last one, still running or
+    started within `seconds`, gets that call's outcome instead of decoding the photo again,
+    and the caller learns it is a repeat (so a failure is not shown twice)."""
 
     def __init__(self, seconds: float = 5.0, sessions: int = 512):
         self.seconds, self.sessions = seconds, sessions
-        self._calls: OrderedDict = OrderedDict()
+        self._calls: OrderedDict[str, tuple[str, float, Future]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def recent(self, session: str | None, key: str):
-        """The remembered outcome of this session's last call if it had this key, else None."""
+    def run(self, session: str | None, key: str, compute) -> tuple[Future, bool]:
+        """(the outcome as a finished Future, whether this call computed it)."""
+        now = time.monotonic()
         with self._lock:
             last = self._calls.get(session) if session else None
-        if last and last[0] == key and time.monotonic() - last[1] < self.seconds:
-            return last[2]
-        return None
-
-    def remember(self, session: str | None, key: str, outcome) -> None:
-        if not session:
-            return
-        with self._lock:
-            self._calls[session] = (key, time.monotonic(), outcome)
-            self._calls.move_to_end(session)
-            while len(self._calls) > self.sessions:
-                self._calls.popitem(last=False)
+            if last and last[0] == key and now - last[1] < self.seconds:
+                future, fresh = last[2], False
+            else:
+                future, fresh = Future(), True
+                if session:
+                    self._calls[session] = (key, now, future)
+                    self._calls.move_to_end(session)
+                    while len(self._calls) > self.sessions:
+                        self._calls.popitem(last=False)
+        if fresh:
+            try:
+                future.set_result(compute())
+            except Exception as err:  # handed to every caller of the same step
+                future.set_exception(err)
+        future.exception()  # wait for the first caller's outcome
+        return future, fresh
 
 
 def save_png(pixels: np.ndarray, folder: str | os.PathLike) -> str:

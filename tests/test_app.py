@@ -65,6 +65,25 @@ def test_a_repeated_view_is_not_decoded_or_reported_twice(ends, monkeypatch, tmp
     assert shown.value.visible and not again.value.visible  # the page shows it once
 
 
+def test_identical_views_at_the_same_time_decode_once(ends, monkeypatch):
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    decoded = []
+    load = app.photo.load_photo
+    monkeypatch.setattr(app.photo, "load_photo",
+                        lambda *a: decoded.append(a) or time.sleep(0.5) or load(*a))
+    session, results = SimpleNamespace(session_hash="tab-3"), []
+    threads = [threading.Thread(target=lambda: results.append(ends.view({"path": EXAMPLE}, session)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(decoded) == 1 and len(results) == 2 and results[0] == results[1]
+
+
 def test_predict_normalizes_with_the_config_statistics(ends):
     config = json.loads((app.BUNDLED_WEIGHTS / "config.json").read_text())
     image = torch.from_numpy(png(EXAMPLE).copy()).permute(2, 0, 1)

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 import photo
 import space
 from data import to_normalized
-from mistakes import ANY, find_mistakes, load_sample, picture, select
+from mistakes import ANY, SPLIT_SEED, VAL_SIZE, find_mistakes, load_sample, picture, select
 from model_files import FIGURES, Loaded, load_model as load_checked, source_from
 from pictures import augmented_views, block_maps, enlarge, patch_views, rollout_figure
 from rollout import HEAD_FUSIONS, model_rollout, scale_to_unit
@@ -157,8 +157,15 @@ class Endpoints:
                 if sample.class_names != self.model.class_names:
                     raise ValueError("the bundled sample's classes are not this model's")
                 self.mistakes = find_mistakes(self.model, sample)
+                space.release_memory()  # the attention maps of 500 images are freed
             except (OSError, ValueError) as err:
                 self.no_mistakes = f"The bundled validation sample cannot be used: {err}."
+        # The sample is held out from the split the bundled weights used; a model trained
+        # on another split (or that does not say) may have seen some of these images.
+        split = (loaded.training.get("split_seed"), loaded.training.get("val_images"))
+        self.sample_caveat = "" if split == (SPLIT_SEED, VAL_SIZE) else (
+            " **This model's training.json does not show the same validation split, so it "
+            "may have trained on some of these images.**")
 
     def _png(self, pixels) -> str:
         return space.save_png(pixels, self.out)
@@ -257,7 +264,7 @@ class Endpoints:
                    f"({100 * (total - wrong) / total:.1f}% right). This filter: {len(chosen)}"
                    f"{f', the {MISTAKES_SHOWN} most confident shown' if len(chosen) > MISTAKES_SHOWN else ''}. "
                    f"Each: the image, its rollout, then true class → top 3. The sample: "
-                   f"{self.mistakes.sample.description}.")
+                   f"{self.mistakes.sample.description}.{self.sample_caveat}")
         shown = [picture(self.mistakes, i) for i in chosen[:MISTAKES_SHOWN]]
         return [(self._png(p), c) for p, c in shown], summary
 

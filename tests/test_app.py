@@ -195,8 +195,15 @@ def test_mistakes_are_wrong_filtered_and_explained(ends):
     assert cats and all(caption.startswith("cat → ") for _, caption in cats)
     as_dog, _ = ends.mistakes_for("any", "dog")
     assert as_dog and all(caption.split(" → ")[1].startswith("dog ") for _, caption in as_dog)
+    assert "may have trained on some" not in summary  # the bundled weights' own split
     top3 = everything[0][1].split(" → ")[1].split(", ")
     assert len(top3) == 3 and png(everything[0][0]).shape == (96, 2 * 96 + 4, 3)
+
+
+def test_a_model_from_another_split_is_warned_about(loaded, tmp_path):
+    other = Loaded(loaded.model, "status", loaded.folder, {**loaded.training, "split_seed": 1})
+    summary = app.Endpoints(other, tmp_path).mistakes_for("any", "any")[1]
+    assert "may have trained on some of these images" in summary
 
 
 def test_identical_pictures_are_written_whole_and_shared(tmp_path):
@@ -221,6 +228,14 @@ def test_the_bundled_sample_is_50_validation_images_per_class(tmp_path):
              class_names=np.array(["a"]), description=np.array("x"))
     with pytest.raises(ValueError, match="does not hold uint8 RGB images"):
         mistakes.load_sample(tmp_path / "bad.npz")
+
+
+def test_examples_are_cifar_validation_images(loaded):
+    names = sorted(p.name for p in app.EXAMPLES_DIR.glob("*.jpg"))
+    assert len(names) == 30
+    for cls in loaded.model.class_names:
+        assert sum(n.startswith(f"{cls}_") for n in names) == 3
+    assert all(Image.open(app.EXAMPLES_DIR / n).size == (32, 32) for n in names)
 
 
 # ---------------------------------------------------------------- the page

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import math
 import os
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -112,6 +113,15 @@ def photo_source(payload):
     raise photo.UserError("The image must be a file or a base64 data: URL.")
 
 
+def sample_caveat(training: dict) -> str:
+    """The bundled sample is held out from the split the bundled weights used; a model
+    trained on another split (or whose training.json does not say) may have seen some."""
+    if (training.get("split_seed"), training.get("val_images")) == (SPLIT_SEED, VAL_SIZE):
+        return ""
+    return (" **This model's training.json does not show the same validation split, so it "
+            "may have trained on some of these images.**")
+
+
 def payload_key(payload) -> str:
     """Which image a payload is: its file path (uploads are named by content), or a
     hash of an inline data: URL."""
@@ -150,22 +160,26 @@ class Endpoints:
         self.heads = self.model.blocks[0].attn.num_heads if self.model is not None else 0
         self.patch_sizes = [p for p in range(1, self.size + 1) if self.size % p == 0]
         self.last_view = space.LastCall()
-        self.mistakes, self.no_mistakes = None, "No trained model is loaded."
+        self.sample, self.no_sample = None, "No trained model is loaded."
         if self.model is not None:
             try:
-                sample = load_sample()
-                if sample.class_names != self.model.class_names:
+                self.sample = load_sample()
+                if self.sample.class_names != self.model.class_names:
+                    self.sample = None
                     raise ValueError("the bundled sample's classes are not this model's")
-                self.mistakes = find_mistakes(self.model, sample)
-                space.release_memory()  # the attention maps of 500 images are freed
             except (OSError, ValueError) as err:
-                self.no_mistakes = f"The bundled validation sample cannot be used: {err}."
-        # The sample is held out from the split the bundled weights used; a model trained
-        # on another split (or that does not say) may have seen some of these images.
-        split = (loaded.training.get("split_seed"), loaded.training.get("val_images"))
-        self.sample_caveat = "" if split == (SPLIT_SEED, VAL_SIZE) else (
-            " **This model's training.json does not show the same validation split, so it "
-            "may have trained on some of these images.**")
+                self.no_sample = f"The bundled validation sample cannot be used: {err}."
+        self.caveat = sample_caveat(loaded.training)
+        self._mistakes, self._mistakes_lock = None, threading.Lock()
+
+    @property
+    def mistakes(self):
+        """The model's mistakes on the bundled sample, found on first use (seconds)."""
+        with self._mistakes_lock:
+            if self._mistakes is None and self.sample is not None:
+                self._mistakes = find_mistakes(self.model, self.sample)
+                space.release_memory()  # the attention maps of 500 images are freed
+        return self._mistakes
 
     def _png(self, pixels) -> str:
         return space.save_png(pixels, self.out)
@@ -254,18 +268,20 @@ class Endpoints:
         predicted class ("any" for all), most confident first, each with its top 3 and
         its rollout; and a summary."""
         self._require()
-        if self.mistakes is None:
-            raise photo.UserError(self.no_mistakes)
-        names = [ANY] + self.mistakes.sample.class_names
-        chosen = select(self.mistakes, _one_of(true_class, "The true class", names),
-                        _one_of(predicted_class, "The predicted class", names))
-        total, wrong = len(self.mistakes.sample.labels), len(self.mistakes.wrong)
+        if self.sample is None:
+            raise photo.UserError(self.no_sample)
+        names = [ANY] + self.sample.class_names
+        true_class = _one_of(true_class, "The true class", names)
+        predicted_class = _one_of(predicted_class, "The predicted class", names)
+        found = self.mistakes
+        chosen = select(found, true_class, predicted_class)
+        total, wrong = len(found.sample.labels), len(found.wrong)
         summary = (f"The model gets **{wrong} of the {total}** sample images wrong "
                    f"({100 * (total - wrong) / total:.1f}% right). This filter: {len(chosen)}"
                    f"{f', the {MISTAKES_SHOWN} most confident shown' if len(chosen) > MISTAKES_SHOWN else ''}. "
                    f"Each: the image, its rollout, then true class → top 3. The sample: "
-                   f"{self.mistakes.sample.description}.{self.sample_caveat}")
-        shown = [picture(self.mistakes, i) for i in chosen[:MISTAKES_SHOWN]]
+                   f"{found.sample.description}.{self.caveat}")
+        shown = [picture(found, i) for i in chosen[:MISTAKES_SHOWN]]
         return [(self._png(p), c) for p, c in shown], summary
 
 
@@ -374,10 +390,10 @@ def mistakes_tab(demo: gr.Blocks, ends: Endpoints) -> None:
     with gr.Row():
         filters = [gr.Dropdown(names, value=ANY, label="True class"),
                    gr.Dropdown(names, value=ANY, label="Predicted class")]
-    summary = gr.Markdown(ends.no_mistakes if ends.mistakes is None else "")
+    summary = gr.Markdown(ends.no_sample if ends.sample is None else "")
     gallery = gr.Gallery(show_label=False, columns=4, height="auto", format="png",
                          elem_id="mistakes", object_fit="contain")
-    triggers = [f.change for f in filters] + ([demo.load] if ends.mistakes else [])
+    triggers = [f.change for f in filters] + ([demo.load] if ends.sample is not None else [])
     gr.on(triggers, answers(ends.mistakes_for), filters, [gallery, summary], api_name="mistakes",
           concurrency_id="app", preprocess=False)
 

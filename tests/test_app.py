@@ -200,10 +200,10 @@ def test_mistakes_are_wrong_filtered_and_explained(ends):
     assert len(top3) == 3 and png(everything[0][0]).shape == (96, 2 * 96 + 4, 3)
 
 
-def test_a_model_from_another_split_is_warned_about(loaded, tmp_path):
-    other = Loaded(loaded.model, "status", loaded.folder, {**loaded.training, "split_seed": 1})
-    summary = app.Endpoints(other, tmp_path).mistakes_for("any", "any")[1]
-    assert "may have trained on some of these images" in summary
+def test_a_model_from_another_split_is_warned_about(loaded):
+    assert app.sample_caveat(loaded.training) == ""
+    for training in ({**loaded.training, "split_seed": 1}, {**loaded.training, "val_images": 4000}, {}):
+        assert "may have trained on some of these images" in app.sample_caveat(training)
 
 
 def test_identical_pictures_are_written_whole_and_shared(tmp_path):

@@ -10,10 +10,12 @@ import torch
 from PIL import Image
 
 import app
+import endpoints
 import mistakes
 import space
 from data import denormalize, train_transform
 from model_files import Loaded
+from pictures import enlarge
 from vit_model import patchify
 
 EXAMPLE = str(app.EXAMPLES_DIR / "cat_0003.jpg")
@@ -125,7 +127,7 @@ def test_patch_grid_and_token_sequence(ends, patch_size):
     # Take the 4-pixel gaps out of the grid: what is left is the enlarged image.
     cell, step = patch_size * 8, patch_size * 8 + 4
     keep = [i for i in range(grid.shape[0]) if i % step < cell]
-    assert np.array_equal(grid[keep][:, keep], app.enlarge(image))
+    assert np.array_equal(grid[keep][:, keep], enlarge(image))
     assert (grid[cell:cell + 4] == 255).all() if n > 1 else grid.shape == (256, 256, 3)
     # The sequence holds the patches in patchify's order, row by row.
     tokens = patchify(image[None], patch_size)[0].view(n, 3, patch_size, patch_size)
@@ -142,7 +144,7 @@ def test_rollout_shows_the_input_beside_a_readable_overlay_and_its_scale(ends):
     figure, blocks, caption = ends.rollout(EXAMPLE, "max", 0.5, "head 2")
     figure = png(figure)
     assert figure.shape == (256 + 8 + 14, 2 * 256 + 8, 3)
-    assert np.array_equal(figure[:256, :256], app.enlarge(torch.from_numpy(png(EXAMPLE).copy()).permute(2, 0, 1)))
+    assert np.array_equal(figure[:256, :256], enlarge(torch.from_numpy(png(EXAMPLE).copy()).permute(2, 0, 1)))
     scale = figure[-14:, 264:].astype(int)
     assert near_grey(scale[7, 0]) and scale[7, -1].sum() > scale[7, 0].sum() + 150  # clear -> bright
     # Where the map is low the image shows through: the overlay keeps most of its pixels.
@@ -190,7 +192,7 @@ def test_mistakes_are_wrong_filtered_and_explained(ends):
     found = ends.mistakes
     assert found.wrong and all(int(found.probs[i].argmax()) != found.sample.labels[i] for i in found.wrong)
     assert f"**{len(found.wrong)} of the 500**" in summary and "split seed 0" in summary
-    assert len(everything) == min(app.MISTAKES_SHOWN, len(found.wrong))
+    assert len(everything) == min(endpoints.MISTAKES_SHOWN, len(found.wrong))
     cats, _ = ends.mistakes_for("cat", "any")
     assert cats and all(caption.startswith("cat → ") for _, caption in cats)
     as_dog, _ = ends.mistakes_for("any", "dog")
@@ -201,9 +203,9 @@ def test_mistakes_are_wrong_filtered_and_explained(ends):
 
 
 def test_a_model_from_another_split_is_warned_about(loaded):
-    assert app.sample_caveat(loaded.training) == ""
+    assert endpoints.sample_caveat(loaded.training) == ""
     for training in ({**loaded.training, "split_seed": 1}, {**loaded.training, "val_images": 4000}, {}):
-        assert "may have trained on some of these images" in app.sample_caveat(training)
+        assert "may have trained on some of these images" in endpoints.sample_caveat(training)
 
 
 def test_identical_pictures_are_written_whole_and_shared(tmp_path):
@@ -277,3 +279,12 @@ def test_the_graph_is_drawn_from_the_real_module(loaded, tmp_path):
     table = model_graph.layer_table(loaded.model, 32)
     assert f"{sum(p.numel() for p in loaded.model.parameters()):,}" in table
     assert "MultiheadAttention" in table and "[1, 65, 256]" in table
+
+
+def test_without_graphviz_the_model_tab_says_why(loaded, monkeypatch):
+    import model_graph
+
+    monkeypatch.setattr(model_graph, "dot_missing", lambda: "graphviz's `dot` is not installed")
+    demo = app.build_demo(loaded)
+    texts = [c.get("props", {}).get("value") for c in demo.config["components"]]
+    assert any("cannot be drawn here: graphviz's `dot` is not installed" in str(t) for t in texts)

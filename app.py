@@ -21,6 +21,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 from gradio.data_classes import ImageData
+from gradio_client.utils import is_file_obj_with_meta
 from pydantic import ValidationError
 
 import photo
@@ -78,15 +79,21 @@ def answers(fn):
 
 
 class _ImagePayload(ImageData):
-    """gradio's image payload, with a readable answer when a caller sends something else."""
+    """gradio's image payload, with a readable answer when a caller sends something else.
+
+    A file must carry gradio's file marker, as FileData requires: only then has gradio
+    checked that it was uploaded to this app (a bare {"path": ...} would name any file)."""
 
     @classmethod
     def model_validate(cls, obj, *args, **kwargs):
+        message = (f"The image must be a file (gradio_client.handle_file(path)) or a base64 "
+                   f"data: URL, not {str(obj)[:60]!r}.")
+        if isinstance(obj, dict) and obj.get("path") is not None and not is_file_obj_with_meta(obj):
+            raise user_error(message)
         try:
             return ImageData.model_validate(obj, *args, **kwargs)
         except ValidationError:
-            raise user_error(f"The image must be a file (gradio_client.handle_file(path)) or "
-                             f"a base64 data: URL, not {str(obj)[:60]!r}.") from None
+            raise user_error(message) from None
 
 
 def photo_input(**kwargs) -> gr.Image:

@@ -24,14 +24,17 @@ from rollout import HEAD_FUSIONS, model_rollout, scale_to_unit
 MISTAKES_SHOWN = 24
 
 def photo_source(payload):
-    """What load_photo reads for an input: a file path, or the bytes of a data: URL."""
+    """What load_photo reads for an input: a file path (from Python), a file uploaded to
+    this app (from a request), or the bytes of a data: URL."""
     if payload is None or isinstance(payload, (str, os.PathLike)):
         return payload
     if isinstance(payload, dict) and str(payload.get("url") or "").startswith("data:"):
         return photo.read_data_url(payload["url"])
-    if isinstance(payload, dict) and payload.get("path"):
-        return payload["path"]
-    raise photo.UserError("The image must be a file or a base64 data: URL.")
+    path = payload.get("path") if isinstance(payload, dict) else None
+    # gradio has checked the upload already; this keeps any other file out regardless.
+    if path and Path(path).resolve().is_relative_to(Path(gr.utils.get_upload_folder()).resolve()):
+        return path
+    raise photo.UserError("The image must be a file uploaded to this app or a base64 data: URL.")
 
 
 def sample_caveat(training: dict) -> str:

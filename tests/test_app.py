@@ -2,6 +2,7 @@
 the running app is tested in test_app_api.py and test_browser.py."""
 
 import json
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -54,12 +55,12 @@ def test_a_repeated_view_is_not_decoded_or_reported_twice(ends, monkeypatch, tmp
     load = app.photo.load_photo
     monkeypatch.setattr(app.photo, "load_photo", lambda *a: decoded.append(a) or load(*a))
     session = SimpleNamespace(session_hash="tab-1")
-    first = ends.view({"path": EXAMPLE}, session)
-    assert ends.view({"path": EXAMPLE}, session) == first and len(decoded) == 1
-    ends.view({"path": EXAMPLE}, SimpleNamespace(session_hash="tab-2"))  # another session
+    first = ends.view(EXAMPLE, session)
+    assert ends.view(EXAMPLE, session) == first and len(decoded) == 1
+    ends.view(EXAMPLE, SimpleNamespace(session_hash="tab-2"))  # another session
     assert len(decoded) == 2
     (tmp_path / "notes.png").write_text("not an image")
-    bad = {"path": str(tmp_path / "notes.png")}
+    bad = str(tmp_path / "notes.png")
     with pytest.raises(gr.Error, match="Unsupported format") as shown:
         app.answers(ends.view)(bad, session)
     with pytest.raises(gr.Error, match="Unsupported format") as again:
@@ -77,7 +78,7 @@ def test_identical_views_at_the_same_time_decode_once(ends, monkeypatch):
     monkeypatch.setattr(app.photo, "load_photo",
                         lambda *a: decoded.append(a) or time.sleep(0.5) or load(*a))
     session, results = SimpleNamespace(session_hash="tab-3"), []
-    threads = [threading.Thread(target=lambda: results.append(ends.view({"path": EXAMPLE}, session)))
+    threads = [threading.Thread(target=lambda: results.append(ends.view(EXAMPLE, session)))
                for _ in range(2)]
     for thread in threads:
         thread.start()
@@ -96,10 +97,16 @@ def test_predict_normalizes_with_the_config_statistics(ends):
     probs = ends.predict(EXAMPLE)
     assert list(probs) == config["class_names"]
     assert np.allclose(list(probs.values()), expected.numpy(), atol=1e-6)
-    # The same file as gradio hands it over, and inline as a data: URL, give the same answer.
+    # The same file as an upload, and inline as a data: URL, give the same answer.
     import base64
+    import shutil
+    upload = Path(gr.utils.get_upload_folder()) / "test-upload" / "cat.jpg"
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(EXAMPLE, upload)
     inline = "data:image/jpeg;base64," + base64.b64encode(open(EXAMPLE, "rb").read()).decode()
-    assert ends.predict({"path": EXAMPLE, "meta": {}}) == probs == ends.predict({"url": inline})
+    assert ends.predict({"path": str(upload)}) == probs == ends.predict({"url": inline})
+    with pytest.raises(app.photo.UserError, match="must be a file uploaded to this app"):
+        ends.predict({"path": EXAMPLE})  # a request may name no file outside the uploads
 
 
 def test_augment_is_the_training_transform_with_a_seed(ends):
@@ -170,7 +177,7 @@ def near_grey(pixel):
     (lambda e: e.augment(EXAMPLE, 3, None), "Enter a seed"),
     (lambda e: e.augment(EXAMPLE, 3, -1), "The seed must be a whole number from 0"),
     (lambda e: e.patches(EXAMPLE, 3), "Patch size 3 does not divide 32"),
-    (lambda e: e.predict(12), "The image must be a file or a base64 data: URL"),
+    (lambda e: e.predict(12), "The image must be a file uploaded to this app or a base64 data: URL"),
     (lambda e: e.mistakes_for("cat", "lion"), "The predicted class must be one of any, airplane"),
 ])
 def test_every_argument_is_checked_with_a_message(ends, call, message):

@@ -125,13 +125,15 @@ def test_bad_input_gets_a_readable_message(client, bad_files, name, message, end
 
 
 @pytest.mark.parametrize("endpoint, data, message", [
-    ("augment", [{"path": CAT}, "x", 7], "must be a whole number from 1 to 32, not 'x'"),
-    ("augment", [{"path": CAT}, 3, [1]], "The seed must be a whole number"),
-    ("rollout", [{"path": CAT}, "mean", None, "mean"], "discard ratio must be at least 0"),
-    ("patches", [{"path": CAT}, "8"], "Patch size 8 does not divide 32"),
+    ("augment", [None, "x", 7], "must be a whole number from 1 to 32, not 'x'"),
+    ("augment", [None, 3, [1]], "The seed must be a whole number"),
+    ("rollout", [None, "mean", None, "mean"], "discard ratio must be at least 0"),
+    ("patches", [None, "8"], "Patch size 8 does not divide 32"),
     ("predict", [12], "The image must be a file (gradio_client.handle_file(path)) or a base64"),
     ("predict", ["cat.jpg"], "The image must be a file"),
     ("predict", [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}], "/etc/passwd"),
+    ("predict", [{"path": CAT}], "The image must be a file (gradio_client.handle_file(path))"),
+    ("view", [{"path": "/etc/hostname"}], "The image must be a file (gradio_client.handle_file(path))"),
     ("mistakes", ["cat", 3], "The predicted class must be one of any, airplane"),
 ])
 def test_arguments_of_the_wrong_kind_get_a_message(app_url, endpoint, data, message):

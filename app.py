@@ -51,7 +51,7 @@ DELETE_CACHE = (300, 900)
 # (not over) the mistakes, which are twice as wide as tall; phones get fewer columns.
 CSS = """
 #photo img, #seen img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-#blocks .grid-wrap, #mistakes .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
+#blocks .grid-wrap, #mistakes .grid-wrap, #views .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
 #mistakes .thumbnail-item { aspect-ratio: auto; height: auto; flex-direction: column; }
 #mistakes .thumbnail-item img { aspect-ratio: 2 / 1; width: 100%; height: auto; }
 #mistakes .caption-label { position: static; max-width: none; white-space: normal; margin: 4px; }
@@ -156,16 +156,17 @@ def model_tab(loaded: Loaded, out: Path) -> None:
                 f"with one {model.image_size}x{model.image_size} input (torchview, drawn by "
                 "graphviz); the table lists each layer's output shape and parameters (torchinfo).")
     with gr.Row(equal_height=False):
-        try:  # a picture of the model is worth having, not worth failing to start over
-            if (reason := model_graph.dot_missing()) is not None:
-                raise RuntimeError(reason)
-            graph = model_graph.draw(model, model.image_size, out / "model_graph.png")
-            gr.Image(str(graph), label="Computation graph", height=900, buttons=["fullscreen"])
-        except Exception as err:
-            gr.Markdown(f"The computation graph cannot be drawn here: {err}.")
-        table = model_graph.layer_table(model, model.image_size)
-        gr.Code(table, label="Layers", scale=2, interactive=False,
-                max_lines=table.count("\n") + 1)
+        with gr.Column(scale=1, min_width=240):
+            try:  # a picture of the model is worth having, not worth failing to start over
+                if (reason := model_graph.dot_missing()) is not None:
+                    raise RuntimeError(reason)
+                graph = model_graph.draw(model, model.image_size, out / "model_graph.png")
+                gr.Image(str(graph), label="Computation graph", height=900, buttons=["fullscreen"])
+            except Exception as err:
+                gr.Markdown(f"The computation graph cannot be drawn here: {err}.")
+        with gr.Column(scale=2):
+            # Plain preformatted text: all lines drawn (a code editor draws those in view).
+            gr.Markdown(f"```text\n{model_graph.layer_table(model, model.image_size)}\n```")
 
 
 def answer_row(size: int) -> tuple[gr.Image, gr.Image, gr.Label, gr.Image, gr.Markdown]:
@@ -234,7 +235,7 @@ def augment_tab(ends: Endpoints, seen) -> tuple:
     with gr.Row():
         count = gr.Slider(1, 32, value=8, step=1, label="Augmented versions")
         seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed")
-    views = gr.Gallery(label="Augmented", columns=6, height="auto", format="png")
+    views = gr.Gallery(show_label=False, columns=6, height="auto", format="png", elem_id="views")
     return ends.augment, [seen, count, seed], [views], [count, seed], "augment"
 
 

@@ -21,7 +21,8 @@ from model_files import Loaded
 from pictures import augmented_views, block_maps, enlarge, patch_views, rollout_figure
 from rollout import HEAD_FUSIONS, model_rollout, scale_to_unit
 
-MISTAKES_SHOWN = 24
+MISTAKES_SHOWN = 24  # the most confident mistakes of a filter, in one screen or two
+
 
 def photo_source(payload):
     """What load_photo reads for an input: a file path (from Python), a file uploaded to
@@ -112,9 +113,10 @@ class Endpoints:
                                   "with: see the note at the top of the page for how to add weights.")
         return self.model
 
-    def read(self, image, size: int | None = None) -> torch.Tensor:
+    def read(self, image) -> torch.Tensor:
+        """The uint8 (3, size, size) input the model reads for an image argument."""
         try:
-            return photo.load_photo(photo_source(image), size or self.size)
+            return photo.load_photo(photo_source(image), self.size)
         finally:
             space.release_memory()  # a large decode's freed pages go back to the system
 

@@ -77,7 +77,8 @@ def test_upload_answers_at_once_and_every_tab_opens(browser, app_url, screenshot
         open_tab(page, tab)
         panel = page.get_by_role("tabpanel")
         wanted = {"rollout": "#blocks img", "mistakes": "#mistakes img", "results": "img",
-                  "model": "img", "augment": "img", "patches": "img"}[name]
+                  "model": "img" if shutil.which("dot") else "pre", "augment": "img",
+                  "patches": "img"}[name]  # without graphviz the Model tab has no graph
         expect(panel.locator(wanted).first).to_be_visible(timeout=WAIT_MS)
         if name == "mistakes":
             page.get_by_label("True class").click()

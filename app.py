@@ -304,7 +304,7 @@ def serve(demo: gr.Blocks, host: str, port: int, block: bool = True):
     """Launch with the app's limits; block=False returns at once (for tests)."""
     return demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE,
                        prevent_thread_lock=not block, show_error=True, quiet=not block, css=CSS,
-                       enable_monitoring=False, allowed_paths=[str(EXAMPLES_DIR)],
+                       enable_monitoring=False,
                        app_kwargs={"middleware": [space.body_limit()]})
 
 

@@ -129,15 +129,13 @@ def results_markdown(loaded: Loaded) -> str:
             ("epochs", info.get("epochs")), ("validation accuracy",
                                             f"{100 * info['val_acc']:.2f}%" if "val_acc" in info else None),
             ("validation with flip TTA", f"{100 * info['val_acc_flip_tta']:.2f}%"
-             if isinstance(info.get("val_acc_flip_tta"), float) else None),
+             if "val_acc_flip_tta" in info else None),
             ("validation images", info.get("val_images")), ("data", info.get("data")),
             ("machine", info.get("machine")), ("training time", f"{info['training_minutes']} min"
                                                if info.get("training_minutes") else None)]
-    per_class = info.get("per_class_acc")
-    names = info.get("class_names") or []
-    if isinstance(per_class, list) and len(per_class) == len(names):
-        rows.append(("per-class accuracy", ", ".join(f"{n} {100 * float(a):.1f}%"
-                                                     for n, a in zip(names, per_class))))
+    if "per_class_acc" in info:  # checked against class_names by read_training
+        rows.append(("per-class accuracy", ", ".join(
+            f"{n} {100 * a:.1f}%" for n, a in zip(info["class_names"], info["per_class_acc"]))))
     rows = [(k, v) for k, v in rows if v not in (None, "")]
     return "\n".join(["| | as recorded in training.json |", "|---|---|",
                       *(f"| {k} | {v} |" for k, v in rows)]) if rows else ""

@@ -134,10 +134,21 @@ def read_training(folder: Path | None) -> dict:
         return {}
     if not isinstance(info, dict):
         return {}
-    accuracy = info.get("val_acc")
-    if not (isinstance(accuracy, (int, float)) and math.isfinite(accuracy) and 0 <= accuracy <= 1):
-        info.pop("val_acc", None)
+    for key in ("val_acc", "val_acc_flip_tta"):
+        if key in info and not _fraction(info[key]):
+            del info[key]
+    per_class, names = info.get("per_class_acc"), info.get("class_names")
+    if "per_class_acc" in info and not (isinstance(per_class, list) and isinstance(names, list)
+                                        and len(per_class) == len(names)
+                                        and all(map(_fraction, per_class))):
+        del info["per_class_acc"]
     return info
+
+
+def _fraction(value) -> bool:
+    """A finite number from 0 to 1 (an accuracy)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value) and 0 <= value <= 1
 
 
 def _how_to_fix(bundled: Path, env: str) -> str:

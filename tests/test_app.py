@@ -254,6 +254,9 @@ def test_the_header_names_classes_input_accuracy_and_recipe(loaded):
     assert "10 classes" in line and "airplane, automobile" in line and "32x32" in line
     record = json.loads((app.BUNDLED_WEIGHTS / "training.json").read_text())
     assert f"{100 * record['val_acc']:.1f}%" in line and record["recipe"] in line
+    table = app.results_markdown(loaded)
+    assert f"| validation accuracy | {100 * record['val_acc']:.2f}% |" in table
+    assert f"{record['class_names'][0]} {100 * record['per_class_acc'][0]:.1f}%" in table
     unknown = Loaded(loaded.model, "status", None, {})
     assert "Validation accuracy: **unknown**; training recipe: **unknown**" in app.header(unknown)
     assert app.results_markdown(unknown) == ""

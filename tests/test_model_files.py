@@ -129,8 +129,21 @@ def test_a_hub_snapshot_is_checked_like_a_folder(monkeypatch, tmp_path):
     assert loaded.training["recipe"] and loaded.folder == good
 
 
-@pytest.mark.parametrize("text", ['{"val_acc": 1.5}', '{"val_acc": NaN}', "not json", "[1]"])
+@pytest.mark.parametrize("text", ['{"val_acc": 1.5}', '{"val_acc": NaN}', '{"val_acc": true}',
+                                  "not json", "[1]"])
 def test_a_training_record_that_cannot_be_right_is_not_shown(tmp_path, text):
     (tmp_path / "training.json").write_text(text)
     assert "val_acc" not in model_files.read_training(tmp_path)
+
+
+@pytest.mark.parametrize("record", [
+    {"val_acc_flip_tta": float("inf")},
+    {"per_class_acc": [0.5, "x"], "class_names": ["a", "b"]},
+    {"per_class_acc": [0.5, 0.6], "class_names": ["a"]},
+    {"per_class_acc": [0.5, 2.0], "class_names": ["a", "b"]},
+])
+def test_other_figures_that_cannot_be_right_are_dropped(tmp_path, record):
+    (tmp_path / "training.json").write_text(json.dumps({"val_acc": 0.5, **record}))
+    kept = model_files.read_training(tmp_path)
+    assert kept["val_acc"] == 0.5 and not set(record) - {"class_names"} & set(kept)
 

@@ -1,436 +1,314 @@
-"""The Gradio app (and Hugging Face Space): augmentation preview, patch slicing,
-prediction and attention rollout for the ViT trained by train.py.
+"""The Gradio app (and Hugging Face Space) for the ViT trained by train.py: the answer
+first (top 5 and attention rollout for any photo), then how the model sees it, what the
+model is, how it trained and where it fails.
 
     python app.py                               # http://127.0.0.1:7860, weights from weights/
     python app.py --model USER/REPO             # weights from a Hub model repo
     VIT_CIFAR_MODEL=USER/REPO python app.py     # the same, as a Space variable would set it
 
-Named API endpoints for gradio_client: /predict, /rollout, /augment, /patches.
+Named API endpoints for gradio_client: /view (the image the model reads), /predict,
+/rollout, /augment, /patches, /mistakes. Photos are read by photo.py, the model is
+checked by model_files.py, the endpoints live in endpoints.py; this file holds the page.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import functools
 import os
-import threading
-from functools import partial
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import torch
-from huggingface_hub.utils import HFValidationError, validate_repo_id
-from PIL import Image, ImageOps, UnidentifiedImageError
+from gradio.data_classes import ImageData
+from gradio_client.utils import is_file_obj_with_meta
+from pydantic import ValidationError
 
-from data import denormalize, tile_patches, to_normalized, train_transform
-from rollout import HEAD_FUSIONS, block_attention_map, model_rollout, overlay_heatmap, scale_to_unit
-from vit_model import ViT, patchify
+import photo
+import space
+from endpoints import Endpoints
+from mistakes import ANY
+from model_files import FIGURES, Loaded, load_model as load_checked, source_from
+from rollout import HEAD_FUSIONS
 
 HERE = Path(__file__).resolve().parent
 BUNDLED_WEIGHTS = HERE / "weights"
 EXAMPLES_DIR = HERE / "examples"
 MODEL_ENV = "VIT_CIFAR_MODEL"
-
-IMAGE_SIZE = 32
-PATCH_SIZES = [p for p in range(1, IMAGE_SIZE + 1) if IMAGE_SIZE % p == 0]
-MIN_SIDE = 8
-# Decoding cost is what bounds memory: JPEGs are decoded at 1/2 to 1/8 scale (draft
-# mode), so a phone photo of any size is cheap; other formats are decoded in full and
-# are refused above this many pixels (25 MP: about 100 MB as RGBA).
-MAX_DECODED_PIXELS = 25_000_000
-MAX_FILE_SIZE = "20mb"
 TOP_K = 5
-DISPLAY_SIZE = 256
-
-# Queue for a 2-core CPU Space: two requests run at a time, each with one torch thread
-# (set in main), so they use both cores without oversubscribing them; more workers
-# would only time-slice the same two cores while multiplying the memory held by decoded
-# uploads. Requests are milliseconds each, so 64 waiting (32 concurrent callers, twice
-# over) drain within seconds; past that a caller is told the queue is full at once
-# instead of waiting without bound.
+MAX_FILE_SIZE = f"{photo.MAX_FILE_BYTES // 1_000_000}mb"
+# Every event shares one concurrency group on a 2-core CPU Space: two requests run at a
+# time, each with one torch thread (set in main), so they use both cores without
+# oversubscribing them, and at most two photos are being decoded at once. Requests are
+# milliseconds each, so 64 waiting drain within seconds; past that a caller is told the
+# queue is full at once. api_open=False closes the routes that would skip the queue.
 CONCURRENCY_LIMIT = 2
 QUEUE_MAX_SIZE = 64
+# Uploads and pictures are deleted 15 minutes after they were written (checked every 5).
+DELETE_CACHE = (300, 900)
 
-# A 32x32 upload fills the input box with visible pixels instead of sitting in it as a dot.
-CSS = "#photo img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
-
-HOW_IMAGES_ARE_READ = (
-    f"Any photo works: it is turned upright (EXIF), transparency is filled with white, "
-    f"the first frame of an animation is used, then it is **center-cropped to a square "
-    f"and resized to {IMAGE_SIZE}x{IMAGE_SIZE} with antialiasing** (bicubic), the size the "
-    f"model was trained on. Files up to {MAX_FILE_SIZE.upper()}; JPEGs of any resolution, "
-    f"other formats up to {MAX_DECODED_PIXELS // 1_000_000} megapixels; at least "
-    f"{MIN_SIDE}x{MIN_SIDE} pixels.")
-NO_IMAGE = "No image: upload a photo or pick one of the examples first."
-NOT_AN_IMAGE = "That file is not an image Pillow can read: upload a JPEG, PNG, GIF, WebP, BMP or TIFF."
-TOO_MANY_PIXELS = "The image has too many pixels to decode safely; save it smaller."
+# Small inputs stay crisp; galleries are as tall as their pictures, with captions under
+# (not over) the mistakes, which are twice as wide as tall; phones get fewer columns.
+CSS = """
+#photo img, #seen img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+#blocks .grid-wrap, #mistakes .grid-wrap, #views .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
+#mistakes .thumbnail-item { aspect-ratio: auto; height: auto; flex-direction: column; }
+#mistakes .thumbnail-item img { aspect-ratio: 2 / 1; width: 100%; height: auto; }
+#mistakes .caption-label { position: static; max-width: none; white-space: normal; margin: 4px; }
+@media (max-width: 640px) {
+  #mistakes .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+  #blocks .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
+}
+"""
 
 
 def user_error(message: str) -> gr.Error:
-    """A message for the UI (and the API caller) about their input; not a server fault,
-    so no traceback in the log either."""
+    """A message about the caller's input for the page and the API; no traceback in the log."""
     return gr.Error(message, print_exception=False)
 
 
-# ---------------------------------------------------------------- the model
-
-def resolve_model_source(cli_value: str | None) -> str:
-    """--model, else $VIT_CIFAR_MODEL, else the bundled weights/ folder."""
-    return cli_value or os.environ.get(MODEL_ENV) or str(BUNDLED_WEIGHTS)
-
-
-def _is_hub_repo_id(source: str) -> bool:
-    if Path(source).expanduser().exists() or source.startswith((".", "/", "~")):
-        return False
-    try:
-        validate_repo_id(source)
-    except HFValidationError:
-        return False
-    return True
-
-
-def _load_folder(folder: Path) -> ViT:
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{folder} has no config.json and model.safetensors")
-    return ViT.from_pretrained(folder)
-
-
-def load_model(source: str) -> tuple[ViT | None, str]:
-    """The trained model and a one-line status for the UI, or (None, what to do).
-
-    A Hub repo id that cannot be loaded (no network, no such repo) falls back to the
-    bundled weights/; a folder given explicitly does not, so that asking for a folder
-    never silently shows another model.
-    """
-    how_to_fix = (f"Train one (`python train.py ...`) and copy its `export/` files into "
-                  f"`{BUNDLED_WEIGHTS.name}/`, or point `--model` / `${MODEL_ENV}` at a Hub "
-                  "repo or folder holding `config.json` and `model.safetensors`.")
-    if _is_hub_repo_id(source):
+def answers(fn):
+    """The one place where a caller's mistake (photo.UserError) becomes their message."""
+    @functools.wraps(fn)
+    def endpoint(*args):
         try:
-            model = ViT.from_pretrained(source)
-            return model.eval(), f"Model: `{source}` from the Hugging Face Hub."
-        except Exception as err:  # offline, no such repo, no access, a broken file, ...
-            reason = f"could not load `{source}` from the Hub ({type(err).__name__})"
-        folder = BUNDLED_WEIGHTS
-    else:
-        reason, folder = None, Path(source).expanduser()
-    try:
-        model = _load_folder(folder)
-    except Exception as err:
-        problem = f"{reason}, and the bundled `{folder.name}/` failed too" if reason else \
-            f"no usable weights in `{folder}`"
-        return None, (f"**No trained model is loaded** ({problem}: {err}). Prediction and "
-                      f"attention rollout are off; the augmentation and patch tabs work. "
-                      f"{how_to_fix}")
-    where = f"`{folder}`" if folder != BUNDLED_WEIGHTS else f"the bundled `{folder.name}/` folder"
-    if reason:
-        return model.eval(), f"Model: {where}, because the app {reason}."
-    return model.eval(), f"Model: {where}."
+            return fn(*args)
+        except photo.UserError as err:
+            raise user_error(str(err)) from None
+    return endpoint
 
 
-def _require(model: ViT | None) -> ViT:
-    if model is None:
-        raise user_error("No trained model is loaded, so there is nothing to predict with: "
-                         "see the note at the top of the page for how to add weights.")
-    return model
+class _ImagePayload(ImageData):
+    """gradio's image payload, with a readable answer when a caller sends something else.
 
+    A file must carry gradio's file marker, as FileData requires: only then has gradio
+    checked that it was uploaded to this app (a bare {"path": ...} would name any file)."""
 
-# ---------------------------------------------------------------- reading a photo
-
-def _flatten_to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited onto white (what a viewer shows)."""
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_photo(path: str | os.PathLike | None, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """An uploaded file as the uint8 (3, size, size) image the model reads, or a
-    gr.Error that says what is wrong with it (see HOW_IMAGES_ARE_READ)."""
-    if path is None:
-        raise user_error(NO_IMAGE)
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if min(width, height) < MIN_SIDE:
-                raise user_error(f"The image is {width}x{height} pixels; it needs at least "
-                                 f"{MIN_SIDE}x{MIN_SIDE} to show anything.")
-            # JPEG only: decode at the smallest 1/2^k scale still 4x the target size.
-            image.draft(None, (4 * size, 4 * size))
-            if image.width * image.height > MAX_DECODED_PIXELS:
-                raise user_error(
-                    f"The image is {width}x{height} ({width * height / 1e6:.0f} megapixels), "
-                    f"more than the {MAX_DECODED_PIXELS // 1_000_000} megapixels this app "
-                    "decodes; save it smaller or as a JPEG.")
-            image.load()
-            photo = _flatten_to_rgb(ImageOps.exif_transpose(image))
-    except gr.Error:
-        raise
-    except UnidentifiedImageError:
-        raise user_error(NOT_AN_IMAGE) from None
-    except Image.DecompressionBombError:
-        raise user_error(TOO_MANY_PIXELS) from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise user_error(f"The image file is damaged or incomplete (for example a truncated "
-                         f"download) and cannot be decoded: {err}") from None
-    square = ImageOps.fit(photo, (size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)
+    @classmethod
+    def model_validate(cls, obj, *args, **kwargs):
+        message = (f"The image must be a file (gradio_client.handle_file(path)) or a base64 "
+                   f"data: URL, not {str(obj)[:60]!r}.")
+        if isinstance(obj, dict) and obj.get("path") is not None and not is_file_obj_with_meta(obj):
+            raise user_error(message)
+        try:
+            return ImageData.model_validate(obj, *args, **kwargs)
+        except ValidationError:
+            raise user_error(message) from None
 
 
 def photo_input(**kwargs) -> gr.Image:
-    """A gr.Image that passes the uploaded file's path on untouched, so that load_photo
-    does all decoding. gr.Image opens the file with Pillow before any handler runs; a
-    file it cannot even open would end there as a bare "Error", so that step is wrapped
-    to say what is wrong. (Wrapped on the instance: a gr.Image subclass would make gradio
-    write an app.pyi stub next to this file.)"""
-    component = gr.Image(type="filepath", image_mode=None, **kwargs)
-    preprocess = component.preprocess
-
-    def readable_preprocess(payload):
-        try:
-            return preprocess(payload)
-        except UnidentifiedImageError:
-            raise user_error(NOT_AN_IMAGE) from None
-        except Image.DecompressionBombError:
-            raise user_error(TOO_MANY_PIXELS) from None
-
-    component.preprocess = readable_preprocess
+    """A gr.Image whose payload reaches the endpoint untouched (the events run with
+    preprocess=False), so that photo.py does all the decoding, within its limits."""
+    component = gr.Image(type="filepath", image_mode=None, format="png", **kwargs)
+    component.data_model = _ImagePayload
     return component
-
-
-# ---------------------------------------------------------------- what each tab shows
-
-def enlarge(image: torch.Tensor, size: int = DISPLAY_SIZE) -> np.ndarray:
-    """(3, h, w) uint8 or [0, 1] float -> (size, size, 3) uint8 with square pixels, so a
-    32x32 image stays crisp in the browser instead of being smoothed."""
-    if image.is_floating_point():
-        image = (image * 255).round().to(torch.uint8)
-    scale = size // image.shape[-1]
-    return image.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
-
-
-def classify(model: ViT, image: torch.Tensor) -> dict[str, float]:
-    """Class probabilities for a uint8 (3, 32, 32) image, normalized with the mean/std
-    stored in the model's config."""
-    return label_dict(model, model.predict_proba(to_normalized(image[None], model.mean, model.std))[0])
-
-
-def label_dict(model: ViT, probs: torch.Tensor) -> dict[str, float]:
-    """{class name: probability}, what gr.Label shows."""
-    return {name: float(p) for name, p in zip(model.class_names, probs)}
-
-
-_RNG_LOCK = threading.Lock()
-
-
-def augmented_views(image: torch.Tensor, count: int, seed: int, mean, std) -> list[torch.Tensor]:
-    """`count` draws of the exact training transform (data.train_transform), de-normalized
-    to [0, 1]. The transform draws from torch's global generator, which the server's
-    threads share: the lock and fork_rng keep one request's seed from leaking into another."""
-    transform = train_transform(mean, std, image.shape[-1])
-    with _RNG_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return [denormalize(transform(image), mean, std) for _ in range(count)]
-
-
-def tile_enlarged(patches: torch.Tensor, columns: int, cell: int, gap: int) -> np.ndarray:
-    """(N, 3, p, p) uint8 patches, each enlarged to cell x cell pixels, tiled in rows of
-    `columns` with `gap` white pixels between them; returns (H, W, 3) uint8."""
-    scale = cell // patches.shape[-1]
-    big = patches.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
-    return tile_patches(big, columns, gap, fill=255).permute(1, 2, 0).numpy()
-
-
-def patch_views(image: torch.Tensor, patch_size: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """The image cut into patches: (grid with gaps, token sequence, caption)."""
-    size = image.shape[-1]
-    if patch_size not in PATCH_SIZES:
-        raise user_error(f"Patch size {patch_size} does not divide {size}; use one of "
-                         f"{', '.join(map(str, PATCH_SIZES))}.")
-    patches = patchify(image[None], patch_size)[0].view(-1, 3, patch_size, patch_size)
-    n = len(patches)
-    scale = DISPLAY_SIZE // size
-    grid = tile_enlarged(patches, size // patch_size, patch_size * scale, 4)
-    # The sequence wraps like text, four times wider than tall (so it cannot be mistaken
-    # for the grid) and about 770 pixels wide, whatever the patch size.
-    columns = min(n, 2 * math.isqrt(n))
-    cell = patch_size * min(scale, max(1, (770 // columns - 2) // patch_size))
-    sequence = tile_enlarged(patches, columns, cell, 2)
-    caption = (f"**{n} patches of {patch_size}x{patch_size}** ({size // patch_size} x "
-               f"{size // patch_size}). The model reads them left to right, top to bottom, "
-               f"each flattened to 3x{patch_size}x{patch_size} = {3 * patch_size ** 2} numbers "
-               f"and projected to one token, after a learned class token: "
-               f"{n + 1} tokens in all.")
-    return grid, sequence, caption
-
-
-# ---------------------------------------------------------------- the tabs' handlers
-
-def predict(model: ViT | None, image: str | None) -> dict[str, float]:
-    """/predict: class probabilities for an image file."""
-    model = _require(model)
-    return classify(model, load_photo(image, model.image_size))
-
-
-def augment(mean, std, image: str | None, count: int, seed: int | None) -> list[tuple[np.ndarray, str]]:
-    """/augment: the image at 32x32, then `count` augmented versions."""
-    return augment_gallery(mean, std, load_photo(image), count, seed)
-
-
-def augment_gallery(mean, std, small: torch.Tensor, count: int, seed: int | None):
-    """The gallery of /augment for an already decoded 32x32 image."""
-    if not 1 <= count <= 32:
-        raise user_error(f"Ask for 1 to 32 augmented versions, not {count}.")
-    if seed is None:
-        raise user_error("Enter a seed: any whole number from 0 up gives repeatable draws.")
-    views = augmented_views(small, int(count), int(seed), mean, std)
-    return [(enlarge(small, 128), f"input, {IMAGE_SIZE}x{IMAGE_SIZE}")] + \
-        [(enlarge(v, 128), f"augmented {i + 1}") for i, v in enumerate(views)]
-
-
-def patches(image: str | None, patch_size: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """/patches: the grid of patches, the token sequence, and a caption."""
-    return patch_views(load_photo(image), int(patch_size))
-
-
-def _head_value(head: str) -> int | str:
-    """Dropdown choice -> head index or fusion: "head 3" -> 2, "mean" -> "mean"."""
-    return int(head.split()[1]) - 1 if head.startswith("head ") else head
-
-
-def rollout(model: ViT | None, image: str | None, head_fusion: str, discard_ratio: float,
-            block_head: str) -> tuple[np.ndarray, list[tuple[np.ndarray, str]], str]:
-    """/rollout: the rollout heatmap over the image, each block's raw attention for one
-    head (or the heads fused), and the prediction it explains."""
-    model = _require(model)
-    return explain(model, load_photo(image, model.image_size), head_fusion, discard_ratio,
-                   block_head)[1:]
-
-
-def explain(model: ViT, small: torch.Tensor, head_fusion: str, discard_ratio: float,
-            block_head: str) -> tuple[dict[str, float], np.ndarray, list[tuple[np.ndarray, str]], str]:
-    """One forward pass with attention for a decoded image: the class probabilities,
-    and what /rollout shows (heatmap, block-by-block maps, caption)."""
-    if head_fusion not in HEAD_FUSIONS:
-        raise user_error(f"Head fusion must be one of {', '.join(HEAD_FUSIONS)}.")
-    if not 0 <= discard_ratio < 1:
-        raise user_error(f"The discard ratio must be at least 0 and below 1, not {discard_ratio}.")
-    heads = model.blocks[0].attn.num_heads
-    head = _head_value(block_head)
-    if isinstance(head, int) and not 0 <= head < heads:
-        raise user_error(f"The model has heads 1 to {heads}, not {block_head!r}.")
-    x = to_normalized(small[None], model.mean, model.std)
-    logits, maps, attentions = model_rollout(model, x, head_fusion, discard_ratio)
-    blocks = [(overlay_heatmap(small, scale_to_unit(block_attention_map(attentions, b, head))[0]),
-               f"block {b + 1}") for b in range(len(attentions))]
-    probs = logits.softmax(-1)[0]
-    best = int(probs.argmax())
-    summary = (f"Explaining the prediction **{model.class_names[best]}** "
-               f"({100 * float(probs[best]):.1f}%).")
-    return label_dict(model, probs), overlay_heatmap(small, scale_to_unit(maps)[0]), blocks, summary
 
 
 # ---------------------------------------------------------------- the page
 
-def build_demo(model: ViT | None, status: str) -> gr.Blocks:
-    """The four-tab app for a loaded model (or None: the model tabs then explain why)."""
-    # Normalizing then de-normalizing cancels out, so without a model any statistics
-    # show the augmentation exactly as training does it.
-    mean, std = (model.mean, model.std) if model is not None else ([0.5] * 3, [0.5] * 3)
-    heads = model.blocks[0].attn.num_heads if model is not None else 0
-    default_patch = model.patch_size if model is not None else 4
+def header(loaded: Loaded) -> str:
+    """What to expect: the classes, the input, and the loaded model's figures."""
+    info, model = loaded.training, loaded.model
+    if model is None:
+        return ""
+    accuracy = (f"{100 * info['val_acc']:.1f}%" + (f" on {info['val_images']} held-out images"
+                                                     if info.get("val_images") else "")
+                ) if "val_acc" in info else "unknown"
+    recipe = info.get("recipe") or "unknown"
+    if info.get("epochs"):
+        recipe += f", {info['epochs']} epochs"
+    return (f"Sorts any photo into one of **{len(model.class_names)} classes** "
+            f"({', '.join(model.class_names)}) from a **{model.image_size}x{model.image_size}** "
+            f"input. Validation accuracy: **{accuracy}**; training recipe: **{recipe}**.")
+
+
+def results_markdown(loaded: Loaded) -> str:
+    """The training settings and validation figures from training.json ("" if none)."""
+    info = loaded.training
+    rows = [("recipe", info.get("recipe")), ("settings", info.get("recipe_description")),
+            ("epochs", info.get("epochs")), ("validation accuracy",
+                                            f"{100 * info['val_acc']:.2f}%" if "val_acc" in info else None),
+            ("validation with flip TTA", f"{100 * info['val_acc_flip_tta']:.2f}%"
+             if "val_acc_flip_tta" in info else None),
+            ("validation images", info.get("val_images")), ("data", info.get("data")),
+            ("machine", info.get("machine")), ("training time", f"{info['training_minutes']} min"
+                                               if info.get("training_minutes") else None)]
+    if "per_class_acc" in info:  # checked against class_names by read_training
+        rows.append(("per-class accuracy", ", ".join(
+            f"{n} {100 * a:.1f}%" for n, a in zip(info["class_names"], info["per_class_acc"]))))
+    rows = [(k, v) for k, v in rows if v not in (None, "")]
+    return "\n".join(["| | as recorded in training.json |", "|---|---|",
+                      *(f"| {k} | {v} |" for k, v in rows)]) if rows else ""
+
+
+def model_tab(loaded: Loaded, out: Path) -> None:
+    """The computation graph drawn from the real module, the layer table, the size."""
+    import model_graph
+
+    model = loaded.model
+    if model is None:
+        gr.Markdown("No trained model is loaded.")
+        return
+    parameters = sum(p.numel() for p in model.parameters())
+    gr.Markdown(f"**{parameters:,} parameters.** The graph is traced from the loaded module "
+                f"with one {model.image_size}x{model.image_size} input (torchview, drawn by "
+                "graphviz); the table lists each layer's output shape and parameters (torchinfo).")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=240):
+            try:  # a picture of the model is worth having, not worth failing to start over
+                if (reason := model_graph.dot_missing()) is not None:
+                    raise RuntimeError(reason)
+                graph = model_graph.draw(model, model.image_size, out / "model_graph.png")
+                gr.Image(str(graph), label="Computation graph", height=900, buttons=["fullscreen"])
+            except Exception as err:
+                gr.Markdown(f"The computation graph cannot be drawn here: {err}.")
+        with gr.Column(scale=2):
+            # Plain preformatted text: all lines drawn (a code editor draws those in view).
+            gr.Markdown(f"```text\n{model_graph.layer_table(model, model.image_size)}\n```")
+
+
+def answer_row(size: int) -> tuple[gr.Image, gr.Image, gr.Label, gr.Image, gr.Markdown]:
+    """The upload, what the model sees, the top 5 and the rollout: side by side on a
+    screen, one under the other on a phone, always above the examples."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=300):
+            with gr.Row():
+                image = photo_input(label="Your image", sources=["upload", "clipboard"],
+                                    height=230, elem_id="photo", scale=3, min_width=100)
+                seen = photo_input(label=f"Model input, {size}x{size}", interactive=False,
+                                   height=230, elem_id="seen", scale=2, buttons=[], min_width=100)
+        with gr.Column(scale=2, min_width=260):
+            label = gr.Label(num_top_classes=TOP_K, label=f"Top {TOP_K} classes")
+        with gr.Column(scale=4, min_width=300):
+            heatmap = gr.Image(label="Attention rollout", format="png", height=300)
+            caption = gr.Markdown()
+    return image, seen, label, heatmap, caption
+
+
+def rollout_tab(ends: Endpoints, seen, heatmap, caption) -> tuple:
+    gr.Markdown("Which patches the class token drew from, through all blocks and the "
+                "residual paths (Abnar & Zuidema, 2020): the picture at the top.")
+    with gr.Row():
+        fusion = gr.Radio(list(HEAD_FUSIONS), value="mean", label="Head fusion")
+        discard = gr.Slider(0, 0.95, value=0.0, step=0.05, label="Discard ratio",
+                            info="drop this fraction of the weakest patch-to-patch attentions")
+        block_head = gr.Dropdown(list(HEAD_FUSIONS) + [f"head {h + 1}" for h in range(ends.heads)],
+                                 value="mean", label="Block by block: head")
+    gr.Markdown("**Raw attention of the class token, block by block** (each scaled to its maximum)")
+    depth = len(ends.model.blocks) if ends.model is not None else 6
+    blocks = gr.Gallery(show_label=False, columns=depth, rows=1, height="auto", format="png",
+                        elem_id="blocks", allow_preview=False)
+    controls = [fusion, discard, block_head]
+    return ends.rollout, [seen, *controls], [heatmap, blocks, caption], controls, "rollout"
+
+
+def mistakes_tab(demo: gr.Blocks, ends: Endpoints) -> None:
+    """Filters and the gallery of mistakes, filled when the page loads."""
+    names = [ANY] + (ends.model.class_names if ends.model is not None else [])
+    with gr.Row():
+        filters = [gr.Dropdown(names, value=ANY, label="True class"),
+                   gr.Dropdown(names, value=ANY, label="Predicted class")]
+    summary = gr.Markdown(ends.no_sample if ends.sample is None else "")
+    gallery = gr.Gallery(show_label=False, columns=4, height="auto", format="png",
+                         elem_id="mistakes", object_fit="contain")
+    triggers = [f.change for f in filters] + ([demo.load] if ends.sample is not None else [])
+    gr.on(triggers, answers(ends.mistakes_for), filters, [gallery, summary], api_name="mistakes",
+          concurrency_id="app", preprocess=False)
+
+
+def results_tab(loaded: Loaded, figures: list[tuple[Path, str]]) -> None:
+    gr.Markdown(results_markdown(loaded) or "This model's folder has no training.json.")
+    # The curves are wide (loss beside accuracy): a row of their own; the others share one.
+    wide = [f for f in figures if f[0].name == "curves.png"]
+    for row in (wide, [f for f in figures if f not in wide]):
+        with gr.Row(equal_height=False):
+            for path, title in row:  # each figure has its own title, so no label over it
+                gr.Image(str(path), label=title, show_label=False, interactive=False,
+                         buttons=["fullscreen"], min_width=380)
+
+
+def augment_tab(ends: Endpoints, seen) -> tuple:
+    gr.Markdown("The exact training transform (random horizontal flip, then a random "
+                "resized crop of 80-100% of the area), shown de-normalized.")
+    with gr.Row():
+        count = gr.Slider(1, 32, value=8, step=1, label="Augmented versions")
+        seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed")
+    views = gr.Gallery(show_label=False, columns=6, height="auto", format="png", elem_id="views")
+    return ends.augment, [seen, count, seed], [views], [count, seed], "augment"
+
+
+def patches_tab(ends: Endpoints, seen) -> tuple:
+    default = ends.model.patch_size if ends.model is not None else 4
+    patch_size = gr.Radio(ends.patch_sizes, value=default, label=f"Patch size (divides {ends.size})")
+    caption = gr.Markdown()
+    grid = gr.Image(label="Patches", format="png", height=300)
+    sequence = gr.Image(label="Token sequence", format="png", height=180)
+    return ends.patches, [seen, patch_size], [grid, sequence, caption], [patch_size], "patches"
+
+
+def build_demo(loaded: Loaded, out: Path | None = None,
+               delete_cache: tuple[int, int] = DELETE_CACHE) -> gr.Blocks:
+    """The page for a loaded model (or none: the model's parts then say why)."""
+    out = Path(out or Path(gr.utils.get_upload_folder()) / "vit-cifar")
+    ends = Endpoints(loaded, out)
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.jpg"))
-
-    with gr.Blocks(title="ViT on CIFAR-10") as demo:
-        gr.Markdown("# A Vision Transformer trained from scratch on CIFAR-10\n" + status)
-        with gr.Row():
-            with gr.Column(scale=2):
-                image = photo_input(label="Image", sources=["upload", "clipboard"], height=260,
-                                    elem_id="photo")
-                gr.Markdown(HOW_IMAGES_ARE_READ)
-                gr.Examples(examples, inputs=image, examples_per_page=len(examples) or 1,
-                            cache_examples=False,
-                            label="CIFAR-10 validation images (the model never trained on them)")
-            with gr.Column(scale=3):
-                with gr.Tabs():
-                    with gr.Tab("Augmentation", id="augment"):
-                        gr.Markdown("The exact training transform (random horizontal flip, "
-                                    "then a random resized crop of 80-100% of the area), "
-                                    "shown de-normalized.")
-                        with gr.Row():
-                            count = gr.Slider(1, 32, value=8, step=1, label="Augmented versions")
-                            seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed")
-                        augment_button = gr.Button("Augment", variant="primary")
-                        views = gr.Gallery(label="Augmented", columns=6, height=400, format="png")
-                    with gr.Tab("Patches", id="patches"):
-                        patch_size = gr.Radio(PATCH_SIZES, value=default_patch,
-                                              label="Patch size (divides 32)")
-                        patch_button = gr.Button("Slice", variant="primary")
-                        patch_caption = gr.Markdown()
-                        grid = gr.Image(label="Patches", format="png", height=300)
-                        sequence = gr.Image(label="Token sequence", format="png", height=180)
-                    with gr.Tab("Prediction", id="predict"):
-                        predict_button = gr.Button("Classify", variant="primary")
-                        label = gr.Label(num_top_classes=TOP_K, label=f"Top {TOP_K} classes")
-                    with gr.Tab("Attention rollout", id="rollout"):
-                        gr.Markdown("Which patches the class token drew from, through all "
-                                    "blocks and the residual paths (Abnar & Zuidema, 2020).")
-                        with gr.Row():
-                            fusion = gr.Radio(list(HEAD_FUSIONS), value="mean", label="Head fusion")
-                            discard = gr.Slider(0, 0.95, value=0.0, step=0.05, label="Discard ratio",
-                                                info="drop this fraction of the weakest "
-                                                     "patch-to-patch attentions")
-                        block_head = gr.Dropdown(list(HEAD_FUSIONS) + [f"head {h + 1}" for h in range(heads)],
-                                                 value="mean", label="Block by block: head")
-                        rollout_button = gr.Button("Explain", variant="primary")
-                        rollout_caption = gr.Markdown()
-                        heatmap = gr.Image(label="Attention rollout", format="png", height=300)
-                        block_maps = gr.Gallery(label="Raw attention of the class token, block by block",
-                                                columns=6, height=200, format="png")
-
-        # Each tab's button (and its controls) is a named API endpoint: a missing image
-        # there is an error worth showing.
-        tabs = [
-            (partial(augment, mean, std), [image, count, seed], [views], augment_button,
-             [count, seed], "augment"),
-            (patches, [image, patch_size], [grid, sequence, patch_caption], patch_button,
-             [patch_size], "patches"),
-            (partial(predict, model), [image], [label], predict_button, [], "predict"),
-            (partial(rollout, model), [image, fusion, discard, block_head],
-             [heatmap, block_maps, rollout_caption], rollout_button, [fusion, discard, block_head],
-             "rollout"),
-        ]
-        for fn, inputs, outputs, button, controls, name in tabs:
-            # always_last: dragging a slider computes its final value, not every step on the way.
-            gr.on([button.click] + [c.change for c in controls], fn, inputs, outputs, api_name=name,
-                  trigger_mode="always_last")
-
-        # A new image refreshes every tab in one private call (so a bad file shows one
-        # message, not four); clearing the image clears them without complaint.
-        all_inputs = [image, count, seed, patch_size, fusion, discard, block_head]
-        all_outputs = [o for tab in tabs for o in tab[2]]
-
-        def refresh(path, count_, seed_, patch_, fusion_, discard_, head_):
-            if path is None:
-                return [None] * len(all_outputs)
-            # Decoded once, and one forward pass serves both the prediction and the rollout.
-            small = load_photo(path)
-            model_outputs = [None, None, None, None] if model is None else \
-                list(explain(model, small, fusion_, discard_, head_))
-            return [augment_gallery(mean, std, small, count_, seed_),
-                    *patch_views(small, int(patch_)), *model_outputs]
-
-        image.change(refresh, all_inputs, all_outputs, api_visibility="private")
-    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
+    figures = [(loaded.folder / f, t) for f, t in FIGURES.items()
+               if loaded.folder is not None and (loaded.folder / f).is_file()]
+    with gr.Blocks(title="ViT on CIFAR-10", delete_cache=delete_cache) as demo:
+        gr.Markdown(f"# A Vision Transformer trained from scratch on CIFAR-10\n{header(loaded)}"
+                    f"\n\n{loaded.status}")
+        image, seen, label, heatmap, caption = answer_row(ends.size)
+        gr.Examples(examples, inputs=image, examples_per_page=len(examples) or 1,
+                    label="Examples: CIFAR-10 validation images (the model never trained on them)")
+        with gr.Accordion("How your image is read", open=False):
+            gr.Markdown(photo.rules(ends.size))
+        with gr.Tabs():
+            with gr.Tab("Attention rollout", id="rollout"):
+                rollout = rollout_tab(ends, seen, heatmap, caption)
+            with gr.Tab("Mistakes", id="mistakes"):
+                mistakes_tab(demo, ends)
+            with gr.Tab("Results", id="results", visible=bool(figures or loaded.training)):
+                results_tab(loaded, figures)
+            with gr.Tab("Model", id="model"):
+                model_tab(loaded, out)
+            with gr.Tab("Augmentation", id="augment"):
+                augment = augment_tab(ends, seen)
+            with gr.Tab("Patches", id="patches"):
+                patches = patches_tab(ends, seen)
+        predict = (ends.predict, [seen], [label], [], "predict")
+        wire(ends, image, seen, [predict, rollout, augment, patches])
+    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE, api_open=False)
     return demo
+
+
+def wire(ends: Endpoints, image: gr.Image, seen: gr.Image, tabs) -> None:
+    """A new image, or a changed control, goes to /view (the one step that decodes the
+    upload), and once that succeeds its picture (what the model sees) goes to every other
+    endpoint. Each endpoint is registered once, named, queued in one concurrency group,
+    and gets its arguments unprocessed. (Triggering on `seen.change` instead would loop:
+    gradio's Image fires change whenever its value object is replaced, equal or not.)"""
+    common = dict(preprocess=False, concurrency_id="app")
+    controls = [c for tab in tabs for c in tab[3]]
+    shown = gr.on([image.change] + [c.change for c in controls], answers(ends.view), [image],
+                  [seen], api_name="view", trigger_mode="always_last", **common)
+    for fn, inputs, outs, _, name in tabs:
+        shown.success(answers(fn), inputs, outs, api_name=name, **common)
+    outputs = [seen] + [o for tab in tabs for o in tab[2]]
+    # Clearing the upload clears every answer, in the browser only.
+    image.clear(None, None, outputs, js=f"() => Array({len(outputs)}).fill(null)")
 
 
 def serve(demo: gr.Blocks, host: str, port: int, block: bool = True):
     """Launch with the app's limits; block=False returns at once (for tests)."""
     return demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE,
-                       prevent_thread_lock=not block, show_error=False, quiet=not block, css=CSS)
+                       prevent_thread_lock=not block, show_error=True, quiet=not block, css=CSS,
+                       enable_monitoring=False,
+                       app_kwargs={"middleware": [space.body_limit()]})
+
+
+def load_model(source: str) -> Loaded:
+    """The model named by --model / $VIT_CIFAR_MODEL / the bundled folder, checked."""
+    return load_checked(source, BUNDLED_WEIGHTS, MODEL_ENV)
 
 
 def main() -> None:
@@ -446,9 +324,9 @@ def main() -> None:
                         help="port to serve on, default $GRADIO_SERVER_PORT or 7860")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core per concurrent request; see CONCURRENCY_LIMIT
-    model, status = load_model(resolve_model_source(args.model))
-    print(status.replace("`", "").replace("**", ""), flush=True)
-    serve(build_demo(model, status), args.host, args.port)
+    loaded = load_model(source_from(args.model, BUNDLED_WEIGHTS, MODEL_ENV))
+    print(loaded.status.replace("`", "").replace("**", ""), flush=True)
+    serve(build_demo(loaded), args.host, args.port)
 
 
 if __name__ == "__main__":

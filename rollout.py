@@ -143,3 +143,33 @@ def overlay_heatmap(image: torch.Tensor, heat: torch.Tensor, size: int = 256,
     heat = upsample_maps(heat[None], size)[0].clamp(0, 1).numpy()
     colored = colormaps[cmap](heat)[..., :3]
     return (255 * ((1 - alpha) * picture + alpha * colored)).round().astype(np.uint8)
+
+
+
+def _tint(picture: np.ndarray, heat: np.ndarray, strength: float, cmap: str) -> np.ndarray:
+    """Blend a colormap over an (H, W, 3) [0, 1] picture with opacity strength * heat."""
+    from matplotlib import colormaps
+
+    # The colormap's darkest third is skipped: near-black would read as shadow, not heat.
+    colored = colormaps[cmap](0.35 + 0.65 * heat)[..., :3]
+    opacity = strength * heat[..., None]
+    return (255 * ((1 - opacity) * picture + opacity * colored)).round().astype(np.uint8)
+
+
+def attention_overlay(image: torch.Tensor, heat: torch.Tensor, size: int = 256,
+                      strength: float = 0.75, cmap: str = "inferno") -> np.ndarray:
+    """A readable rollout picture: the uint8 image (3, H, W) enlarged to size x size,
+    tinted by a (grid, grid) map in [0, 1] whose opacity grows with the map, so the
+    image shows through where attention is low and the colour marks where it is high."""
+    picture = F.interpolate(image[None].float() / 255, size=(size, size), mode="bicubic",
+                            align_corners=False)[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    heat = upsample_maps(heat[None], size)[0].clamp(0, 1).numpy()
+    return _tint(picture, heat, strength, cmap)
+
+
+def colour_scale(width: int, height: int = 14, strength: float = 0.75,
+                 cmap: str = "inferno") -> np.ndarray:
+    """The key to attention_overlay: 0 at the left to 1 at the right, drawn the same way
+    over mid-grey; (height, width, 3) uint8."""
+    ramp = np.broadcast_to(np.linspace(0, 1, width), (height, width))
+    return _tint(np.full((height, width, 3), 0.5), ramp, strength, cmap)

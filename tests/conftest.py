@@ -54,9 +54,9 @@ def app_url():
     """URL of the app (bundled weights/) running in a background thread of this process."""
     import app
 
-    model, status = app.load_model(str(app.BUNDLED_WEIGHTS))
-    assert model is not None, f"the app tests need trained weights in weights/: {status}"
-    demo = app.build_demo(model, status)
+    loaded = app.load_model(str(app.BUNDLED_WEIGHTS))
+    assert loaded.model is not None, f"the app tests need trained weights in weights/: {loaded.status}"
+    demo = app.build_demo(loaded)
     port = free_port()
     app.serve(demo, "127.0.0.1", port, block=False)
     yield f"http://127.0.0.1:{port}/"

@@ -1,0 +1,209 @@
+"""The app's named endpoints, apart from the page: each takes its arguments as the
+caller sent them (the page's events run with preprocess=False), checks them, and says
+what is wrong with a photo.UserError; app.py turns that into the caller's message."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+import photo
+import space
+from data import to_normalized
+from mistakes import ANY, SPLIT_SEED, VAL_SIZE, find_mistakes, load_sample, picture, select
+from model_files import Loaded
+from pictures import augmented_views, block_maps, enlarge, patch_views, rollout_figure
+from rollout import HEAD_FUSIONS, model_rollout, scale_to_unit
+
+MISTAKES_SHOWN = 24  # the most confident mistakes of a filter, in one screen or two
+
+
+def photo_source(payload):
+    """What load_photo reads for an input: a file path (from Python), a file uploaded to
+    this app (from a request), or the bytes of a data: URL."""
+    if payload is None or isinstance(payload, (str, os.PathLike)):
+        return payload
+    if isinstance(payload, dict) and str(payload.get("url") or "").startswith("data:"):
+        return photo.read_data_url(payload["url"])
+    path = payload.get("path") if isinstance(payload, dict) else None
+    # gradio has checked the upload already; this keeps any other file out regardless.
+    if path and Path(path).resolve().is_relative_to(Path(gr.utils.get_upload_folder()).resolve()):
+        return path
+    raise photo.UserError("The image must be a file uploaded to this app or a base64 data: URL.")
+
+
+def sample_caveat(training: dict) -> str:
+    """The bundled sample is held out from the split the bundled weights used; a model
+    trained on another split (or whose training.json does not say) may have seen some."""
+    if (training.get("split_seed"), training.get("val_images")) == (SPLIT_SEED, VAL_SIZE):
+        return ""
+    return (" **This model's training.json does not show the same validation split, so it "
+            "may have trained on some of these images.**")
+
+
+def payload_key(payload) -> str:
+    """Which image a payload is: its file path (uploads are named by content), or a
+    hash of an inline data: URL."""
+    if isinstance(payload, dict) and str(payload.get("url") or "").startswith("data:"):
+        return hashlib.sha256(payload["url"].encode()).hexdigest()
+    if isinstance(payload, dict):
+        return str(payload.get("path"))
+    return str(payload)
+
+
+def _whole(value, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value) or not low <= value <= high:
+        raise photo.UserError(f"{name} must be a whole number from {low} to {high}, not {value!r}.")
+    return int(value)
+
+
+def _one_of(value, name: str, choices) -> str:
+    if value not in list(choices):
+        raise photo.UserError(f"{name} must be one of {', '.join(map(str, choices))}, not {value!r}.")
+    return value
+
+
+class Endpoints:
+    """The app's named endpoints for one loaded model (or none), writing their pictures
+    into `out` (gradio's cache folder, where they expire with DELETE_CACHE)."""
+
+    def __init__(self, loaded: Loaded, out: Path):
+        self.model, self.out = loaded.model, out
+        self.size = self.model.image_size if self.model is not None else 32
+        # Without a model any statistics show the augmentation exactly as training does it
+        # (normalizing then de-normalizing cancels out).
+        self.mean, self.std = (self.model.mean, self.model.std) if self.model else ([0.5] * 3,) * 2
+        self.heads = self.model.blocks[0].attn.num_heads if self.model is not None else 0
+        self.patch_sizes = [p for p in range(1, self.size + 1) if self.size % p == 0]
+        self.last_view = space.LastCall()
+        self.sample, self.no_sample = None, "No trained model is loaded."
+        if self.model is not None:
+            try:
+                self.sample = load_sample()
+                if self.sample.class_names != self.model.class_names:
+                    self.sample = None
+                    raise ValueError("the bundled sample's classes are not this model's")
+            except (OSError, ValueError) as err:
+                self.no_sample = f"The bundled validation sample cannot be used: {err}."
+        self.caveat = sample_caveat(loaded.training)
+        self._mistakes, self._mistakes_lock = None, threading.Lock()
+
+    @property
+    def mistakes(self):
+        """The model's mistakes on the bundled sample, found on first use (seconds)."""
+        with self._mistakes_lock:
+            if self._mistakes is None and self.sample is not None:
+                self._mistakes = find_mistakes(self.model, self.sample)
+                space.release_memory()  # the attention maps of 500 images are freed
+        return self._mistakes
+
+    def _png(self, pixels) -> str:
+        return space.save_png(pixels, self.out)
+
+    def _require(self):
+        if self.model is None:
+            raise photo.UserError("No trained model is loaded, so there is nothing to predict "
+                                  "with: see the note at the top of the page for how to add weights.")
+        return self.model
+
+    def read(self, image) -> torch.Tensor:
+        """The uint8 (3, size, size) input the model reads for an image argument."""
+        try:
+            return photo.load_photo(photo_source(image), self.size)
+        finally:
+            space.release_memory()  # a large decode's freed pages go back to the system
+
+    def _probs(self, logits: torch.Tensor) -> dict[str, float]:
+        probs = logits.float().softmax(-1)[0]
+        if not torch.isfinite(probs).all():  # never serve NaN; the model passed its checks
+            raise photo.UserError("The model's answer for this image is not a number.")
+        return {name: float(p) for name, p in zip(self.model.class_names, probs)}
+
+    def view(self, image, request: gr.Request = None) -> str:
+        """/view: the image as the model reads it, a PNG of the model's input size."""
+        if image is None:  # a cleared upload: nothing to show, and no message on the page
+            raise gr.Error(photo.NO_IMAGE, visible=False, print_exception=False)
+        outcome, fresh = self.last_view.run(
+            getattr(request, "session_hash", None), payload_key(image),
+            lambda: self._png(self.read(image).permute(1, 2, 0).numpy()))
+        if outcome.exception() is not None and not fresh:  # already shown for this image
+            raise gr.Error(str(outcome.exception()), visible=False, print_exception=False)
+        path = outcome.result()
+        return path if os.path.exists(path) else self._png(self.read(image).permute(1, 2, 0).numpy())
+
+    def predict(self, image) -> dict[str, float]:
+        """/predict: class probabilities for an image."""
+        model = self._require()
+        x = to_normalized(self.read(image)[None], model.mean, model.std)
+        with torch.no_grad():
+            return self._probs(model(x))
+
+    def rollout(self, image, head_fusion, discard_ratio, block_head):
+        """/rollout: the image beside its attention rollout (with the colour scale), each
+        block's raw attention for one head or the heads fused, and a caption."""
+        model = self._require()
+        _one_of(head_fusion, "Head fusion", HEAD_FUSIONS)
+        if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)) \
+                or not 0 <= discard_ratio < 1:
+            raise photo.UserError(f"The discard ratio must be at least 0 and below 1, not {discard_ratio!r}.")
+        heads = [f"head {h + 1}" for h in range(self.heads)]
+        head = _one_of(block_head, "Block head", list(HEAD_FUSIONS) + heads)
+        head = heads.index(head) if head in heads else head
+        small = self.read(image)
+        logits, maps, attentions = model_rollout(
+            model, to_normalized(small[None], model.mean, model.std), head_fusion, discard_ratio)
+        probs = self._probs(logits)
+        best = max(probs, key=probs.get)
+        caption = (f"Explaining **{best}** ({100 * probs[best]:.1f}%). Left: the "
+                   f"{self.size}x{self.size} input; right: attention rollout over it. Colour "
+                   "scale (under the rollout): clear = little of the class token's attention, "
+                   "bright yellow = the most in this image.")
+        blocks = [(self._png(p), c) for p, c in block_maps(small, attentions, head)]
+        return self._png(rollout_figure(small, scale_to_unit(maps)[0])), blocks, caption
+
+    def augment(self, image, count, seed) -> list[tuple[str, str]]:
+        """/augment: the image as the model reads it, then `count` augmented versions."""
+        if seed is None:
+            raise photo.UserError("Enter a seed: any whole number from 0 up gives repeatable draws.")
+        count = _whole(count, "The number of augmented versions", 1, 32)
+        seed = _whole(seed, "The seed", 0, 2**32 - 1)
+        small = self.read(image)
+        views = augmented_views(small, count, seed, self.mean, self.std)
+        return [(self._png(enlarge(small, 128)), f"input, {self.size}x{self.size}")] + \
+            [(self._png(enlarge(v, 128)), f"augmented {i + 1}") for i, v in enumerate(views)]
+
+    def patches(self, image, patch_size) -> tuple[str, str, str]:
+        """/patches: the grid of patches, the token sequence, and a caption."""
+        if patch_size not in self.patch_sizes:
+            raise photo.UserError(f"Patch size {patch_size} does not divide {self.size}; use one "
+                                  f"of {', '.join(map(str, self.patch_sizes))}.")
+        grid, sequence, caption = patch_views(self.read(image), int(patch_size))
+        return self._png(grid), self._png(sequence), caption
+
+    def mistakes_for(self, true_class, predicted_class) -> tuple[list[tuple[str, str]], str]:
+        """/mistakes: bundled validation images the model gets wrong, filtered by true and
+        predicted class ("any" for all), most confident first, each with its top 3 and
+        its rollout; and a summary."""
+        self._require()
+        if self.sample is None:
+            raise photo.UserError(self.no_sample)
+        names = [ANY] + self.sample.class_names
+        true_class = _one_of(true_class, "The true class", names)
+        predicted_class = _one_of(predicted_class, "The predicted class", names)
+        found = self.mistakes
+        chosen = select(found, true_class, predicted_class)
+        total, wrong = len(found.sample.labels), len(found.wrong)
+        summary = (f"The model gets **{wrong} of the {total}** sample images wrong "
+                   f"({100 * (total - wrong) / total:.1f}% right). This filter: {len(chosen)}"
+                   f"{f', the {MISTAKES_SHOWN} most confident shown' if len(chosen) > MISTAKES_SHOWN else ''}. "
+                   f"Each: the image, its rollout, then true class → top 3. The sample: "
+                   f"{found.sample.description}.{self.caveat}")
+        shown = [picture(found, i) for i in chosen[:MISTAKES_SHOWN]]
+        return [(self._png(p), c) for p, c in shown], summary

@@ -1,0 +1,145 @@
+"""The validation images a model gets wrong: a small bundled sample, and the mistakes on it.
+
+The sample (examples/val_sample.npz) holds 50 images per CIFAR-10 class drawn from the
+project's validation split (data.split_indices of the training split, 5000 images, split
+seed 0), which the bundled weights never trained on. The app loads it with
+allow_pickle=False, runs the loaded model on it once at start-up, and shows the mistakes
+with their top 3 and their attention rollout.
+
+    python mistakes.py --data-dir /path/to/cifar10-jpeg    # rebuild the sample
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rollout import attention_overlay, model_rollout, scale_to_unit
+
+SAMPLE = Path(__file__).resolve().parent / "examples" / "val_sample.npz"
+PER_CLASS, VAL_SIZE, SPLIT_SEED, PICK_SEED = 50, 5000, 0, 0
+ANY = "any"
+
+
+@dataclass
+class Sample:
+    images: torch.Tensor   # (N, 3, H, W) uint8
+    labels: torch.Tensor   # (N,) int64
+    class_names: list[str]
+    description: str
+
+
+@dataclass
+class Mistakes:
+    sample: Sample
+    probs: torch.Tensor    # (N, classes) of the loaded model
+    maps: torch.Tensor     # (N, grid, grid) rollout, each scaled to its maximum
+    wrong: list[int]       # sample positions the model gets wrong, most confident first
+
+
+def build_sample(data_dir: str | os.PathLike, out: str | os.PathLike = SAMPLE) -> Path:
+    """Draw PER_CLASS validation images per class (seeded) and save them as one .npz."""
+    from data import load_split, split_indices
+
+    train = load_split(data_dir, "train")
+    _, val = split_indices(len(train), VAL_SIZE, SPLIT_SEED)
+    order = val[torch.randperm(len(val), generator=torch.Generator().manual_seed(PICK_SEED))]
+    chosen = torch.cat([order[train.labels[order] == k][:PER_CLASS]
+                        for k in range(len(train.class_names))])
+    description = (f"{PER_CLASS} images per class drawn at random (seed {PICK_SEED}) from the "
+                   f"{VAL_SIZE} validation images of the training split (split seed "
+                   f"{SPLIT_SEED}), which the bundled weights never trained on")
+    arrays = {"images": train.images[chosen].permute(0, 2, 3, 1).numpy(),
+              "labels": train.labels[chosen].numpy(), "indices": chosen.numpy(),
+              "class_names": np.array(train.class_names), "description": np.array(description)}
+    out = Path(out)
+    fd, staging = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            np.savez_compressed(file, **arrays)
+        os.chmod(staging, 0o644)  # mkstemp's 0600 would keep the file from other readers
+        os.replace(staging, out)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def load_sample(path: str | os.PathLike = SAMPLE) -> Sample:
+    """The bundled sample; ValueError (or OSError) if it is missing or malformed."""
+    with np.load(path, allow_pickle=False) as data:
+        images, labels = data["images"], data["labels"]
+        names, description = [str(n) for n in data["class_names"]], str(data["description"])
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or \
+            labels.shape != images.shape[:1] or not ((0 <= labels) & (labels < len(names))).all():
+        raise ValueError(f"{path} does not hold uint8 RGB images with labels for {len(names)} classes")
+    return Sample(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+                  torch.from_numpy(labels.astype(np.int64)), names, description)
+
+
+@torch.no_grad()
+def find_mistakes(model, sample: Sample, batch: int = 100) -> Mistakes:
+    """Run the model (with attention, for the rollout) over the sample at its input size."""
+    from data import to_normalized
+
+    images = sample.images
+    if images.shape[-1] != model.image_size:
+        images = F.interpolate(images.float(), size=model.image_size, mode="bicubic",
+                               antialias=True).round().clamp(0, 255).to(torch.uint8)
+    probs, maps = [], []
+    for start in range(0, len(images), batch):
+        x = to_normalized(images[start:start + batch], model.mean, model.std)
+        logits, rollout, _ = model_rollout(model, x)
+        probs.append(logits.float().softmax(-1))
+        maps.append(scale_to_unit(rollout))
+    probs = torch.cat(probs)
+    confidence, predicted = probs.max(-1)
+    wrong = (predicted != sample.labels).nonzero().flatten()
+    wrong = wrong[confidence[wrong].argsort(descending=True)].tolist()
+    return Mistakes(Sample(images, sample.labels, sample.class_names, sample.description),
+                    probs, torch.cat(maps), wrong)
+
+
+def select(mistakes: Mistakes, true: str, predicted: str) -> list[int]:
+    """The mistakes with the given true and predicted class (ANY for either)."""
+    names = mistakes.sample.class_names
+    for value in (true, predicted):
+        if value != ANY and value not in names:
+            raise ValueError(f"{value!r} is not a class of this sample: use {ANY} or one of "
+                             f"{', '.join(names)}")
+    return [i for i in mistakes.wrong
+            if (true == ANY or names[mistakes.sample.labels[i]] == true)
+            and (predicted == ANY or names[int(mistakes.probs[i].argmax())] == predicted)]
+
+
+def picture(mistakes: Mistakes, i: int, size: int = 96, gap: int = 4) -> tuple[np.ndarray, str]:
+    """One mistake: the image beside its rollout, and a caption with the top 3."""
+    image = mistakes.sample.images[i]
+    crisp = image.repeat_interleave(size // image.shape[-1], 1).repeat_interleave(
+        size // image.shape[-1], 2).permute(1, 2, 0).numpy()
+    overlay = attention_overlay(image, mistakes.maps[i], size)
+    white = np.full((crisp.shape[0], gap, 3), 255, np.uint8)
+    names = mistakes.sample.class_names
+    top = mistakes.probs[i].topk(3)
+    guesses = ", ".join(f"{names[k]} {100 * float(p):.0f}%" for p, k in zip(top.values, top.indices))
+    caption = f"{names[mistakes.sample.labels[i]]} → {guesses}"
+    return np.concatenate([crisp, white, overlay], axis=1), caption
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Rebuild the app's bundled validation sample.")
+    parser.add_argument("--data-dir", required=True, help="CIFAR-10 (class folders or torchvision)")
+    parser.add_argument("--out", default=str(SAMPLE), help=f"output .npz (default {SAMPLE})")
+    args = parser.parse_args()
+    print(f"wrote {build_sample(args.data_dir, args.out)}")
+
+
+if __name__ == "__main__":
+    main()

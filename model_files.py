@@ -1,0 +1,192 @@
+"""The app's model: found (a folder or a Hub repo), checked, loaded, and described.
+
+A model folder holds config.json and model.safetensors, and, when train.py exported it,
+training.json (recipe, validation figures) and the figures curves.png,
+confusion_matrix.png and per_class_accuracy.png. Nothing here is trusted: a config or
+weights that cannot give right answers (missing or non-finite normalization statistics,
+wrong lengths, sizes beyond reason, non-finite parameters) are refused at load with the
+reason, so that such a model never serves.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from vit_model import ViT
+
+FIGURES = {"curves.png": "Training curves", "confusion_matrix.png": "Confusion matrix",
+           "per_class_accuracy.png": "Per-class accuracy"}
+HUB_FILES = ["config.json", "model.safetensors", "training.json", "README.md", *FIGURES]
+# Sizes "beyond reason" for this app: far above any ViT that fits a free CPU Space,
+# far below what would exhaust its memory while the model is built.
+LIMITS = {"image_size": (8, 512), "patch_size": (1, 64), "in_channels": (3, 3),
+          "num_classes": (2, 1000), "dim": (8, 2048), "depth": (1, 48), "heads": (1, 32),
+          "mlp_dim": (8, 8192)}
+MAX_PARAMETERS = 200_000_000
+
+
+class ModelError(ValueError):
+    """Why a model cannot be served."""
+
+
+@dataclass
+class Loaded:
+    """A loaded model (or None), the status line for the page, its folder and training.json."""
+    model: ViT | None
+    status: str
+    folder: Path | None = None
+    training: dict = field(default_factory=dict)
+
+
+def is_hub_repo_id(source: str) -> bool:
+    if Path(source).expanduser().exists() or source.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _number_list(config: dict, key: str, length: int) -> list[float]:
+    values = config.get(key)
+    if not isinstance(values, list) or not values:
+        raise ModelError(f"config.json has no `{key}` list: the app cannot normalize "
+                         "images as in training without it")
+    if len(values) != length:
+        raise ModelError(f"config.json `{key}` has {len(values)} values for {length} channels")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in values):
+        raise ModelError(f"config.json `{key}` must hold finite numbers, not {values}")
+    return [float(v) for v in values]
+
+
+def check_config(config: dict) -> None:
+    """Raise ModelError unless the config describes a model this app can build and serve."""
+    if not isinstance(config, dict):
+        raise ModelError("config.json does not hold a JSON object")
+    sizes = {}
+    for key, (low, high) in LIMITS.items():
+        value = config.get(key, _default(key))
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ModelError(f"config.json `{key}` is {value!r}; this app serves {low} to {high}")
+        sizes[key] = value
+    if sizes["image_size"] % sizes["patch_size"] or sizes["dim"] % sizes["heads"]:
+        raise ModelError("config.json sizes do not fit together (patch_size must divide "
+                         "image_size, heads must divide dim)")
+    dim, tokens = sizes["dim"], (sizes["image_size"] // sizes["patch_size"]) ** 2 + 1
+    per_block = 4 * dim * dim + 2 * dim * sizes["mlp_dim"]
+    parameters = sizes["depth"] * per_block + tokens * dim + sizes["num_classes"] * dim
+    if parameters > MAX_PARAMETERS:
+        raise ModelError(f"config.json describes about {parameters / 1e6:.0f}M parameters, "
+                         f"more than the {MAX_PARAMETERS // 1_000_000}M this app serves")
+    _number_list(config, "mean", sizes["in_channels"])
+    if min(_number_list(config, "std", sizes["in_channels"])) <= 0:
+        raise ModelError(f"config.json `std` must be above 0, not {config['std']}")
+    names = config.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != sizes["num_classes"]
+                              or not all(isinstance(n, str) and n for n in names)):
+        raise ModelError(f"config.json `class_names` must be {sizes['num_classes']} names")
+
+
+def _default(key: str):
+    """ViT's default for a size the config leaves out."""
+    return inspect.signature(ViT.__init__).parameters[key].default
+
+
+def load_folder(folder: Path) -> ViT:
+    """The checked model in a folder, in eval mode; ModelError or OSError otherwise."""
+    config_path, weights = folder / "config.json", folder / "model.safetensors"
+    if not config_path.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json and model.safetensors")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"config.json is not valid JSON ({err})") from None
+    check_config(config)
+    model = ViT.from_pretrained(folder).eval()
+    broken = [name for name, p in model.state_dict().items()
+              if p.is_floating_point() and not torch.isfinite(p).all()]
+    if broken:
+        raise ModelError(f"the weights hold NaN or infinite values ({', '.join(broken[:3])}"
+                         f"{', ...' if len(broken) > 3 else ''})")
+    return model
+
+
+def read_training(folder: Path | None) -> dict:
+    """training.json of a model folder, keeping only values that can be right; {} when
+    there is none (the page then says "unknown")."""
+    path = folder / "training.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return {}
+    if not isinstance(info, dict):
+        return {}
+    for key in ("val_acc", "val_acc_flip_tta"):
+        if key in info and not _fraction(info[key]):
+            del info[key]
+    per_class, names = info.get("per_class_acc"), info.get("class_names")
+    if "per_class_acc" in info and not (isinstance(per_class, list) and isinstance(names, list)
+                                        and len(per_class) == len(names)
+                                        and all(map(_fraction, per_class))):
+        del info["per_class_acc"]
+    return info
+
+
+def _fraction(value) -> bool:
+    """A finite number from 0 to 1 (an accuracy)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value) and 0 <= value <= 1
+
+
+def _how_to_fix(bundled: Path, env: str) -> str:
+    return (f"Train one (`python train.py ...`) and copy its `export/` files into "
+            f"`{bundled.name}/`, or point `--model` / `${env}` at a Hub repo or folder "
+            "holding `config.json` and `model.safetensors`.")
+
+
+def load_model(source: str, bundled: Path, env: str) -> Loaded:
+    """The model named by `source` (a Hub repo id or a folder), checked.
+
+    A Hub repo that cannot be loaded (offline, no such repo, refused) falls back to the
+    bundled folder; a folder given explicitly does not, so that asking for a folder
+    never silently shows another model.
+    """
+    reason, folder = None, Path(source).expanduser()
+    if is_hub_repo_id(source):
+        try:
+            folder = Path(snapshot_download(source, allow_patterns=HUB_FILES))
+            model = load_folder(folder)
+            return Loaded(model, f"Model: `{source}` from the Hugging Face Hub.", folder,
+                          read_training(folder))
+        except Exception as err:  # offline, no such repo, no access, a model refused, ...
+            detail = f": {err}" if isinstance(err, ModelError) else f" ({type(err).__name__})"
+            reason, folder = f"could not load `{source}` from the Hub{detail}", bundled
+    try:
+        model = load_folder(folder)
+    except Exception as err:
+        problem = f"{reason}, and the bundled `{folder.name}/` failed too" if reason else \
+            f"no usable weights in `{folder}`"
+        return Loaded(None, f"**No trained model is loaded** ({problem}: {err}). Prediction, "
+                            f"attention rollout and mistakes are off; the augmentation and "
+                            f"patch tabs work. {_how_to_fix(bundled, env)}")
+    where = f"`{folder}`" if folder != bundled else f"the bundled `{folder.name}/` folder"
+    status = f"Model: {where}, because the app {reason}." if reason else f"Model: {where}."
+    return Loaded(model, status, folder, read_training(folder))
+
+
+def source_from(cli_value: str | None, bundled: Path, env: str) -> str:
+    """--model, else $env, else the bundled folder."""
+    return cli_value or os.environ.get(env) or str(bundled)

@@ -1,0 +1,150 @@
+"""Serving limits for app.py that Gradio does not set itself: a bound on request bodies,
+output files written whole, and memory handed back after a large decode."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import hashlib
+import io
+import os
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# A 20 MB image inline as base64 is 26.7 MB of JSON; nothing else the app takes is big.
+MAX_BODY_BYTES = 28_000_000
+# Routes with their own limit: uploads stream to disk under gradio's max_file_size.
+UNLIMITED_SUFFIXES = ("/upload",)
+
+
+class BodyLimit:
+    """ASGI middleware: answer 413 to any request body over MAX_BODY_BYTES (uploads
+    excepted) before the application reads it into memory."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"].rstrip("/").endswith(UNLIMITED_SUFFIXES):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await self._refuse(send)
+        chunks, total, more = [], 0, True
+        while more:  # the body, counted as it arrives (chunked bodies declare no length)
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            total += len(message.get("body", b""))
+            if total > self.limit:
+                return await self._refuse(send)
+            chunks.append(message)
+            more = message.get("more_body", False)
+        return await self.app(scope, _replay(chunks, receive), send)
+
+    async def _refuse(self, send):
+        text = f"Request body over {self.limit // 1_000_000} MB: send images as file uploads.".encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain"),
+                                (b"content-length", str(len(text)).encode())]})
+        await send({"type": "http.response.body", "body": text})
+
+
+def _replay(messages, then=None):
+    """A receive() that gives back the messages already read, then the live ones."""
+    pending = list(messages)
+
+    async def receive():
+        if pending:
+            return pending.pop(0)
+        if then is None:
+            return {"type": "http.disconnect"}
+        return await then()
+
+    return receive
+
+
+class LastCall:
+    """Each session's last call of one endpoint, shared for a few seconds.
+
+    Gradio's Image fires its change event twice for one upload when it already held an
+    image (it compares value objects, not values), and a changed control reruns the same
+    step for the same image: a call identical to the session's last one, still running or
+    started within `seconds`, gets that call's outcome instead of decoding the photo again,
+    and the caller learns it is a repeat (so a failure is not shown twice)."""
+
+    def __init__(self, seconds: float = 5.0, sessions: int = 512):
+        self.seconds, self.sessions = seconds, sessions
+        self._calls: OrderedDict[str, tuple[str, float, Future]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def run(self, session: str | None, key: str, compute) -> tuple[Future, bool]:
+        """(the outcome as a finished Future, whether this call computed it)."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._calls.get(session) if session else None
+            if last and last[0] == key and now - last[1] < self.seconds:
+                future, fresh = last[2], False
+            else:
+                future, fresh = Future(), True
+                if session:
+                    self._calls[session] = (key, now, future)
+                    self._calls.move_to_end(session)
+                    while len(self._calls) > self.sessions:
+                        self._calls.popitem(last=False)
+        if fresh:
+            try:
+                future.set_result(compute())
+            except Exception as err:  # handed to every caller of the same step
+                future.set_exception(err)
+        future.exception()  # wait for the first caller's outcome
+        return future, fresh
+
+
+def save_png(pixels: np.ndarray, folder: str | os.PathLike) -> str:
+    """Write an (H, W, 3) uint8 image as <folder>/<content hash>/image.png and return
+    the path. The file is written under a temporary name and renamed into place, so a
+    request reading the same picture for another caller never sees it half-written
+    (Gradio's own numpy-to-file step rewrites a shared file in place)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=3)
+    data = buffer.getvalue()
+    target = Path(folder) / hashlib.sha256(data).hexdigest()[:32] / "image.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(dir=target.parent, prefix=".image.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(staging, target)  # also renews the file's age for delete_cache
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return str(target)
+
+
+@functools.cache
+def _malloc_trim():
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+
+def release_memory() -> None:
+    """Give freed heap memory back to the system (glibc keeps it per thread arena
+    otherwise, so a burst of large decodes would stay resident); a no-op elsewhere."""
+    if (trim := _malloc_trim()) is not None:
+        trim(0)
+
+
+def body_limit(limit: int = MAX_BODY_BYTES):
+    """BodyLimit as a FastAPI middleware entry (launch's app_kwargs)."""
+    from starlette.middleware import Middleware
+
+    return Middleware(BodyLimit, limit=limit)

@@ -1,0 +1,149 @@
+"""model_files.py: which model the app loads, and the models it refuses to serve."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+import model_files
+from vit_model import ViT
+
+BUNDLED = Path(__file__).resolve().parent.parent / "weights"
+ENV = "VIT_CIFAR_MODEL"
+
+
+def load(source, bundled=BUNDLED):
+    return model_files.load_model(str(source), bundled, ENV)
+
+
+def tiny_folder(root: Path, **config) -> Path:
+    """A small saved model, then config.json edited: key=None deletes a key."""
+    model = ViT(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=16,
+                mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2])
+    model.save_pretrained(root)
+    saved = json.loads((root / "config.json").read_text())
+    for key, value in config.items():
+        saved.pop(key) if value is None else saved.__setitem__(key, value)
+    (root / "config.json").write_text(json.dumps(saved))
+    return root
+
+
+def test_source_cli_then_environment_then_bundled(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    assert model_files.source_from(None, BUNDLED, ENV) == str(BUNDLED)
+    monkeypatch.setenv(ENV, "someone/vit")
+    assert model_files.source_from(None, BUNDLED, ENV) == "someone/vit"
+    assert model_files.source_from("/models/mine", BUNDLED, ENV) == "/models/mine"
+
+
+def test_bundled_weights_load_with_their_training_record():
+    loaded = load(BUNDLED)
+    assert loaded.status == "Model: the bundled `weights/` folder."
+    assert not loaded.model.training and loaded.model.image_size == 32
+    record = json.loads((BUNDLED / "training.json").read_text())
+    assert loaded.training["val_acc"] == record["val_acc"] and loaded.folder == BUNDLED
+
+
+def test_a_good_small_model_loads(tmp_path):
+    loaded = load(tiny_folder(tmp_path / "m"))
+    assert loaded.model is not None and loaded.model.mean == pytest.approx([0.5, 0.4, 0.3])
+    assert loaded.training == {}  # no training.json: the page says "unknown"
+
+
+@pytest.mark.parametrize("config, reason", [
+    ({"mean": None}, "config.json has no `mean` list"),
+    ({"std": None}, "config.json has no `std` list"),
+    ({"std": [0.2, 0.0, 0.2]}, "`std` must be above 0"),
+    ({"std": [0.2, -1, 0.2]}, "`std` must be above 0"),
+    ({"mean": [0.5, 0.5]}, "`mean` has 2 values for 3 channels"),
+    ({"mean": [0.5, "x", 0.5]}, "`mean` must hold finite numbers"),
+    ({"depth": 10**6}, "`depth` is 1000000; this app serves 1 to 48"),
+    ({"dim": 2048, "depth": 48, "mlp_dim": 8192}, "more than the 200M this app serves"),
+    ({"image_size": 10}, "sizes do not fit together"),
+    ({"in_channels": 1}, "`in_channels` is 1"),
+    ({"class_names": ["a", "b"]}, "`class_names` must be 10 names"),
+])
+def test_configs_that_cannot_be_right_are_refused(tmp_path, config, reason):
+    loaded = load(tiny_folder(tmp_path / "m", **config))
+    assert loaded.model is None
+    assert "No trained model is loaded" in loaded.status and reason in loaded.status
+
+
+def test_non_finite_numbers_in_the_config_are_refused(tmp_path):
+    folder = tiny_folder(tmp_path / "m")
+    text = (folder / "config.json").read_text().replace('"std": [0.2', '"std": [NaN')
+    (folder / "config.json").write_text(text)
+    assert math.isnan(json.loads(text)["std"][0])
+    loaded = load(folder)
+    assert loaded.model is None and "`std` must hold finite numbers" in loaded.status
+
+
+@pytest.mark.parametrize("name, value", [("head.bias", math.inf), ("blocks.0.norm1.weight", math.nan)])
+def test_weights_with_nan_or_inf_are_refused(tmp_path, name, value):
+    from safetensors.torch import load_file, save_file
+
+    folder = tiny_folder(tmp_path / "m")
+    tensors = load_file(folder / "model.safetensors")
+    tensors[name] = tensors[name].clone().fill_(value)
+    save_file(tensors, folder / "model.safetensors")
+    loaded = load(folder)
+    assert loaded.model is None and f"NaN or infinite values ({name}" in loaded.status
+
+
+@pytest.mark.parametrize("folder", ["missing", "empty"])
+def test_a_folder_without_weights_loads_no_model(tmp_path, folder):
+    (tmp_path / "empty").mkdir()
+    loaded = load(tmp_path / folder)
+    assert loaded.model is None
+    assert "No trained model is loaded" in loaded.status and "`weights/`" in loaded.status
+    assert ENV in loaded.status
+
+
+def test_unreachable_hub_falls_back_to_the_bundled_weights(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    loaded = load("someone/no-such-vit")
+    assert loaded.model is not None
+    assert loaded.status.startswith("Model: the bundled `weights/` folder, because the app could "
+                                    "not load `someone/no-such-vit` from the Hub")
+    loaded = load("someone/no-such-vit", bundled=tmp_path / "nothing")
+    assert loaded.model is None and "the bundled `nothing/` failed too" in loaded.status
+
+
+def test_a_hub_snapshot_is_checked_like_a_folder(monkeypatch, tmp_path):
+    broken = tiny_folder(tmp_path / "hub", std=[0, 0, 0])
+    monkeypatch.setattr(model_files, "snapshot_download", lambda repo, allow_patterns: str(broken))
+    loaded = load("someone/broken-vit")
+    assert loaded.model is not None and loaded.folder == BUNDLED  # the bundled model instead
+    assert "could not load `someone/broken-vit` from the Hub: config.json `std` must be above 0" \
+        in loaded.status
+    shutil.copy(BUNDLED / "training.json", broken / "training.json")
+    good = tiny_folder(tmp_path / "good")
+    shutil.copy(BUNDLED / "training.json", good / "training.json")
+    monkeypatch.setattr(model_files, "snapshot_download", lambda repo, allow_patterns: str(good))
+    loaded = load("someone/good-vit")
+    assert loaded.status == "Model: `someone/good-vit` from the Hugging Face Hub."
+    assert loaded.training["recipe"] and loaded.folder == good
+
+
+@pytest.mark.parametrize("text", ['{"val_acc": 1.5}', '{"val_acc": NaN}', '{"val_acc": true}',
+                                  "not json", "[1]"])
+def test_a_training_record_that_cannot_be_right_is_not_shown(tmp_path, text):
+    (tmp_path / "training.json").write_text(text)
+    assert "val_acc" not in model_files.read_training(tmp_path)
+
+
+@pytest.mark.parametrize("record", [
+    {"val_acc_flip_tta": float("inf")},
+    {"per_class_acc": [0.5, "x"], "class_names": ["a", "b"]},
+    {"per_class_acc": [0.5, 0.6], "class_names": ["a"]},
+    {"per_class_acc": [0.5, 2.0], "class_names": ["a", "b"]},
+])
+def test_other_figures_that_cannot_be_right_are_dropped(tmp_path, record):
+    (tmp_path / "training.json").write_text(json.dumps({"val_acc": 0.5, **record}))
+    kept = model_files.read_training(tmp_path)
+    assert kept["val_acc"] == 0.5 and not set(record) - {"class_names"} & set(kept)
+

@@ -115,32 +115,35 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, need_weights: bool = False):
-        h = self.norm1(x)
-        if self.training:
-            h, weights = attention(h, self.attn, need_weights)
-        else:
-            # need_weights=False lets torch use its fused kernels; the weights (heads
-            # kept apart) are only materialized when asked for.
-            h, weights = self.attn(h, h, h, need_weights=need_weights,
-                                   average_attn_weights=False)
+        h, weights = attention(self.norm1(x), self.attn, need_weights, self.training)
         x = x + self.drop_path(self.drop1(h))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, weights
 
 
-def attention(x: torch.Tensor, mha: nn.MultiheadAttention, need_weights: bool = False):
-    """Self-attention with mha's parameters in training mode: what nn.MultiheadAttention
-    computes with SDPA's math kernel (softmax(q k^T / sqrt(d)), dropout on the weights,
-    times v), with `dropout` for the weights' dropout, which inside torch's kernels would
-    be bernoulli_. Returns (output, per-head weights after dropout, or None)."""
+def attention(x: torch.Tensor, mha: nn.MultiheadAttention, need_weights: bool = False,
+              training: bool = True):
+    """Self-attention of batch-first x with mha's parameters: what nn.MultiheadAttention
+    computes, without its (L, B, E) transposes and layout copies.
+
+    The weights' dropout (mha.dropout, training only) is `dropout`, where torch's own
+    kernels would call bernoulli_: softmax(q k^T / sqrt(d)), dropped, times v, which is
+    SDPA's math kernel. Without weight dropout and without the weights asked for,
+    torch's scaled_dot_product_attention picks its fastest kernel (and train.py's
+    sdpa_kernel choice applies). Returns (output, per-head weights as used, or None).
+    """
     b, n, e = x.shape
     heads = mha.num_heads
     qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
     q, k, v = qkv.view(b, n, 3, heads, e // heads).permute(2, 0, 3, 1, 4).unbind(0)
-    scores = (q * (e // heads) ** -0.5) @ k.transpose(-2, -1)
-    weights = dropout(scores.softmax(dim=-1), mha.dropout, True)
-    out = (weights @ v).transpose(1, 2).reshape(b, n, e)
-    return mha.out_proj(out), (weights if need_weights else None)
+    p = mha.dropout if training else 0.0
+    if need_weights or p > 0.0:
+        scores = (q * (e // heads) ** -0.5) @ k.transpose(-2, -1)
+        weights = dropout(scores.softmax(dim=-1), p, training)
+        out = weights @ v
+    else:
+        weights, out = None, F.scaled_dot_product_attention(q, k, v)
+    return mha.out_proj(out.transpose(1, 2).reshape(b, n, e)), weights
 
 
 class ViT(

@@ -14,13 +14,13 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 from torch.utils.data import DataLoader
 
 import train
@@ -105,10 +105,6 @@ def sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def kernel_context(kernels: list[SDPBackend] | None):
-    return sdpa_kernel(kernels) if kernels else nullcontext()
-
-
 @dataclass
 class Contender:
     name: str
@@ -127,7 +123,7 @@ class TrainPy:
     model: ViT                    # as train.py builds it, on the device
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]   # train.py's optimizer
     epoch: Callable[[nn.Module, int], None]   # train.py's loop: this many steps of the model
-    kernels: list[SDPBackend] | None          # train.py's attention kernels, None: torch's
+    attention_context: Callable[[], AbstractContextManager]   # train.py's kernel choice
 
 
 def from_train_py(images, labels, mean, std, batch_size: int, seed: int, device, bf16) -> TrainPy:
@@ -154,7 +150,7 @@ def from_train_py(images, labels, mean, std, batch_size: int, seed: int, device,
                               cfg, state, device, bf16, 0, 1, False)
 
     return TrainPy(cfg, model, lambda m: train.build_optimizer(m, cfg, device), epoch,
-                   train.attention_kernels(device))
+                   lambda: sdpa_kernel(train.attention_kernels(device)))
 
 
 def project_contender(tp: TrainPy, device, bf16: bool, compile_model: bool) -> Contender:
@@ -162,17 +158,16 @@ def project_contender(tp: TrainPy, device, bf16: bool, compile_model: bool) -> C
     fast = torch.compile(tp.model) if compile_model else tp.model
 
     def run(steps: int) -> float:
-        with kernel_context(tp.kernels):
+        with tp.attention_context():
             sync(device)
             start = time.perf_counter()
             tp.epoch(fast, steps)
             sync(device)
         return time.perf_counter() - start
 
-    kernels = ", ".join(k.name for k in tp.kernels) if tp.kernels else "torch's choice"
     return Contender("project", tp.model, fast, run, bf16,
                      {"data": "uint8 tensor on the device, data.DeviceAugment",
-                      "attention": "vit_model.attention; train.py's SDPA kernels: " + kernels,
+                      "attention": "vit_model.attention, in train.py's sdpa_kernel context",
                       "optimizer": "train.py's", "compile": compile_model})
 
 

@@ -24,28 +24,20 @@ device. Synthetic images by default: speed does not depend on what the pixels sh
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import os
 import statistics
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 import loop
-import train
-from data import (CROP_RATIO, CROP_SCALE, DeviceAugment, ImageTensorDataset, channel_stats,
-                  train_transform, training_data_or_exit)
-from vit_model import CIFAR10_CLASSES, ViT, count_parameters
+from contenders import Contender, build_contenders, sync
+from data import channel_stats, training_data_or_exit
+from vit_model import CIFAR10_CLASSES, count_parameters
 
 CONTENDERS = ("project", "timm", "naive")
 
@@ -109,187 +101,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit("error: " + "; ".join(problems))
 
 
-# ---------------------------------------------------------------- the naive baseline
-
-def naive_patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """data.patchify as a first attempt writes it: a Python loop over patch positions,
-    one slice and one copy each, stacked at the end."""
-    b, c, h, w = images.shape
-    p = patch_size
-    patches = []
-    for top in range(0, h, p):
-        for left in range(0, w, p):
-            patches.append(images[:, :, top:top + p, left:left + p].reshape(b, c * p * p))
-    return torch.stack(patches, dim=1)
-
-
-class NaiveViT(ViT):
-    """vit_model.ViT with only the patch extraction swapped for naive_patchify."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.patch_embed(naive_patchify(x, self.patch_size))
-        cls = self.cls_token.expand(x.shape[0], -1, -1)
-        x = self.pos_drop(torch.cat([cls, tokens], dim=1) + self.pos_embed)
-        for block in self.blocks:
-            x, _ = block(x)
-        return self.head(self.norm(x[:, 0]))
-
-
-def classic_transform(mean, std, size: int = 32):
-    """The assignment's augmentation in the classic torchvision.transforms API, on PIL images."""
-    from torchvision import transforms
-
-    return transforms.Compose([
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
-
-
-def timm_vit(reference: ViT, dropout: float, attn_dropout: float = 0.0,
-             drop_path: float = 0.0) -> nn.Module:
-    """timm's VisionTransformer with the sizes of `reference`. Dropout goes where the
-    project has it (after the position embedding, the attention projection and in the
-    MLP); timm's drop_rate would add a head dropout that the project lacks."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    dim = reference.patch_embed.out_features
-    return VisionTransformer(
-        img_size=reference.image_size, patch_size=reference.patch_size,
-        num_classes=reference.head.out_features, embed_dim=dim, depth=len(reference.blocks),
-        num_heads=reference.blocks[0].attn.num_heads,
-        mlp_ratio=reference.blocks[0].mlp[0].out_features / dim, qkv_bias=True,
-        class_token=True, global_pool="token", drop_rate=0.0, pos_drop_rate=dropout,
-        proj_drop_rate=dropout, attn_drop_rate=attn_dropout, drop_path_rate=drop_path)
-
-
-# ---------------------------------------------------------------- measuring
-
-def sync(device: torch.device) -> None:
-    """Wait for queued device work, so that a host timer sees it finished."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def kernel_context(kernels: list[SDPBackend] | None):
-    return sdpa_kernel(kernels) if kernels else nullcontext()
-
-
-@dataclass
-class Contender:
-    name: str
-    model: nn.Module              # uncompiled, for FLOPs and parameter counts
-    infer_model: nn.Module        # compiled when --compile applies
-    run: Callable[[int], float]   # trains this many steps, returns synchronized seconds
-    bf16: bool
-    kernels: list[SDPBackend] | None   # None: torch's own choice
-    setup: dict
-
-
-def project_contender(images, labels, mean, std, cfg, device, bf16, compile_model) -> Contender:
-    """train.py's loop, unchanged: each run is one loop.train_one_epoch over the first
-    steps x batch images, which ends with the epoch's single host synchronization."""
-    procs = loop.Processes(0, 1, device)
-    model = train.build_model(cfg, CIFAR10_CLASSES, mean, std, images.shape[-1]).to(device)
-    fast = torch.compile(model) if compile_model else model
-    optimizer = loop.build_optimizer(model, cfg, device)
-    batches = loop.EpochBatches(images, labels, batch_size=cfg.batch_size, seed=cfg.seed,
-                                procs=procs, policy=train.build_policy(cfg.policy))
-    scheduler = loop.build_scheduler(optimizer, cfg, batches.steps)
-    augment = DeviceAugment(mean, std, size=images.shape[-1])
-    mixing = train.build_mixing(cfg, len(CIFAR10_CLASSES))
-    generator = procs.generator(cfg.seed)
-
-    def run(steps: int) -> float:
-        with procs.attention_context():
-            sync(device)
-            start = time.perf_counter()
-            loop.train_one_epoch(fast, optimizer, scheduler, itertools.islice(batches.epoch(0), steps),
-                                 steps=steps, augment=augment, generator=generator, mixing=mixing,
-                                 label_smoothing=cfg.label_smoothing, bf16=bf16, procs=procs)
-            sync(device)
-        return time.perf_counter() - start
-
-    kernels = [SDPBackend.MATH] if device.type == "cpu" else None
-    return Contender("project", model, fast, run, bf16, kernels,
-                     {"data": "uint8 tensor on the device, data.DeviceAugment",
-                      "attention": "loop.Processes.attention_context: " + (
-                          "MATH" if kernels else "torch's choice"),
-                      "optimizer": "train.build_optimizer", "compile": compile_model})
-
-
-def loader_contender(name: str, model: nn.Module, optimizer, loader: DataLoader, device, bf16: bool,
-                     compile_model: bool, setup: dict) -> Contender:
-    """The usual loop over a DataLoader (model already on the device), with the same
-    bookkeeping as train.py's."""
-    fast = torch.compile(model) if compile_model else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-    def run(steps: int) -> float:
-        fast.train()
-        batches = iter(loader)   # starts (or restarts) the workers' epoch before the timer
-        loss_sum = torch.zeros((), device=device)
-        sync(device)
-        start = time.perf_counter()
-        for x, y in itertools.islice(batches, steps):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast:
-                loss = F.cross_entropy(fast(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-        loss_sum.item()
-        sync(device)
-        return time.perf_counter() - start
-
-    return Contender(name, model, fast, run, bf16, None,
-                     {**setup, "attention": "torch default", "workers": loader.num_workers,
-                      "compile": compile_model})
-
-
-def build_contenders(images, labels, mean, std, args, device, bf16) -> list[Contender]:
-    # train.py's own settings: the assignment recipe, which the timing targets are about.
-    cfg = train.parse_args(["--recipe", "assignment", "--batch-size", str(args.batch_size),
-                            "--epochs", "1", "--seed", str(args.seed)])
-    workers = args.workers if args.workers is not None else (
-        0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
-
-    def loader(dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                          num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=device.type == "cuda")
-
-    torch.manual_seed(args.seed)
-    project = project_contender(images, labels, mean, std, cfg, device, bf16, args.compile)
-
-    timm_model = timm_vit(project.model, cfg.dropout, cfg.attn_dropout, cfg.drop_path).to(device)
-    timm = loader_contender(
-        "timm", timm_model, loop.build_optimizer(timm_model, cfg, device),
-        loader(ImageTensorDataset(images, labels, train_transform(mean, std, images.shape[-1]))),
-        device, bf16, args.compile,
-        {"data": "DataLoader, data.train_transform (transforms.v2) per uint8 image",
-         "optimizer": "train.build_optimizer"})
-
-    from torchvision.transforms.functional import to_pil_image
-
-    naive_model = NaiveViT(patch_size=cfg.patch_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
-                           mlp_dim=cfg.mlp_dim, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
-                           drop_path=cfg.drop_path).to(device)
-    naive = loader_contender(
-        "naive", naive_model,
-        torch.optim.AdamW(naive_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
-        loader(ImageTensorDataset([to_pil_image(im) for im in images], labels,
-                                  classic_transform(mean, std, images.shape[-1]))),
-        device, False, False,
-        {"data": "DataLoader, PIL images, classic torchvision.transforms per image",
-         "optimizer": "torch.optim.AdamW defaults", "patchify": "Python loop"})
-    return [project, timm, naive]
-
-
 def forward_flops(model: nn.Module, image_size: int, device: torch.device) -> float:
     """Forward FLOPs per image (a multiply-add is 2), counted by torch's FlopCounterMode.
 
@@ -306,13 +117,13 @@ def forward_flops(model: nn.Module, image_size: int, device: torch.device) -> fl
 
 
 def time_inference(c: Contender, device, batch: int, reps: int, image_size: int) -> float:
-    """Seconds per forward pass of `batch` normalized images, eval mode, as train.predict
-    runs it (no_grad, the contender's autocast and attention kernels)."""
+    """Seconds per forward pass of `batch` normalized images, eval mode, no_grad, with the
+    contender's autocast and torch's own attention kernel choice, as the app runs it."""
     model = c.infer_model
     model.eval()
     x = torch.randn(batch, 3, image_size, image_size, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.bf16)
-    with torch.no_grad(), autocast, kernel_context(c.kernels):
+    with torch.no_grad(), autocast:
         for _ in range(2):
             model(x)
         sync(device)
@@ -323,20 +134,25 @@ def time_inference(c: Contender, device, batch: int, reps: int, image_size: int)
     return (time.perf_counter() - start) / reps
 
 
-def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
-    """The device's achievable dense matmul rate in this dtype, measured: the yardstick
-    for what fraction of the hardware the training step uses."""
-    n, reps = (8192, 100) if device.type == "cuda" else (1024, 10)
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """The device's dense matmul rate in this dtype, measured on square matrices large
+    enough to reach it (2048 on a CPU: 1024 still falls short by a third in bf16): the
+    yardstick for the fraction of the hardware a training step uses. The best of several
+    short windows counts, so that a moment of background load does not lower the peak."""
+    n = 8192 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
+    a @ b
     sync(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e12
+    best, spent = 0.0, 0.0
+    while spent < seconds:
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        sync(device)
+        elapsed = time.perf_counter() - start
+        best, spent = max(best, 4 * 2 * n ** 3 / elapsed / 1e12), spent + elapsed
+    return best
 
 
 def load_images(args: argparse.Namespace, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -359,7 +175,8 @@ def load_images(args: argparse.Namespace, n: int) -> tuple[torch.Tensor, torch.T
 def measure(args: argparse.Namespace) -> tuple[dict, dict]:
     """(results per contender, setup shared by all)."""
     device = loop.pick_device(args.device)
-    bf16 = loop.Processes(0, 1, device).use_bf16(args.amp)
+    procs = loop.Processes(0, 1, device)
+    bf16 = procs.use_bf16(args.amp)
     images, labels, data_description = load_images(args, args.steps * args.batch_size)
     mean, std = channel_stats(images)
     contenders = build_contenders(images, labels, mean, std, args, device, bf16)
@@ -372,40 +189,50 @@ def measure(args: argparse.Namespace) -> tuple[dict, dict]:
         for c in contenders:   # in turns, so that a change in background load hits all
             seconds[c.name].append(c.run(args.steps))
 
-    peak_dtype = torch.bfloat16 if bf16 else torch.float32
-    peak = matmul_peak_tflops(device, peak_dtype)
-    results = {}
-    for c in contenders:
-        step_s = statistics.median(seconds[c.name]) / args.steps
-        img_per_s = args.batch_size / step_s
-        batch_s = time_inference(c, device, args.infer_batch, args.infer_reps, image_size)
-        single_s = time_inference(c, device, 1, args.latency_reps, image_size)
-        gflops = forward_flops(c.model, image_size, device) / 1e9
-        # Training costs 3 forward passes' worth: the forward, and backward's two matmuls
-        # (input and weight gradients) per forward matmul.
-        train_tflops = 3 * gflops * img_per_s / 1e3
-        results[c.name] = {
-            "train_img_per_s": img_per_s,
-            "train_ms_per_step": 1e3 * step_s,
-            "train_ms_per_step_repeats": [1e3 * s / args.steps for s in seconds[c.name]],
-            "infer_ms_per_img": 1e3 * batch_s / args.infer_batch,
-            "infer_ms_batch1": 1e3 * single_s,
-            "gflops_per_img_forward": gflops,
-            "train_tflops": train_tflops,
-            "train_fraction_of_matmul_peak": train_tflops / peak,
-            "params": count_parameters(c.model),
-            "bf16": c.bf16,
-            **c.setup,
-        }
+    # Each contender against the matmul peak of the dtype its matmuls run in.
+    peaks = {dtype: matmul_peak_tflops(device, dtype)
+             for dtype in {torch.bfloat16 if c.bf16 else torch.float32 for c in contenders}}
+    results = {c.name: summarize(c, seconds[c.name], peaks, args, device, image_size)
+               for c in contenders}
     for r in results.values():
         r["train_speed_vs_project"] = r["train_img_per_s"] / results["project"]["train_img_per_s"]
         r["infer_speed_vs_project"] = results["project"]["infer_ms_per_img"] / r["infer_ms_per_img"]
-    setup = {"device": loop.Processes(0, 1, device).machine(), "torch": torch.__version__,
+    setup = {"device": procs.machine(), "torch": torch.__version__,
              "threads": torch.get_num_threads(), "batch_size": args.batch_size,
              "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
              "infer_batch": args.infer_batch, "data": data_description,
-             "matmul_peak_tflops": peak, "matmul_peak_dtype": str(peak_dtype).removeprefix("torch.")}
+             "cpu_has_native_bf16": device.type == "cpu" and loop.cpu_has_native_bf16(),
+             "matmul_peak_tflops": {str(d).removeprefix("torch."): p for d, p in peaks.items()}}
     return results, setup
+
+
+def summarize(c: Contender, seconds: list[float], peaks: dict, args: argparse.Namespace,
+              device: torch.device, image_size: int) -> dict:
+    """One contender's figures: training from its timed runs, then inference measured
+    now, FLOPs counted, and the achieved rate against its dtype's matmul peak."""
+    step_s = statistics.median(seconds) / args.steps
+    img_per_s = args.batch_size / step_s
+    batch_s = time_inference(c, device, args.infer_batch, args.infer_reps, image_size)
+    single_s = time_inference(c, device, 1, args.latency_reps, image_size)
+    gflops = forward_flops(c.model, image_size, device) / 1e9
+    # Training costs 3 forward passes' worth: the forward, and backward's two matmuls
+    # (input and weight gradients) per forward matmul.
+    train_tflops = 3 * gflops * img_per_s / 1e3
+    peak = peaks[torch.bfloat16 if c.bf16 else torch.float32]
+    return {
+        "train_img_per_s": img_per_s,
+        "train_ms_per_step": 1e3 * step_s,
+        "train_ms_per_step_repeats": [1e3 * s / args.steps for s in seconds],
+        "infer_ms_per_img": 1e3 * batch_s / args.infer_batch,
+        "infer_ms_batch1": 1e3 * single_s,
+        "gflops_per_img_forward": gflops,
+        "train_tflops": train_tflops,
+        "peak_tflops": peak,
+        "train_fraction_of_matmul_peak": train_tflops / peak,
+        "params": count_parameters(c.model),
+        "bf16": c.bf16,
+        **c.setup,
+    }
 
 
 def report(results: dict, setup: dict) -> str:
@@ -413,8 +240,9 @@ def report(results: dict, setup: dict) -> str:
     lines = [f"device {setup['device']}; torch {setup['torch']}; {setup['threads']} threads; "
              f"batch {setup['batch_size']}; {setup['repeats']} x {setup['steps']} timed steps "
              f"after {setup['warmup']} warm-up; {setup['data']}",
-             f"measured {setup['matmul_peak_dtype']} matmul peak: "
-             f"{setup['matmul_peak_tflops']:.2f} TFLOP/s", ""]
+             "measured matmul peak: " + ", ".join(
+                 f"{dtype} {tflops:.3f} TFLOP/s" for dtype, tflops in setup["matmul_peak_tflops"].items())
+             + f"; CPU with native bf16: {setup['cpu_has_native_bf16']}", ""]
     header = (f"{'':8} {'train img/s':>11} {'ms/step':>8} {'vs proj':>7} "
               f"{'infer ms/img':>12} {'batch-1 ms':>10} {'vs proj':>7} "
               f"{'GFLOP/img':>9} {'TFLOP/s':>7} {'of peak':>7}")
@@ -432,7 +260,8 @@ def report(results: dict, setup: dict) -> str:
             lines.append(f"{name}: training {r['train_speed_vs_project']:.2f}x project, "
                          f"inference {r['infer_speed_vs_project']:.2f}x project")
     lines.append("(x project: speed relative to the project, above 1 is faster; GFLOP/img is "
-                 "one forward pass, training counts 3 of them)")
+                 "one forward pass, training counts 3 of them; of peak: the training step's "
+                 "FLOP rate against the matmul peak of its own dtype)")
     return "\n".join(lines)
 
 

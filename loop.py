@@ -48,9 +48,7 @@ class Processes:
             return mode == "on"
         if self.device.type == "cuda":
             return torch.cuda.is_bf16_supported(including_emulation=False)
-        if self.device.type == "cpu":
-            return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        return False
+        return self.device.type == "cpu" and cpu_has_native_bf16()
 
     def attention_context(self):
         """On CPUs the plain matmul-softmax attention beats the fused kernels for 65 tokens
@@ -88,6 +86,15 @@ class Processes:
         if self.world > 1:
             dist.barrier()  # every rank waits until rank 0 has written the export
             dist.destroy_process_group()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware: AVX512-BF16 dot products (AMD Zen 4
+    and later, Intel Cooper Lake and later) or AMX tiles (Intel Sapphire Rapids and
+    later). torch 2.14 reports these only through private helpers; a torch without them
+    counts as no."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def cpu_model() -> str:

@@ -318,13 +318,15 @@ class Trainer:
         """One epoch, its randomness drawn afresh from (seed, epoch, rank)."""
         torch.manual_seed(seed_for(args.seed, "torch", epoch, procs.rank))
         random.seed(seed_for(args.seed, "python", epoch, procs.rank))
-        return train_one_epoch(
-            self.train_model, self.optimizer, self.scheduler, self.batches.epoch(epoch),
-            steps=self.batches.steps, augment=self.augment,
-            generator=procs.generator(seed_for(args.seed, "augment", epoch, procs.rank)),
-            mixing=self.mixing, label_smoothing=args.label_smoothing, bf16=bf16, procs=procs,
-            patch_keep=args.patch_keep, ema=self.ema, description=f"epoch {epoch + 1}/{args.epochs}",
-            show_progress=procs.main and not args.no_progress)
+        with procs.attention_context():   # training only: evaluation keeps torch's choice
+            return train_one_epoch(
+                self.train_model, self.optimizer, self.scheduler, self.batches.epoch(epoch),
+                steps=self.batches.steps, augment=self.augment,
+                generator=procs.generator(seed_for(args.seed, "augment", epoch, procs.rank)),
+                mixing=self.mixing, label_smoothing=args.label_smoothing, bf16=bf16,
+                procs=procs, patch_keep=args.patch_keep, ema=self.ema,
+                description=f"epoch {epoch + 1}/{args.epochs}",
+                show_progress=procs.main and not args.no_progress)
 
 
 def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunState,
@@ -411,25 +413,24 @@ def main(argv: list[str] | None = None) -> dict | None:
                  else f"{args.epochs} epochs of {trainer.batches.steps} steps"), flush=True)
 
     result, first_epoch = None, state.epoch
-    with procs.attention_context():
-        while state.epoch < args.epochs:
-            start, lr = time.time(), trainer.optimizer.param_groups[0]["lr"]
-            row = trainer.train_epoch(args, state.epoch, procs, bf16)
-            state.epoch += 1
-            if procs.main:
-                val = evaluate(trainer.scored, val_images, val_labels, data.mean, data.std,
-                               args.eval_batch_size, procs.device, bf16)
-                row = {"epoch": state.epoch, "lr": lr, **row, "val_loss": val.loss,
-                       "val_acc": val.acc, "seconds": time.time() - start}
-                state.end_epoch(row, run_dir, trainer.model, trainer.optimizer, trainer.scored, trainer.ema)
-                log_epoch(state, row, args.epochs, first=state.epoch == first_epoch + 1)
-            procs.barrier()
+    while state.epoch < args.epochs:
+        start, lr = time.time(), trainer.optimizer.param_groups[0]["lr"]
+        row = trainer.train_epoch(args, state.epoch, procs, bf16)
+        state.epoch += 1
         if procs.main:
-            result = finish(trainer.scored, run_dir=run_dir, args=args, state=state, data=data,
-                            procs=procs, bf16=bf16)
-            print(f"best validation accuracy {100 * result['val_acc']:.2f}% at epoch "
-                  f"{result['best_epoch']} ({100 * result['val_acc_flip_tta']:.2f}% with flip "
-                  f"TTA); export in {result['export']}", flush=True)
+            val = evaluate(trainer.scored, val_images, val_labels, data.mean, data.std,
+                           args.eval_batch_size, procs.device, bf16)
+            row = {"epoch": state.epoch, "lr": lr, **row, "val_loss": val.loss,
+                   "val_acc": val.acc, "seconds": time.time() - start}
+            state.end_epoch(row, run_dir, trainer.model, trainer.optimizer, trainer.scored, trainer.ema)
+            log_epoch(state, row, args.epochs, first=state.epoch == first_epoch + 1)
+        procs.barrier()
+    if procs.main:
+        result = finish(trainer.scored, run_dir=run_dir, args=args, state=state, data=data,
+                        procs=procs, bf16=bf16)
+        print(f"best validation accuracy {100 * result['val_acc']:.2f}% at epoch "
+              f"{result['best_epoch']} ({100 * result['val_acc_flip_tta']:.2f}% with flip "
+              f"TTA); export in {result['export']}", flush=True)
     procs.close()
     if result and args.push_to_hub:
         try:

@@ -8,18 +8,19 @@ import pytest
 import torch
 
 import bench
+import contenders
 from vit_model import ViT, count_parameters, patchify
 
 
 @pytest.mark.parametrize("patch_size", [1, 4, 8])
 def test_naive_patchify_equals_data_patchify(patch_size):
     images = torch.randn(3, 3, 32, 32)
-    assert torch.equal(bench.naive_patchify(images, patch_size), patchify(images, patch_size))
+    assert torch.equal(contenders.naive_patchify(images, patch_size), patchify(images, patch_size))
 
 
 def test_naive_vit_matches_project_vit():
     project = ViT().eval()
-    naive = bench.NaiveViT().eval()
+    naive = contenders.NaiveViT().eval()
     naive.load_state_dict(project.state_dict())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -28,7 +29,7 @@ def test_naive_vit_matches_project_vit():
 
 def test_timm_vit_has_the_project_size():
     project = ViT()
-    assert count_parameters(bench.timm_vit(project, 0.2)) == count_parameters(project)
+    assert count_parameters(contenders.timm_vit(project, 0.2)) == count_parameters(project)
 
 
 def test_flop_count_matches_the_formula():
@@ -50,11 +51,19 @@ def test_tiny_run_writes_complete_json(tmp_path, capsys):
     for name in bench.CONTENDERS:
         entry = result[name]
         for key in ("train_img_per_s", "train_ms_per_step", "infer_ms_per_img", "infer_ms_batch1",
-                    "gflops_per_img_forward", "train_tflops", "train_speed_vs_project"):
+                    "gflops_per_img_forward", "train_tflops", "train_speed_vs_project",
+                    "peak_tflops", "train_fraction_of_matmul_peak"):
             assert math.isfinite(entry[key]) and entry[key] > 0, (name, key, entry[key])
         assert entry["params"] == 3_195_146
     assert result["project"]["train_speed_vs_project"] == 1.0
     assert result["naive"]["bf16"] is False
+    # Each contender is measured against the peak of its own dtype.
+    peaks = result["setup"]["matmul_peak_tflops"]
+    assert result["naive"]["peak_tflops"] == peaks["float32"]
+    project_dtype = "bfloat16" if result["project"]["bf16"] else "float32"
+    assert result["project"]["peak_tflops"] == result["timm"]["peak_tflops"] == peaks[project_dtype]
+    for entry in (result["project"], result["timm"], result["naive"]):
+        assert entry["train_fraction_of_matmul_peak"] == pytest.approx(entry["train_tflops"] / entry["peak_tflops"])
     printed = capsys.readouterr().out
     assert "timm: training" in printed and "naive: training" in printed
 
@@ -62,3 +71,12 @@ def test_tiny_run_writes_complete_json(tmp_path, capsys):
 def test_bad_settings_fail_with_one_message():
     with pytest.raises(SystemExit, match="--warmup"):
         bench.main(["--steps", "2", "--warmup", "3"])
+
+
+def test_naive_vit_uses_torchs_stock_dropout():
+    naive = contenders.NaiveViT()
+    dropouts = [m for m in naive.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) == 1 + 6 * 3 and all(type(m) is torch.nn.Dropout for m in dropouts)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.equal(naive.train()(x), naive(x))

@@ -139,3 +139,96 @@ def test_cli_prints_the_real_cost_of_a_forward_pass():
     # attention matmuls (2 x 8 heads x 65^2 x 32 per block) and the patch embedding.
     macs = 6 * 65 * (4 * 256 ** 2 + 2 * 256 * 512) + 6 * 2 * 8 * 65 * 65 * 32 + 64 * 48 * 256 + 256 * 10
     assert f"forward pass: {2 * macs / 1e9:.3f} GFLOP per image" in out
+
+
+# ---------------------------------------------------------------- dropout
+
+from vit_model import Dropout, attention, dropout  # noqa: E402
+
+
+def test_dropout_keeps_each_element_with_probability_keep_and_scales_by_one_over_keep():
+    torch.manual_seed(0)
+    n = 2_000_000
+    out = dropout(torch.ones(n), 0.2, training=True)
+    assert set(out.unique().tolist()) == {0.0, 1.25}
+    kept = (out != 0).double()
+    # Binomial(n, 0.8): standard deviation of the fraction is sqrt(0.16 / n) = 2.8e-4.
+    assert abs(kept.mean().item() - 0.8) < 5 * (0.16 / n) ** 0.5
+    assert abs(out.double().mean().item() - 1.0) < 5 * 1.25 * (0.16 / n) ** 0.5
+
+
+def test_dropout_elements_are_independent():
+    """Neighbours (which share one 64-bit draw when the index is even), elements further
+    apart and the two halves of the mask agree as often as independent coins would."""
+    torch.manual_seed(1)
+    n = 2_000_000
+    kept = (dropout(torch.ones(n), 0.2, training=True) != 0).double()
+    tolerance = 5 * (1 / n) ** 0.5   # the correlation's standard deviation is about 1/sqrt(n)
+    for lag in (1, 2, 3, 64, 1000, n // 2):
+        a, b = kept[:-lag], kept[lag:]
+        assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1].item()) < tolerance, lag
+    pairs = kept.view(-1, 2)
+    assert abs(torch.corrcoef(pairs.T)[0, 1].item()) < 2 * tolerance
+
+
+def test_dropout_masks_are_fresh_every_call_and_follow_torch_manual_seed():
+    x = torch.ones(500_000)
+    torch.manual_seed(2)
+    first, second = dropout(x, 0.2), dropout(x, 0.2)
+    # Two independent masks agree with probability 0.8^2 + 0.2^2 = 0.68.
+    agree = ((first != 0) == (second != 0)).double().mean().item()
+    assert abs(agree - 0.68) < 5 * (0.68 * 0.32 / x.numel()) ** 0.5
+    torch.manual_seed(2)
+    assert torch.equal(dropout(x, 0.2), first)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_other_rates_and_dtypes(p):
+    torch.manual_seed(3)
+    n = 1_000_000
+    for dtype in (torch.float32, torch.bfloat16):
+        out = dropout(torch.ones(n, dtype=dtype), p)
+        assert out.dtype == dtype
+        assert abs((out != 0).double().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+        torch.testing.assert_close(out[out != 0].float(), torch.full_like(out[out != 0].float(), 1 / (1 - p)),
+                                   rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0)
+
+
+def test_dropout_gradient_is_the_mask_and_eval_is_the_identity():
+    torch.manual_seed(4)
+    x = torch.randn(64, 65, 256, requires_grad=True)
+    out = dropout(x, 0.2)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.where(out != 0, 1.25, 0.0))
+    torch.testing.assert_close(out[out != 0], 1.25 * x.detach()[out != 0])
+    assert dropout(x, 0.2, training=False) is x and dropout(x, 0.0) is x
+    module = Dropout(0.2).eval()
+    assert module(x) is x and module.p == 0.2 and isinstance(module, torch.nn.Dropout)
+
+
+def test_training_attention_computes_what_multihead_attention_computes():
+    torch.manual_seed(5)
+    mha = torch.nn.MultiheadAttention(64, 4, batch_first=True).train()
+    x = torch.randn(3, 17, 64, requires_grad=True)
+    expected, expected_weights = mha(x, x, x, need_weights=True, average_attn_weights=False)
+    out, weights = attention(x, mha, need_weights=True)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(weights, expected_weights)
+    for a, b in zip(torch.autograd.grad(out.sum(), [x, mha.in_proj_weight, mha.out_proj.weight]),
+                    torch.autograd.grad(expected.sum(), [x, mha.in_proj_weight, mha.out_proj.weight])):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_weight_dropout_drops_a_fifth_of_the_weights_in_training_only():
+    torch.manual_seed(6)
+    model = ViT(depth=1, dropout=0.0, attn_dropout=0.2).train()
+    x = torch.randn(64, 3, 32, 32)
+    _, (weights,) = model(x, return_attention=True)
+    n = weights.numel()
+    assert abs((weights == 0).double().mean().item() - 0.2) < 5 * (0.16 / n) ** 0.5
+    # Each row of softmax weights summed to 1; the kept ones, scaled by 1.25, to 1 on average.
+    assert abs(weights.sum(-1).double().mean().item() - 1.0) < 0.01
+    model.eval()
+    _, (weights,) = model(x, return_attention=True)
+    assert (weights > 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))

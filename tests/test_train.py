@@ -377,6 +377,8 @@ def test_bf16_only_where_it_is_native(monkeypatch):
     assert cpu.use_bf16("auto") and not cpu.use_bf16("off")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     assert not cpu.use_bf16("auto")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu.use_bf16("auto") and loop.cpu_has_native_bf16()
     assert not loop.Processes(0, 1, torch.device("mps")).use_bf16("auto")
 
 

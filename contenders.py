@@ -1,0 +1,239 @@
+"""The three contenders that bench.py times, each a model and a training loop.
+
+  project  train.py's own loop and model (from_train_py: the one function that knows
+           train.py's internals);
+  timm     timm's VisionTransformer of the same size in the usual DataLoader loop;
+  naive    a first attempt: PIL images, classic transforms, a Python-loop patchify and
+           torch's stock dropout and attention, float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+import loop
+import train
+from data import CROP_RATIO, CROP_SCALE, DeviceAugment, ImageTensorDataset, train_transform
+from vit_model import CIFAR10_CLASSES, ViT
+
+# ---------------------------------------------------------------- the naive baseline
+
+def naive_patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """data.patchify as a first attempt writes it: a Python loop over patch positions,
+    one slice and one copy each, stacked at the end."""
+    b, c, h, w = images.shape
+    p = patch_size
+    patches = []
+    for top in range(0, h, p):
+        for left in range(0, w, p):
+            patches.append(images[:, :, top:top + p, left:left + p].reshape(b, c * p * p))
+    return torch.stack(patches, dim=1)
+
+
+class NaiveViT(ViT):
+    """vit_model.ViT as a first attempt runs it: naive_patchify, and torch's stock
+    nn.Dropout and nn.MultiheadAttention call (bernoulli_ masks, (L, B, E) layout copies)
+    where the project has vit_model.dropout and vit_model.attention. In float32 this is
+    also the project's own training step before issue 11, data loading aside."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        for module in list(self.modules()):
+            for name, child in module.named_children():
+                if isinstance(child, nn.Dropout):
+                    setattr(module, name, nn.Dropout(child.p))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(naive_patchify(x, self.patch_size))
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = self.pos_drop(torch.cat([cls, tokens], dim=1) + self.pos_embed)
+        for block in self.blocks:
+            h = block.norm1(x)
+            h, _ = block.attn(h, h, h, need_weights=False)
+            x = x + block.drop_path(block.drop1(h))
+            x = x + block.drop_path(block.mlp(block.norm2(x)))
+        return self.head(self.norm(x[:, 0]))
+
+
+def classic_transform(mean, std, size: int = 32):
+    """The assignment's augmentation in the classic torchvision.transforms API, on PIL images."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomHorizontalFlip(),
+        transforms.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+
+
+def timm_vit(reference: ViT, dropout: float, attn_dropout: float = 0.0,
+             drop_path: float = 0.0) -> nn.Module:
+    """timm's VisionTransformer with the sizes of `reference`. Dropout goes where the
+    project has it (after the position embedding, the attention projection and in the
+    MLP); timm's drop_rate would add a head dropout that the project lacks."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    dim = reference.patch_embed.out_features
+    return VisionTransformer(
+        img_size=reference.image_size, patch_size=reference.patch_size,
+        num_classes=reference.head.out_features, embed_dim=dim, depth=len(reference.blocks),
+        num_heads=reference.blocks[0].attn.num_heads,
+        mlp_ratio=reference.blocks[0].mlp[0].out_features / dim, qkv_bias=True,
+        class_token=True, global_pool="token", drop_rate=0.0, pos_drop_rate=dropout,
+        proj_drop_rate=dropout, attn_drop_rate=attn_dropout, drop_path_rate=drop_path)
+
+
+# ---------------------------------------------------------------- the contenders
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work, so that a host timer sees it finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass
+class Contender:
+    name: str
+    model: nn.Module              # uncompiled, for FLOPs and parameter counts
+    infer_model: nn.Module        # compiled when --compile applies
+    run: Callable[[int], float]   # trains this many steps, returns synchronized seconds
+    bf16: bool
+    setup: dict
+
+
+@dataclass
+class TrainPy:
+    """What bench takes from train.py, built by `from_train_py`, the only function that
+    knows train.py's internals."""
+    settings: argparse.Namespace  # the recipe's resolved values (dropout, lr, dim, ...)
+    model: ViT                    # as train.py builds it, on the device
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]   # train.py's optimizer
+    epoch: Callable[[nn.Module, int], None]   # train.py's loop: this many steps of the model
+    attention_context: Callable[[], AbstractContextManager]   # train.py's kernel choice
+
+
+def from_train_py(images, labels, mean, std, batch_size: int, seed: int, device, bf16) -> TrainPy:
+    """train.py's assignment recipe, model, optimizer and epoch loop, unchanged: an epoch
+    is one loop.train_one_epoch over the first steps x batch images, which ends with the
+    epoch's single host synchronization."""
+    cfg = train.parse_args(["--recipe", "assignment", "--batch-size", str(batch_size),
+                            "--epochs", "1", "--seed", str(seed)])
+    procs = loop.Processes(0, 1, device)
+    model = train.build_model(cfg, CIFAR10_CLASSES, mean, std, images.shape[-1]).to(device)
+    optimizer = loop.build_optimizer(model, cfg, device)
+    batches = loop.EpochBatches(images, labels, batch_size=cfg.batch_size, seed=cfg.seed,
+                                procs=procs, policy=train.build_policy(cfg.policy))
+    scheduler = loop.build_scheduler(optimizer, cfg, batches.steps)
+    augment = DeviceAugment(mean, std, size=images.shape[-1])
+    mixing = train.build_mixing(cfg, len(CIFAR10_CLASSES))
+    generator = procs.generator(cfg.seed)
+
+    def epoch(fast: nn.Module, steps: int) -> None:
+        loop.train_one_epoch(fast, optimizer, scheduler, itertools.islice(batches.epoch(0), steps),
+                             steps=steps, augment=augment, generator=generator, mixing=mixing,
+                             label_smoothing=cfg.label_smoothing, bf16=bf16, procs=procs)
+
+    return TrainPy(cfg, model, lambda m: loop.build_optimizer(m, cfg, device), epoch,
+                   procs.attention_context)
+
+
+def project_contender(tp: TrainPy, device, bf16: bool, compile_model: bool) -> Contender:
+    """train.py's own loop, timed from the first step to its final synchronization."""
+    fast = torch.compile(tp.model) if compile_model else tp.model
+
+    def run(steps: int) -> float:
+        with tp.attention_context():
+            sync(device)
+            start = time.perf_counter()
+            tp.epoch(fast, steps)
+            sync(device)
+        return time.perf_counter() - start
+
+    return Contender("project", tp.model, fast, run, bf16,
+                     {"data": "uint8 tensor on the device, data.DeviceAugment",
+                      "attention": "vit_model.attention, in train.py's sdpa_kernel context",
+                      "optimizer": "train.py's", "compile": compile_model})
+
+
+def loader_contender(name: str, model: nn.Module, optimizer, loader: DataLoader, device, bf16: bool,
+                     compile_model: bool, setup: dict) -> Contender:
+    """The usual loop over a DataLoader (model already on the device), with the same
+    bookkeeping as train.py's."""
+    fast = torch.compile(model) if compile_model else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def run(steps: int) -> float:
+        fast.train()
+        batches = iter(loader)   # starts (or restarts) the workers' epoch before the timer
+        loss_sum = torch.zeros((), device=device)
+        sync(device)
+        start = time.perf_counter()
+        for x, y in itertools.islice(batches, steps):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast:
+                loss = F.cross_entropy(fast(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+        loss_sum.item()
+        sync(device)
+        return time.perf_counter() - start
+
+    return Contender(name, model, fast, run, bf16,
+                     {**setup, "attention": "torch default", "workers": loader.num_workers,
+                      "compile": compile_model})
+
+
+def build_contenders(images, labels, mean, std, args, device, bf16) -> list[Contender]:
+    workers = args.workers if args.workers is not None else (
+        0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
+
+    def loader(dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                          num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=device.type == "cuda")
+
+    torch.manual_seed(args.seed)
+    # train.py's settings: the assignment recipe, which the timing targets are about.
+    tp = from_train_py(images, labels, mean, std, args.batch_size, args.seed, device, bf16)
+    cfg = tp.settings
+    project = project_contender(tp, device, bf16, args.compile)
+
+    timm_model = timm_vit(project.model, cfg.dropout, cfg.attn_dropout, cfg.drop_path).to(device)
+    timm = loader_contender(
+        "timm", timm_model, tp.make_optimizer(timm_model),
+        loader(ImageTensorDataset(images, labels, train_transform(mean, std, images.shape[-1]))),
+        device, bf16, args.compile,
+        {"data": "DataLoader, data.train_transform (transforms.v2) per uint8 image",
+         "optimizer": "train.py's"})
+
+    from torchvision.transforms.functional import to_pil_image
+
+    naive_model = NaiveViT(patch_size=cfg.patch_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
+                           mlp_dim=cfg.mlp_dim, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
+                           drop_path=cfg.drop_path).to(device)
+    naive = loader_contender(
+        "naive", naive_model,
+        torch.optim.AdamW(naive_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        loader(ImageTensorDataset([to_pil_image(im) for im in images], labels,
+                                  classic_transform(mean, std, images.shape[-1]))),
+        device, False, False,
+        {"data": "DataLoader, PIL images, classic torchvision.transforms per image",
+         "optimizer": "torch.optim.AdamW defaults", "patchify": "Python loop",
+         "dropout": "torch's nn.Dropout and nn.MultiheadAttention"})
+    return [project, timm, naive]

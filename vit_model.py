@@ -44,8 +44,6 @@ def unpatchify(patches: torch.Tensor, patch_size: int, height: int, width: int) 
     return x.reshape(b, c, height, width)
 
 
-
-
 # Dropout keeps an element when a uniform 32-bit word falls below this many of the 2**32
 # words: the keep probability is exact to 2**-32 (torch.rand's floats resolve 2**-24).
 _WORDS = 2 ** 32
@@ -67,8 +65,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return F.dropout(x, p, training=True)
     n = x.numel()
     kept_words = round((1.0 - p) * _WORDS)
-    # random_(-2**63, None) fills all 64 bits; seen as int32, each half is a uniform word,
-    # kept when below kept_words in unsigned order, i.e. below kept_words - 2**31 signed.
+    # random_(-2**63, None) fills all 64 bits; seen as int32, each half is uniform over
+    # all 2**32 values, exactly kept_words of which lie below kept_words - 2**31.
     words = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-2 ** 63, None)
     words = words.view(torch.int32)[:n].view(x.shape)
     # The comparison writes 0 / 1 straight into x's dtype, then one in-place scaling:

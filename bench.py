@@ -9,7 +9,7 @@ alike and the ratios stay meaningful even when the absolute numbers do not:
 
   project  train.py's fast path: the uint8 images on the device, data.DeviceAugment,
            vit_model.ViT, bf16 autocast and attention kernels as train.py picks them,
-           train.train_one_epoch itself;
+           loop.train_one_epoch itself;
   timm     timm's VisionTransformer of the same size, fed by a torchvision DataLoader
            running data.train_transform (the v2 reference chain) per image, with the
            same optimizer and autocast and torch's default attention kernel;

@@ -30,7 +30,7 @@ from vit_model import CIFAR10_CLASSES, ViT
 # ---------------------------------------------------------------- the naive baseline
 
 def naive_patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """data.patchify as a first attempt writes it: a Python loop over patch positions,
+    """vit_model.patchify as a first attempt writes it: a Python loop over patch positions,
     one slice and one copy each, stacked at the end."""
     b, c, h, w = images.shape
     p = patch_size

@@ -132,20 +132,6 @@ def upsample_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
                          align_corners=False)[:, 0]
 
 
-def overlay_heatmap(image: torch.Tensor, heat: torch.Tensor, size: int = 256,
-                    alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
-    """A uint8 RGB image (3, H, W), enlarged to size x size, with a (grid, grid) map in
-    [0, 1] laid over it in a colormap; returns (size, size, 3) uint8."""
-    from matplotlib import colormaps
-
-    picture = F.interpolate(image[None].float() / 255, size=(size, size), mode="bicubic",
-                            align_corners=False)[0].clamp(0, 1).permute(1, 2, 0).numpy()
-    heat = upsample_maps(heat[None], size)[0].clamp(0, 1).numpy()
-    colored = colormaps[cmap](heat)[..., :3]
-    return (255 * ((1 - alpha) * picture + alpha * colored)).round().astype(np.uint8)
-
-
-
 def _tint(picture: np.ndarray, heat: np.ndarray, strength: float, cmap: str) -> np.ndarray:
     """Blend a colormap over an (H, W, 3) [0, 1] picture with opacity strength * heat."""
     from matplotlib import colormaps

@@ -220,6 +220,10 @@ def model_card(summary: RunSummary, params: int) -> str:
     }
     if summary.test_acc is not None:
         table["test accuracy"] = f"{100 * summary.test_acc:.2f}% ({summary.test_images} images)"
+    # An epoch whose record needed correcting (a paused process, say) says so where its figures are read.
+    notes = [f"epoch {h['epoch']}: {h['note']}" for h in summary.history if h.get("note")]
+    if notes:
+        table["notes"] = "; ".join(notes)
     rows = "\n".join(f"| {k} | {v} |" for k, v in table.items())
     plots = "\n\n".join(f"![{p[:-4]}]({p})" for p in PLOTS)
     return f"""---

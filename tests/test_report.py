@@ -49,6 +49,9 @@ def test_one_epoch_run_shows_its_point_and_says_one_epoch(tmp_path):
     assert "1 epoch)" in card and "1 epochs" not in card
     assert "52.00%" in card and "50.00%" in card
     assert run.per_class_acc == [0.5, 1.0]
+    assert "notes" not in card
+    history[0]["note"] = "paused for 40 minutes; counted at the median epoch"
+    assert "| notes | epoch 1: paused for 40 minutes; counted at the median epoch |" in report.model_card(run, 1000)
 
 
 def test_export_holds_weights_card_and_training_json(tmp_path):

@@ -167,9 +167,10 @@ def model_tab(loaded: Loaded, out: Path) -> None:
             gr.Markdown(f"```text\n{model_graph.layer_table(model, model.image_size)}\n```")
 
 
-def answer_row(size: int) -> tuple[gr.Image, gr.Image, gr.Label, gr.Image, gr.Markdown]:
-    """The upload, what the model sees, the top 5 and the rollout: side by side on a
-    screen, one under the other on a phone, always above the examples."""
+def answer_row(size: int) -> tuple[gr.Image, gr.Image, gr.Label, gr.Checkbox, gr.Image, gr.Markdown]:
+    """The upload, what the model sees, the top 5 (with its flip-TTA switch) and the
+    rollout: side by side on a screen, one under the other on a phone, always above the
+    examples."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=300):
             with gr.Row():
@@ -179,10 +180,13 @@ def answer_row(size: int) -> tuple[gr.Image, gr.Image, gr.Label, gr.Image, gr.Ma
                                    height=230, elem_id="seen", scale=2, buttons=[], min_width=100)
         with gr.Column(scale=2, min_width=260):
             label = gr.Label(num_top_classes=TOP_K, label=f"Top {TOP_K} classes")
+            flip = gr.Checkbox(False, label="Flip TTA: also read the mirror image",
+                               info="average the answers for the image and its mirror image; "
+                                    "the rollout explains the image as shown")
         with gr.Column(scale=4, min_width=300):
             heatmap = gr.Image(label="Attention rollout", format="png", height=300)
             caption = gr.Markdown()
-    return image, seen, label, heatmap, caption
+    return image, seen, label, flip, heatmap, caption
 
 
 def rollout_tab(ends: Endpoints, seen, heatmap, caption) -> tuple:
@@ -257,7 +261,7 @@ def build_demo(loaded: Loaded, out: Path | None = None,
     with gr.Blocks(title="ViT on CIFAR-10", delete_cache=delete_cache) as demo:
         gr.Markdown(f"# A Vision Transformer trained from scratch on CIFAR-10\n{header(loaded)}"
                     f"\n\n{loaded.status}")
-        image, seen, label, heatmap, caption = answer_row(ends.size)
+        image, seen, label, flip, heatmap, caption = answer_row(ends.size)
         gr.Examples(examples, inputs=image, examples_per_page=len(examples) or 1,
                     label="Examples: CIFAR-10 validation images (the model never trained on them)")
         with gr.Accordion("How your image is read", open=False):
@@ -275,7 +279,7 @@ def build_demo(loaded: Loaded, out: Path | None = None,
                 augment = augment_tab(ends, seen)
             with gr.Tab("Patches", id="patches"):
                 patches = patches_tab(ends, seen)
-        predict = (ends.predict, [seen], [label], [], "predict")
+        predict = (ends.predict, [seen, flip], [label], [flip], "predict")
         wire(ends, image, seen, [predict, rollout, augment, patches])
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE, api_open=False)
     return demo

@@ -20,6 +20,7 @@ from mistakes import ANY, SPLIT_SEED, VAL_SIZE, find_mistakes, load_sample, pict
 from model_files import Loaded
 from pictures import augmented_views, block_maps, enlarge, patch_views, rollout_figure
 from rollout import HEAD_FUSIONS, model_rollout, scale_to_unit
+from vit_model import tta_logits
 
 MISTAKES_SHOWN = 24  # the most confident mistakes of a filter, in one screen or two
 
@@ -138,12 +139,15 @@ class Endpoints:
         path = outcome.result()
         return path if os.path.exists(path) else self._png(self.read(image).permute(1, 2, 0).numpy())
 
-    def predict(self, image) -> dict[str, float]:
-        """/predict: class probabilities for an image."""
+    def predict(self, image, flip_tta: bool = False) -> dict[str, float]:
+        """/predict: class probabilities for an image; with flip_tta, from the mean of the
+        logits of the image and its mirror image (as training.json's val_acc_flip_tta)."""
         model = self._require()
+        if not isinstance(flip_tta, bool):
+            raise photo.UserError(f"Flip TTA must be true or false, not {flip_tta!r}.")
         x = to_normalized(self.read(image)[None], model.mean, model.std)
         with torch.no_grad():
-            return self._probs(model(x))
+            return self._probs(tta_logits(model, x, flip_tta))
 
     def rollout(self, image, head_fusion, discard_ratio, block_head):
         """/rollout: the image beside its attention rollout (with the colour scale), each

@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from data import ImageTensorDataset, atomic_save, to_normalized
+from vit_model import tta_logits
 
 # How often the progress bar reads the running loss back from the device: each read
 # waits for the device's queue to drain, so it happens by the clock, not every step.
@@ -336,11 +337,7 @@ def predict(model, images: torch.Tensor, mean, std, batch_size: int, device, bf1
     out = []
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for chunk in images.split(batch_size):
-            x = to_normalized(chunk.to(device), mean, std)
-            logits = model(x).float()
-            if flip:
-                logits = (logits + model(x.flip(-1)).float()) / 2
-            out.append(logits.cpu())
+            out.append(tta_logits(model, to_normalized(chunk.to(device), mean, std), flip).cpu())
     return torch.cat(out)
 
 

@@ -250,16 +250,25 @@ class ViT(
         return (logits, attentions) if return_attention else logits
 
     @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities for a batch of normalized images, in eval mode."""
+    def predict_proba(self, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
+        """Class probabilities for a batch of normalized images, in eval mode; flip=True
+        averages the logits with those of the mirror images (see tta_logits)."""
         self.eval()
-        return F.softmax(self(x).float(), dim=-1)
+        return F.softmax(tta_logits(self, x, flip), dim=-1)
 
     @classmethod
     def _from_pretrained(cls, *, strict: bool = True, **kwargs):
         # The mixin loads non-strictly by default, which would leave layers that the
         # checkpoint lacks silently random; a mismatch must fail loudly instead.
         return super()._from_pretrained(strict=strict, **kwargs)
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """float32 logits of normalized images x; with flip, the mean of the logits of each
+    image and of its mirror image (horizontal-flip test-time augmentation: training
+    flips at random, so the mirror image is as familiar to the model as the original)."""
+    logits = model(x).float()
+    return (logits + model(x.flip(-1)).float()) / 2 if flip else logits
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -14,7 +14,7 @@ import app
 import endpoints
 import mistakes
 import space
-from data import denormalize, train_transform
+from data import denormalize, to_normalized, train_transform
 from model_files import Loaded
 from pictures import enlarge
 from vit_model import patchify
@@ -107,6 +107,19 @@ def test_predict_normalizes_with_the_config_statistics(ends):
     assert ends.predict({"path": str(upload)}) == probs == ends.predict({"url": inline})
     with pytest.raises(app.photo.UserError, match="must be a file uploaded to this app"):
         ends.predict({"path": EXAMPLE})  # a request may name no file outside the uploads
+
+
+def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror(ends):
+    image = torch.from_numpy(png(EXAMPLE).copy()).permute(2, 0, 1)[None]
+    mirror = torch.from_numpy(png(EXAMPLE)[:, ::-1].copy()).permute(2, 0, 1)[None]
+    x, x_mirror = (to_normalized(i, ends.model.mean, ends.model.std) for i in (image, mirror))
+    with torch.no_grad():
+        expected = ((ends.model(x) + ends.model(x_mirror)) / 2).softmax(-1)[0]
+    probs = ends.predict(EXAMPLE, True)
+    assert np.allclose(list(probs.values()), expected.numpy(), atol=1e-6)
+    assert probs != ends.predict(EXAMPLE, False)
+    with pytest.raises(app.photo.UserError, match="Flip TTA must be true or false, not 'yes'"):
+        ends.predict(EXAMPLE, "yes")
 
 
 def test_augment_is_the_training_transform_with_a_seed(ends):

@@ -55,6 +55,9 @@ def test_view_and_predict(client):
     confidences = [c["confidence"] for c in result["confidences"]]
     assert len(confidences) == 5 and confidences == sorted(confidences, reverse=True)
     assert 0 < sum(confidences) <= 1 + 1e-6
+    # Flip TTA is the second, optional argument: the mean of the image's and its mirror's logits.
+    mirrored = client.predict(handle_file(CAT), True, api_name="/predict")
+    assert mirrored["label"] in CLASSES and mirrored["confidences"] != result["confidences"]
 
 
 def test_requests_use_the_model_loaded_at_start_up(client, monkeypatch):
@@ -129,10 +132,11 @@ def test_bad_input_gets_a_readable_message(client, bad_files, name, message, end
     ("augment", [None, 3, [1]], "The seed must be a whole number"),
     ("rollout", [None, "mean", None, "mean"], "discard ratio must be at least 0"),
     ("patches", [None, "8"], "Patch size 8 does not divide 32"),
-    ("predict", [12], "The image must be a file (gradio_client.handle_file(path)) or a base64"),
-    ("predict", ["cat.jpg"], "The image must be a file"),
-    ("predict", [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}], "/etc/passwd"),
-    ("predict", [{"path": CAT}], "The image must be a file (gradio_client.handle_file(path))"),
+    ("predict", [12, False], "The image must be a file (gradio_client.handle_file(path)) or a base64"),
+    ("predict", ["cat.jpg", False], "The image must be a file"),
+    ("predict", [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, False], "/etc/passwd"),
+    ("predict", [{"path": CAT}, False], "The image must be a file (gradio_client.handle_file(path))"),
+    ("predict", [None, "yes"], "Flip TTA must be true or false, not 'yes'"),
     ("view", [{"path": "/etc/hostname"}], "The image must be a file (gradio_client.handle_file(path))"),
     ("mistakes", ["cat", 3], "The predicted class must be one of any, airplane"),
 ])
@@ -142,9 +146,9 @@ def test_arguments_of_the_wrong_kind_get_a_message(app_url, endpoint, data, mess
 
 
 def test_inline_images_meet_the_upload_limits(app_url):
-    kind, text = call(app_url, "predict", [data_url(Image.new("RGB", (40, 40), "red"))])
+    kind, text = call(app_url, "predict", [data_url(Image.new("RGB", (40, 40), "red")), False])
     assert kind == "complete" and '"label"' in text
-    kind, text = call(app_url, "predict", [data_url(Image.new("1", (12000, 12000)))])
+    kind, text = call(app_url, "predict", [data_url(Image.new("1", (12000, 12000))), False])
     assert kind == "error" and "12000x12000 (144 megapixels), more than the 25 megapixels" in text
     oversized = {"url": "data:image/png;base64," + "A" * 27_000_000, "meta": {"_type": "gradio.FileData"}}
     kind, text = call(app_url, "view", [oversized], timeout=120)

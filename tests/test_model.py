@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vit_model import ViT, count_parameters, patchify, unpatchify
+from vit_model import ViT, count_parameters, patchify, tta_logits, unpatchify
 
 
 def test_default_model_matches_the_spec():
@@ -232,3 +232,15 @@ def test_attention_weight_dropout_drops_a_fifth_of_the_weights_in_training_only(
     _, (weights,) = model(x, return_attention=True)
     assert (weights > 0).all()
     torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+
+
+def test_flip_tta_is_the_mean_of_the_logits_of_the_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = ViT(dim=32, depth=1, heads=2, mlp_dim=32).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(tta_logits(model, x), model(x))
+        assert torch.allclose(tta_logits(model, x, flip=True), (model(x) + model(x.flip(-1))) / 2)
+        symmetric = torch.cat([x[..., :16], x[..., :16].flip(-1)], -1)   # its own mirror image
+        assert torch.allclose(tta_logits(model, symmetric, flip=True), model(symmetric), atol=1e-6)
+    assert torch.allclose(model.predict_proba(x, flip=True), tta_logits(model, x, flip=True).softmax(-1))

@@ -286,20 +286,33 @@ def build_demo(loaded: Loaded, out: Path | None = None,
 
 
 def wire(ends: Endpoints, image: gr.Image, seen: gr.Image, tabs) -> None:
-    """A new image, or a changed control, goes to /view (the one step that decodes the
-    upload), and once that succeeds its picture (what the model sees) goes to every other
-    endpoint. Each endpoint is registered once, named, queued in one concurrency group,
-    and gets its arguments unprocessed. (Triggering on `seen.change` instead would loop:
-    gradio's Image fires change whenever its value object is replaced, equal or not.)"""
+    """A new image goes to /view (the one step that decodes the upload), and once that
+    succeeds its picture (what the model sees) goes to every other endpoint. Each endpoint
+    is registered once, named, queued in one concurrency group, and gets its arguments
+    unprocessed. A changed control re-answers only its own tab, from the picture already
+    shown, through a private copy of that tab's event. (Triggering on `seen.change` instead
+    would loop: gradio's Image fires change whenever its value object is replaced, equal or not.)"""
     common = dict(preprocess=False, concurrency_id="app")
-    controls = [c for tab in tabs for c in tab[3]]
-    shown = gr.on([image.change] + [c.change for c in controls], answers(ends.view), [image],
-                  [seen], api_name="view", trigger_mode="always_last", **common)
-    for fn, inputs, outs, _, name in tabs:
+    shown = image.change(answers(ends.view), [image], [seen], api_name="view",
+                         trigger_mode="always_last", **common)
+    for fn, inputs, outs, controls, name in tabs:
         shown.success(answers(fn), inputs, outs, api_name=name, **common)
+        if controls:
+            gr.on([c.change for c in controls], answers(once_shown(fn)), inputs, outs,
+                  api_visibility="private", trigger_mode="always_last", **common)
     outputs = [seen] + [o for tab in tabs for o in tab[2]]
     # Clearing the upload clears every answer, in the browser only.
     image.clear(None, None, outputs, js=f"() => Array({len(outputs)}).fill(null)")
+
+
+def once_shown(fn):
+    """`fn`, answering nothing (and saying nothing) while no image has been shown yet."""
+    @functools.wraps(fn)
+    def endpoint(seen, *controls):
+        if seen is None:
+            raise gr.Error(photo.NO_IMAGE, visible=False, print_exception=False)
+        return fn(seen, *controls)
+    return endpoint
 
 
 def serve(demo: gr.Blocks, host: str, port: int, block: bool = True):

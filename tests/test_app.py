@@ -280,9 +280,36 @@ def test_the_page_names_its_endpoints_and_queues_them_all(loaded):
     named = {d["api_name"]: d for d in demo.config["dependencies"] if d.get("api_name")}
     assert {"view", "predict", "rollout", "augment", "patches", "mistakes"} <= set(named)
     backend = [d for d in demo.config["dependencies"] if d.get("backend_fn")]
-    assert all(d["queue"] is not False and d.get("api_visibility", "public") == "public"
-               for d in backend if d["api_name"] != "load_example")
+    assert all(d["queue"] is not False for d in backend if d["api_name"] != "load_example")
+    public = {d["api_name"] for d in backend if d.get("api_visibility", "public") == "public"}
+    assert public == {"view", "predict", "rollout", "augment", "patches", "mistakes"}
     assert demo.api_open is False
+
+
+def test_a_changed_control_re_answers_only_its_own_tab(loaded):
+    demo = app.build_demo(loaded)
+    events = [f for f in demo.fns.values() if f.fn is not None]
+    by_trigger = {}
+    for f in events:
+        for block_id, event in f.targets:
+            by_trigger.setdefault((block_id, event), []).append(f.fn.__name__)
+    view = next(f for f in events if f.api_name == "view")
+    assert by_trigger[view.targets[0]] == ["view"]   # only a new image is decoded again
+    controls = [f for f in events if f.api_visibility == "private"]
+    assert sorted(f.fn.__name__ for f in controls) == ["augment", "patches", "predict", "rollout"]
+    for f in controls:   # each control's change runs its own tab's endpoint, nothing else
+        assert all(by_trigger[t] == [f.fn.__name__] for t in f.targets)
+        assert f.inputs[0] is view.outputs[0]   # the picture already shown
+
+
+def test_a_control_changed_before_any_image_answers_nothing_silently():
+    calls = []
+    endpoint = app.once_shown(lambda seen, flip: calls.append(seen))
+    with pytest.raises(gr.Error) as err:
+        endpoint(None, True)
+    assert err.value.visible is False and calls == []
+    endpoint("seen.png", True)
+    assert calls == ["seen.png"]
 
 
 def test_the_page_builds_without_a_model():

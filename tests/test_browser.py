@@ -113,3 +113,23 @@ def test_a_phone_sees_the_answer_before_the_examples(browser, app_url, screensho
     page.screenshot(path=screenshots / "app_phone.png", full_page=False)
     open_tab(page, "Model")
     assert not errors, errors
+
+
+def test_a_control_answers_in_its_own_tab_and_says_nothing_before_an_upload(browser, app_url):
+    from playwright.sync_api import expect
+
+    page, errors = open_page(browser, app_url, 1280, 900)
+    expect(page.get_by_text("Validation accuracy")).to_be_visible(timeout=WAIT_MS)
+    page.get_by_role("checkbox", name=re.compile("Flip TTA")).check()   # no image yet: no message either
+    open_tab(page, "Patches")
+    page.get_by_role("radio", name="8", exact=True).check()
+    page.wait_for_timeout(2000)
+    expect(page.get_by_text("No image:")).to_have_count(0)
+    upload_and_wait_for_the_answer(page)   # with the flip switched on
+    open_tab(page, "Patches")
+    expect(page.get_by_text("16 patches of 8x8")).to_be_visible(timeout=WAIT_MS)
+    page.get_by_role("radio", name="16", exact=True).check()
+    expect(page.get_by_text("4 patches of 16x16")).to_be_visible(timeout=WAIT_MS)
+    page.get_by_role("checkbox", name=re.compile("Flip TTA")).uncheck()
+    expect(page.locator(".output-class")).to_have_text(A_CLASS, timeout=WAIT_MS)
+    assert not errors, errors

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +139,7 @@ def _load_folder_split(root: Path, split: str) -> ImageSet:
 def _check_size(images: list[torch.Tensor], files: list[tuple[Path, int]]) -> None:
     """Every image square and of one size; the message names the two files that differ."""
     k = len(images) - 1
-    c, h, w = images[k].shape
+    h, w = images[k].shape[1:]
     if h != w:
         raise DataError(f"image {files[k][0]} is {w}x{h}: images must be square (the ViT "
                         "cuts them into a square grid of patches)")
@@ -145,18 +148,36 @@ def _check_size(images: list[torch.Tensor], files: list[tuple[Path, int]]) -> No
                         f"{images[0].shape[1]} but {files[k][0]} is {w}x{h}; resize them to one size")
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file next to `path`, then rename: never half a file."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """`write(file)` into a temporary file next to `path`, then rename: never half a file,
+    and no temporary file left behind when writing fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save, atomically."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def json_text(obj, indent: int | None = None) -> str:
+    """Strict JSON (which has no NaN): a non-finite number, as a diverged run records,
+    is written as null."""
+    def finite(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: finite(v) for k, v in o.items()}
+        return [finite(v) for v in o] if isinstance(o, (list, tuple)) else o
+    return json.dumps(finite(obj), indent=indent, allow_nan=False)
 
 
 def val_size(text: str) -> float:

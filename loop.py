@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data import ImageTensorDataset, atomic_save, to_normalized
+from data import ImageTensorDataset, atomic_save, atomic_write, json_text, to_normalized
 from vit_model import tta_logits
 
 # How often the progress bar reads the running loss back from the device: each read
@@ -155,7 +155,7 @@ class PolicyDataset(ImageTensorDataset):
     def __getitem__(self, item):
         epoch, i = item
         with torch.random.fork_rng(devices=[]):  # leave the caller's stream untouched
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
+            torch.manual_seed(seed_for(self.seed, "policy", epoch, i))
             return super().__getitem__(i)
 
 
@@ -433,14 +433,11 @@ class RunState:
 
     def end_epoch(self, row: dict, run_dir: Path, model, optimizer, scored, ema) -> None:
         """Record an epoch: best.pt if it is the best so far, then last.pt and metrics."""
-        import json
-
         self.history.append(row)
         if row["val_acc"] > self.best_val_acc:
             self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
             atomic_save(on_cpu({"model": scored.state_dict(), "epoch": self.epoch,
                                 "val_acc": row["val_acc"]}), run_dir / "best.pt")
         self.save(run_dir / "last.pt", model, optimizer, ema)
-        tmp = run_dir / ".metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(h) + "\n" for h in self.history))
-        os.replace(tmp, run_dir / "metrics.jsonl")
+        text = "".join(json_text(h) + "\n" for h in self.history)
+        atomic_write(run_dir / "metrics.jsonl", lambda f: f.write(text.encode()))

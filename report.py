@@ -3,21 +3,21 @@ folder and the Hub upload, plus the data figures of `python data.py`.
 
 One matplotlib set-up (`pyplot()`, the non-interactive Agg backend, imported only when a
 figure is drawn) and one way to save a figure (`save_figure`: atomically, then closed).
-train.py calls `write_run_report` once after its last epoch; nothing here trains.
+train.py calls `write_run_plots` and `export_model` once after its last epoch; nothing
+here trains.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from data import denormalize, tile_patches, train_transform
+from data import atomic_write, denormalize, json_text, tile_patches, train_transform
 from vit_model import ViT, count_parameters, patchify
 
 PLOTS = ["curves.png", "time_to_accuracy.png", "confusion_matrix.png",
@@ -37,12 +37,10 @@ def pyplot():
 
 def save_figure(fig, path: str | os.PathLike) -> None:
     """Save a matplotlib figure as PNG atomically and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    pyplot().close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"))
+    finally:
+        pyplot().close(fig)
 
 
 # ---------------------------------------------------------------- statistics
@@ -169,7 +167,6 @@ class RunSummary:
     settings: dict
     test_acc: float | None = None
     test_images: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def per_class_acc(self) -> list[float]:
@@ -183,7 +180,8 @@ class RunSummary:
         return {"recipe": self.recipe, "recipe_description": self.recipe_description,
                 "epochs": self.epochs, "best_epoch": self.best_epoch, "val_acc": self.val_acc,
                 "val_acc_flip_tta": self.val_acc_flip_tta, "val_images": self.val_images,
-                "split_seed": self.split_seed, "test_acc": self.test_acc, "data": self.data,
+                "split_seed": self.split_seed, "test_acc": self.test_acc,
+                "test_images": self.test_images, "data": self.data,
                 "machine": self.machine, "training_minutes": round(self.training_minutes, 1),
                 "command": self.command, "settings": self.settings,
                 "class_names": self.class_names, "per_class_acc": self.per_class_acc,
@@ -295,9 +293,7 @@ def push_to_hub(export_dir: Path, repo_id: str) -> str:
 
 
 def write_json_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(json_text(obj, indent=1).encode()))
 
 
 def command_line() -> str:

@@ -1,5 +1,6 @@
 
 import argparse
+import json
 
 import pytest
 import torch
@@ -217,6 +218,30 @@ def test_atomic_save_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         data.atomic_save({"x": Unpicklable()}, tmp_path / "out.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("old\n")
+
+    def half_then_fail(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        data.atomic_write(path, half_then_fail)
+    assert path.read_text() == "old\n" and list(tmp_path.iterdir()) == [path]
+    data.atomic_write(path, lambda f: f.write(b"new\n"))
+    assert path.read_text() == "new\n" and list(tmp_path.iterdir()) == [path]
+
+
+def test_json_text_is_strict_json_with_null_for_non_finite_numbers():
+    row = {"epoch": 3, "train_loss": float("nan"), "val": [0.5, float("inf"), (float("-inf"), 1)]}
+    text = data.json_text(row)
+    # Python's json reads NaN/Infinity back without complaint; a browser's JSON.parse does not.
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"epoch": 3, "train_loss": None, "val": [0.5, None, [None, 1]]}
+    assert data.json_text({"a": 1}, indent=1) == '{\n "a": 1\n}'
 
 
 # ---------------------------------------------------------------- figures and CLI

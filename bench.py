@@ -30,14 +30,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 import loop
 from contenders import Contender, build_contenders, sync
 from data import channel_stats, training_data_or_exit
-from vit_model import CIFAR10_CLASSES, count_parameters
+from vit_model import CIFAR10_CLASSES, count_parameters, forward_flops
 
 CONTENDERS = ("project", "timm", "naive")
 
@@ -99,21 +96,6 @@ def check_args(args: argparse.Namespace) -> None:
         problems.append(f"--workers must be 0 or more, got {args.workers}")
     if problems:
         raise SystemExit("error: " + "; ".join(problems))
-
-
-def forward_flops(model: nn.Module, image_size: int, device: torch.device) -> float:
-    """Forward FLOPs per image (a multiply-add is 2), counted by torch's FlopCounterMode.
-
-    Counted in training mode under the math attention kernel: there attention is plain
-    batched matmuls, which the counter sees; the fused CPU kernel and the inference fast
-    path of nn.MultiheadAttention are invisible to it."""
-    was_training = model.training
-    model.train()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), counter:
-        model(torch.zeros(2, 3, image_size, image_size, device=device))
-    model.train(was_training)
-    return counter.get_total_flops() / 2
 
 
 def time_inference(c: Contender, device, batch: int, reps: int, image_size: int) -> float:
@@ -214,7 +196,7 @@ def summarize(c: Contender, seconds: list[float], peaks: dict, args: argparse.Na
     img_per_s = args.batch_size / step_s
     batch_s = time_inference(c, device, args.infer_batch, args.infer_reps, image_size)
     single_s = time_inference(c, device, 1, args.latency_reps, image_size)
-    gflops = forward_flops(c.model, image_size, device) / 1e9
+    gflops = forward_flops(c.model, image_size) / 1e9
     # Training costs 3 forward passes' worth: the forward, and backward's two matmuls
     # (input and weight gradients) per forward matmul.
     train_tflops = 3 * gflops * img_per_s / 1e3

@@ -278,15 +278,20 @@ def count_parameters(model: nn.Module) -> int:
 
 def forward_flops(model: nn.Module, image_size: int = 32) -> int:
     """FLOPs of one forward pass of one image (a multiply-add counts 2), counted by
-    torch's FlopCounterMode on the real operators. Counted in training mode with the
-    plain matmul attention: the counter cannot see into the fused attention kernels that
-    eval mode and the default backend may take; the arithmetic is the same."""
+    torch's FlopCounterMode on the real operators, on the model's own device. Counted in
+    training mode with the plain matmul attention: the counter cannot see into the fused
+    attention kernels that eval mode and the default backend may take; the arithmetic is
+    the same. The model's mode is restored."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
+    was_training, device = model.training, next(model.parameters()).device
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
-        model.train()(torch.zeros(1, 3, image_size, image_size))
+    try:
+        with counter, torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+            model.train()(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        model.train(was_training)
     return counter.get_total_flops()
 
 

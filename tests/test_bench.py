@@ -32,15 +32,6 @@ def test_timm_vit_has_the_project_size():
     assert count_parameters(contenders.timm_vit(project, 0.2)) == count_parameters(project)
 
 
-def test_flop_count_matches_the_formula():
-    """FlopCounterMode sees every matmul, attention included: compare with the count
-    by hand for 64 patches + class token, width 256, MLP 512, 6 blocks."""
-    tokens, dim, mlp, depth = 65, 256, 512, 6
-    per_block = 2 * tokens * dim * (3 * dim + dim + 2 * mlp) + 2 * 2 * tokens * tokens * dim
-    expected = 2 * 64 * 48 * dim + depth * per_block + 2 * dim * 10
-    assert bench.forward_flops(ViT(), 32, torch.device("cpu")) == expected
-
-
 def test_tiny_run_writes_complete_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     bench.main(["--device", "cpu", "--threads", "1", "--batch-size", "4", "--steps", "2",

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vit_model import ViT, count_parameters, patchify, tta_logits, unpatchify
+from vit_model import ViT, count_parameters, forward_flops, patchify, tta_logits, unpatchify
 
 
 def test_default_model_matches_the_spec():
@@ -131,14 +131,23 @@ def test_patchify_rejects_sizes_that_do_not_divide(p):
         patchify(torch.zeros(1, 3, 32, 32), p)
 
 
+# By hand: 6 blocks x 65 tokens x (4 x 256^2 + 2 x 256 x 512) multiply-adds, the two
+# attention matmuls (2 x 8 heads x 65^2 x 32 per block), the patch embedding and the head.
+FORWARD_MACS = (6 * 65 * (4 * 256 ** 2 + 2 * 256 * 512) + 6 * 2 * 8 * 65 * 65 * 32
+                + 64 * 48 * 256 + 256 * 10)
+
+
 def test_cli_prints_the_real_cost_of_a_forward_pass():
     out = subprocess.run([sys.executable, "vit_model.py"], capture_output=True, text=True,
                          check=True).stdout
     assert "mult-adds" not in out and "3,195,146" in out
-    # By hand: 6 blocks x 65 tokens x (4 x 256^2 + 2 x 256 x 512) multiply-adds, the two
-    # attention matmuls (2 x 8 heads x 65^2 x 32 per block) and the patch embedding.
-    macs = 6 * 65 * (4 * 256 ** 2 + 2 * 256 * 512) + 6 * 2 * 8 * 65 * 65 * 32 + 64 * 48 * 256 + 256 * 10
-    assert f"forward pass: {2 * macs / 1e9:.3f} GFLOP per image" in out
+    assert f"forward pass: {2 * FORWARD_MACS / 1e9:.3f} GFLOP per image" in out
+
+
+def test_forward_flops_sees_every_matmul_attention_included_and_keeps_the_mode():
+    model = ViT().eval()
+    assert forward_flops(model) == 2 * FORWARD_MACS
+    assert not model.training   # counted in training mode, handed back as it came
 
 
 # ---------------------------------------------------------------- dropout
@@ -244,3 +253,105 @@ def test_flip_tta_is_the_mean_of_the_logits_of_the_image_and_its_mirror():
         symmetric = torch.cat([x[..., :16], x[..., :16].flip(-1)], -1)   # its own mirror image
         assert torch.allclose(tta_logits(model, symmetric, flip=True), model(symmetric), atol=1e-6)
     assert torch.allclose(model.predict_proba(x, flip=True), tta_logits(model, x, flip=True).softmax(-1))
+
+
+# ---------------------------------------------------------------- PatchDropout (patch_keep)
+
+def tokens_entering_first_block(model, x, **kwargs):
+    """The (B, tokens, dim) sequence that the first block receives, and the logits."""
+    seen = []
+    hook = model.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    try:
+        logits = model(x, **kwargs)
+    finally:
+        hook.remove()
+    (tokens,) = seen
+    return tokens, logits
+
+
+def small_vit(patch_size=4):
+    # dropout 0: the embedding dropout is the identity, so kept tokens can be matched exactly.
+    torch.manual_seed(0)
+    return ViT(patch_size=patch_size, dim=32, depth=2, heads=2, mlp_dim=32, dropout=0.0)
+
+
+def kept_patch_indices(kept: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """For each kept token, the position (0 = class token, 1.. = patches) of the one token
+    of the full sequence it equals exactly; fails if a token matches none or several."""
+    matches = (kept[:, :, None, :] == full[:, None, :, :]).all(-1)   # (B, kept, full)
+    assert (matches.sum(-1) == 1).all(), "a kept token is not exactly one token of the full sequence"
+    return matches.int().argmax(-1)
+
+
+@pytest.mark.parametrize("patch_size, keep, tokens", [
+    (4, 0.5, 32 + 1),      # 64 patches: half of them, plus the class token
+    (4, 0.25, 16 + 1),
+    (4, 0.3, 19 + 1),      # 19.2 patches round to 19
+    (4, 0.37, 24 + 1),     # 23.68 patches round to 24
+    (4, 0.001, 1 + 1),     # never fewer than one patch
+    (4, 1.0, 64 + 1),      # keep everything: nothing is dropped
+    (8, 0.5, 8 + 1),       # 16 patches of 8x8
+])
+def test_patch_dropout_feeds_the_blocks_fewer_tokens_in_training(patch_size, keep, tokens):
+    model = small_vit(patch_size).train()
+    x = torch.randn(3, 3, 32, 32)
+    seq, logits = tokens_entering_first_block(model, x, patch_keep=keep)
+    assert seq.shape == (3, tokens, 32) and logits.shape == (3, 10)
+    _, attention = model(x, patch_keep=keep, return_attention=True)
+    assert all(a.shape == (3, 2, tokens, tokens) for a in attention)
+    model.eval()   # evaluation sees every patch, whatever patch_keep says
+    seq, _ = tokens_entering_first_block(model, x, patch_keep=keep)
+    assert seq.shape == (3, (32 // patch_size) ** 2 + 1, 32)
+
+
+def test_patch_dropout_keeps_the_class_token_and_a_random_subset_of_positioned_patches():
+    model = small_vit()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        full, _ = tokens_entering_first_block(model.eval(), x)
+        model.train()
+        torch.manual_seed(0)
+        kept_a, _ = tokens_entering_first_block(model, x, patch_keep=0.5)
+        torch.manual_seed(0)
+        kept_again, _ = tokens_entering_first_block(model, x, patch_keep=0.5)
+        torch.manual_seed(1)
+        kept_b, _ = tokens_entering_first_block(model, x, patch_keep=0.5)
+    assert full.shape == (8, 65, 32) and kept_a.shape == (8, 33, 32)
+    # Every kept token is a full token exactly, i.e. a patch with its own position added.
+    idx_a, idx_b = kept_patch_indices(kept_a, full), kept_patch_indices(kept_b, full)
+    # The class token (with its position) is first in every image.
+    cls = (model.cls_token + model.pos_embed[:, :1]).detach()
+    assert torch.equal(kept_a[:, 0], cls[0].expand(8, -1))
+    assert (idx_a[:, 0] == 0).all() and (idx_b[:, 0] == 0).all()
+    subsets_a = [frozenset(row[1:].tolist()) for row in idx_a]
+    subsets_b = [frozenset(row[1:].tolist()) for row in idx_b]
+    # 32 distinct patches (no patch twice, the class token never among them).
+    assert all(len(s) == 32 and min(s) >= 1 and max(s) <= 64 for s in subsets_a + subsets_b)
+    assert len(set(subsets_a)) == 8            # a fresh subset per image of the batch
+    assert subsets_a != subsets_b              # another seed, other subsets
+    assert torch.equal(kept_again, kept_a)     # the same seed, the same subsets
+    # Over the batch every patch position turns up: the subset is not a fixed region.
+    assert set().union(*subsets_a, *subsets_b) == set(range(1, 65))
+
+
+def test_patch_dropout_is_off_in_eval_mode():
+    model = small_vit()
+    model.train()
+    model(torch.randn(2, 3, 32, 32), patch_keep=0.5)   # a training step leaves nothing behind
+    same_weights = ViT(dim=32, depth=2, heads=2, mlp_dim=32, dropout=0.0)
+    same_weights.load_state_dict(model.state_dict())
+    model.eval()
+    same_weights.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        reference = same_weights(x)   # patch_keep 1.0
+        assert torch.equal(model(x, patch_keep=0.5), reference)
+        assert torch.equal(model(x, patch_keep=0.1), reference)
+        torch.manual_seed(0)
+        first = model(x, patch_keep=0.5)
+        torch.manual_seed(1)
+        assert torch.equal(model(x, patch_keep=0.5), first)   # no randomness in eval
+    # In training mode the same weights do give other logits with half the patches.
+    model.train()
+    with torch.no_grad():
+        assert not torch.allclose(model(x, patch_keep=0.5), reference)

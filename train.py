@@ -7,7 +7,8 @@ checkpoints and resume. Plots, the model card, the export and the Hub upload are
     torchrun --nproc_per_node=2 train.py --data-dir DATA --out runs/ddp # several processes
 
 The whole decoded training split lives on the training device as uint8 and is augmented
-there a batch at a time (data.DeviceAugment), so no DataLoader sits in the hot loop.
+there a batch at a time (data.DeviceAugment), so without a per-image policy no DataLoader
+sits in the hot loop; a policy (TrivialAugment, AutoAugment) runs in --workers processes.
 Every epoch reseeds its randomness from (seed, epoch, process), so a resumed run draws
 what an uninterrupted one would, on any device. Everything a run writes goes to --out:
 last.pt (resumable state, every epoch), best.pt (best on validation), metrics.jsonl, PNG
@@ -195,8 +196,6 @@ def resumed_args(args: argparse.Namespace, argv: list[str] | None, saved: dict,
         if args.epochs < done:
             raise SystemExit(f"error: --epochs {args.epochs}, but the run in {args.out} has "
                              f"already trained {done} epochs")
-        print(f"resuming with --epochs {args.epochs} instead of {merged['epochs']}: the "
-              f"learning-rate schedule is re-planned for {args.epochs} epochs from here on")
         merged["epochs"] = args.epochs
     return argparse.Namespace(**merged)
 
@@ -221,7 +220,8 @@ def check_args(args: argparse.Namespace) -> None:
         problems.append("--mixup-alpha, --cutmix-alpha, --warmup-epochs, --weight-decay, "
                         "--train-subset and --workers must not be negative")
     if not Path(args.data_dir).is_dir():
-        problems.append(f"data folder {args.data_dir} does not exist")
+        problems.append(f"data folder {args.data_dir} does not exist (make it, and "
+                        "CIFAR-10 is downloaded into it)")
     if problems:
         raise SystemExit("error: " + "; ".join(problems))
 
@@ -385,6 +385,16 @@ def run_state(args: argparse.Namespace, data: TrainingData, state: RunState | No
     return state
 
 
+def regrown_note(state: RunState | None, args: argparse.Namespace) -> str | None:
+    """What the first epoch after a resume that changed --epochs records in its history
+    row (the model card prints it), or None. Warmup and policy were settled at the start."""
+    if state is None or state.settings["epochs"] == args.epochs:
+        return None
+    return (f"resumed with --epochs {args.epochs} instead of {state.settings['epochs']}: the "
+            f"learning-rate schedule was re-planned for {args.epochs} epochs from here on "
+            f"(warmup {args.warmup_epochs:g} epochs and policy {args.policy} kept from the start)")
+
+
 def log_epoch(state: RunState, row: dict, epochs: int, first: bool) -> None:
     print(f"epoch {state.epoch:>3}/{epochs}  lr {row['lr']:.2e}  train loss "
           f"{row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  val loss "
@@ -402,6 +412,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     bf16 = procs.use_bf16(args.amp)
     data = training_data_or_exit(args.data_dir, args.val_size, args.seed, args.train_subset)
     check_data_fits(args, data, procs.world)
+    note = regrown_note(state, args)
     state = run_state(args, data, state)
     trainer = Trainer.build(args, data, state, saved, procs)
     val_images, val_labels = data.images[data.val_idx].to(procs.device), data.labels[data.val_idx]
@@ -411,6 +422,8 @@ def main(argv: list[str] | None = None) -> dict | None:
               f"{procs.machine()}; bf16 {'on' if bf16 else 'off'}; "
               + (f"resuming after epoch {state.epoch} of {args.epochs}" if saved
                  else f"{args.epochs} epochs of {trainer.batches.steps} steps"), flush=True)
+        if note:
+            print(note, flush=True)
 
     result, first_epoch = None, state.epoch
     while state.epoch < args.epochs:
@@ -422,6 +435,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                            args.eval_batch_size, procs.device, bf16)
             row = {"epoch": state.epoch, "lr": lr, **row, "val_loss": val.loss,
                    "val_acc": val.acc, "seconds": time.time() - start}
+            if note:
+                row["note"], note = note, None
             state.end_epoch(row, run_dir, trainer.model, trainer.optimizer, trainer.scored, trainer.ema)
             log_epoch(state, row, args.epochs, first=state.epoch == first_epoch + 1)
         procs.barrier()

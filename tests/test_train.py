@@ -447,3 +447,212 @@ def test_one_epoch_run_says_what_it_does_after_the_last_epoch(shared_folder_data
     assert out.index("evaluating the best checkpoint") < out.index("writing the export")
     card = (tmp_path / "run" / "export" / "README.md").read_text()
     assert "1 epoch:" in card and "[1, 1]" not in card and "constant learning rate" in card
+
+
+# ---------------------------------------------------------------- the budget recipe
+
+def test_linear_schedule_factor_by_hand():
+    # 100 steps, the first 10 of them warmup: the decay runs over the other 90.
+    factor = lambda step: loop.lr_factor(step, total=100, warmup=10, schedule="linear", milestones=[])
+    warmup = [factor(s) for s in range(10)]
+    assert warmup == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    assert factor(9) == factor(10) == 1.0              # the peak at the end of warmup
+    assert factor(28) == pytest.approx(0.8)            # 18 of 90 decay steps done
+    assert factor(55) == pytest.approx(0.5)            # half way through the decay
+    assert factor(91) == pytest.approx(0.1)
+    assert factor(99) == pytest.approx(1 / 90)         # the last step: one decay step left
+    assert factor(100) == 0.0 and factor(150) == 0.0   # zero at the end, never negative
+    decay = [factor(s) for s in range(10, 101)]
+    steps = [a - b for a, b in zip(decay, decay[1:])]
+    assert steps == pytest.approx([1 / 90] * 90)       # a straight line from 1 to 0
+    # Without warmup the line starts at the peak on the very first step.
+    no_warmup = [loop.lr_factor(s, 4, 0, "linear", []) for s in range(5)]
+    assert no_warmup == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+
+
+def budget_optimizer(*flags):
+    args = train.parse_args(["--recipe", "budget", "--lr", "1e-3", *flags])
+    return args, loop.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+
+
+def test_linear_schedule_learning_rates_and_fast_forward():
+    # 10 epochs of 10 steps with 1 warmup epoch: total 100 steps, warmup 10.
+    flags = ["--epochs", "10", "--warmup-epochs", "1"]
+    args, opt = budget_optimizer(*flags)
+    assert args.schedule == "linear"
+    sched = loop.build_scheduler(opt, args, steps_per_epoch=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    after = opt.param_groups[0]["lr"]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[4] == pytest.approx(5e-4)
+    assert lrs[9] == pytest.approx(1e-3) and lrs[10] == pytest.approx(1e-3)
+    assert lrs[55] == pytest.approx(5e-4) and lrs[99] == pytest.approx(1e-3 / 90)
+    assert after == 0.0
+    assert lrs[:10] == sorted(lrs[:10]) and lrs[10:] == sorted(lrs[10:], reverse=True)
+    # A resumed run fast-forwards the new scheduler by the steps done: the same rates as
+    # stepping from zero, even from an optimizer that holds a decayed rate.
+    for done in (0, 5, 10, 37, 55, 99):
+        args, opt = budget_optimizer(*flags)
+        opt.param_groups[0]["lr"] = 1e-7
+        sched = loop.build_scheduler(opt, args, steps_per_epoch=10, done_steps=done)
+        resumed = []
+        for _ in range(done, 100):
+            resumed.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert resumed == pytest.approx(lrs[done:], rel=1e-12, abs=0), done
+        assert opt.param_groups[0]["lr"] == 0.0
+    args, opt = budget_optimizer(*flags)
+    loop.build_scheduler(opt, args, steps_per_epoch=10, done_steps=100)
+    assert opt.param_groups[0]["lr"] == 0.0
+
+
+def test_budget_recipe_resolves_its_auto_values_from_epochs(tmp_path):
+    from torchvision.transforms import v2
+
+    args = train.parse_args(["--recipe", "budget", "--epochs", "50"])
+    assert (args.warmup_epochs, args.policy) == (2, "trivialaugment")   # 5% of 50 is 2.5: round() gives 2
+    assert isinstance(train.build_policy(args.policy), v2.TrivialAugmentWide)
+    args = train.parse_args(["--recipe", "budget", "--epochs", "20"])
+    assert (args.warmup_epochs, args.policy) == (1, "none")
+    assert train.build_policy(args.policy) is None
+    # warmup: 5% of the epochs, at least 1; the policy from 40 epochs on.
+    for epochs, warmup, policy in [(1, 1, "none"), (10, 1, "none"), (39, 2, "none"),
+                                   (40, 2, "trivialaugment"), (100, 5, "trivialaugment"),
+                                   (200, 10, "trivialaugment")]:
+        args = train.parse_args(["--recipe", "budget", "--epochs", str(epochs)])
+        assert (args.warmup_epochs, args.policy) == (warmup, policy), epochs
+    # Without --epochs: the recipe's 30 (warmup 1.5 rounds to 2), no policy.
+    args = train.parse_args(["--recipe", "budget", "--data-dir", str(tmp_path)])
+    assert (args.epochs, args.warmup_epochs, args.policy) == (30, 2, "none")
+    assert (args.schedule, args.lr, args.weight_decay, args.decay_all) == ("linear", 5e-4, 0.05, False)
+    assert (args.label_smoothing, args.mixup_alpha, args.cutmix_alpha, args.ema) == (0.1, 0.0, 0.0, 0.0)
+    assert (args.dropout, args.attn_dropout, args.drop_path, args.patch_keep) == (0.0, 0.0, 0.1, 0.5)
+    train.check_args(args)
+    assert train.build_mixing(args, 10) is None
+    model = train.build_model(args, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
+    assert model.pos_drop.p == 0 and all(b.drop1.p == 0 and b.attn.dropout == 0 for b in model.blocks)
+    assert model.blocks[0].drop_path.p == 0 and model.blocks[-1].drop_path.p == pytest.approx(0.1)
+
+
+def test_budget_recipe_flags_win_over_its_values():
+    args = train.parse_args(["--recipe", "budget", "--epochs", "50", "--warmup-epochs", "0",
+                             "--policy", "none", "--patch-keep", "1", "--schedule", "cosine",
+                             "--drop-path", "0", "--ema", "0.99", "--decay-all"])
+    assert (args.warmup_epochs, args.policy, args.patch_keep, args.schedule) == (0, "none", 1.0, "cosine")
+    assert (args.drop_path, args.ema, args.decay_all, args.epochs) == (0.0, 0.99, True, 50)
+    args = train.parse_args(["--recipe", "budget", "--epochs", "20", "--warmup-epochs", "0.5",
+                             "--policy", "autoaugment"])
+    assert (args.warmup_epochs, args.policy) == (0.5, "autoaugment")
+    # An 'auto' value follows only the recipe that has it.
+    assert train.parse_args(["--recipe", "strong", "--epochs", "50"]).warmup_epochs == 10
+    assert train.parse_args(["--epochs", "50"]).policy == "none"
+
+
+def recording_lrs(monkeypatch) -> list[float]:
+    """The learning rate of every optimizer step of train.main's epochs."""
+    lrs = []
+    real = train.train_one_epoch
+
+    def recording(model, optimizer, scheduler, batches, **kwargs):
+        def batches_with_lr():
+            for batch in batches:
+                lrs.append(optimizer.param_groups[0]["lr"])   # what this step's optimizer.step() uses
+                yield batch
+        return real(model, optimizer, scheduler, batches_with_lr(), **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", recording)
+    return lrs
+
+
+def recording_tokens(monkeypatch) -> list[tuple[bool, int]]:
+    """(training?, tokens) of every batch that reaches the first block of train.main's model."""
+    seen = []
+    real = train.build_model
+
+    def build(*args, **kwargs):
+        model = real(*args, **kwargs)
+        model.blocks[0].register_forward_pre_hook(lambda m, a: seen.append((m.training, a[0].shape[1])))
+        return model
+
+    monkeypatch.setattr(train, "build_model", build)
+    return seen
+
+
+def test_budget_run_trains_on_half_the_patches_and_resume_replans_grown_epochs(
+        shared_folder_data, tmp_path, monkeypatch, capsys):
+    # 130 training images in batches of 64: 2 steps an epoch. No warmup, so that the
+    # linear decay over the planned steps can be read off by hand.
+    out = tmp_path / "run"
+    lrs, tokens = recording_lrs(monkeypatch), recording_tokens(monkeypatch)
+    train.main(run_args(shared_folder_data, out, "--recipe", "budget", "--epochs", "1",
+                        "--warmup-epochs", "0"))
+    assert lrs == pytest.approx([5e-4, 2.5e-4])                # planned for 2 steps
+    assert {t for training, t in tokens if training} == {33}   # 32 of 64 patches + class token
+    assert {t for training, t in tokens if not training} == {65}
+    assert sum(training for training, _ in tokens) == 2
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["epoch"] == 1 and last["args"]["patch_keep"] == 0.5 and last["args"]["policy"] == "none"
+
+    lrs.clear()
+    capsys.readouterr()
+    train.main(["--out", str(out), "--resume", "--epochs", "2", "--no-progress"])
+    assert "re-planned for 2 epochs" in capsys.readouterr().out
+    # Re-planned for 4 steps: steps 3 and 4 of the line 1, 0.75, 0.5, 0.25 (the old plan
+    # would have given 0 and 0).
+    assert lrs == pytest.approx([2.5e-4, 1.25e-4])
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[0]["lr"] == pytest.approx(5e-4) and rows[1]["lr"] == pytest.approx(2.5e-4)
+    assert "note" not in rows[0] and rows[1]["note"].startswith("resumed with --epochs 2 instead of 1")
+    card = (out / "export" / "README.md").read_text()
+    assert "epoch 2: resumed with --epochs 2 instead of 1" in card   # the card says so
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["args"]["epochs"] == 2
+    assert last["optimizer"]["param_groups"][0]["lr"] == 0.0   # at zero after the last step
+    assert json.loads((out / "export" / "training.json").read_text())["epochs"] == 2
+
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(SystemExit, match=r"--epochs 1, but the run in .*run has already trained 2 epochs"):
+        train.main(["--out", str(out), "--resume", "--epochs", "1"])
+    assert (out / "last.pt").read_bytes() == before and len(read_metrics(out)) == 2
+
+
+def test_budget_run_with_ema_resumes_bit_identically(shared_folder_data, tmp_path, monkeypatch):
+    flags = ("--recipe", "budget", "--epochs", "2", "--ema", "0.9", "--seed", "3")
+    result_a = train.main(run_args(shared_folder_data, tmp_path / "a", *flags))
+
+    real_end = loop.RunState.end_epoch
+
+    def stop_after_first_epoch(self, *args):
+        real_end(self, *args)
+        if len(self.history) == 1:
+            raise KeyboardInterrupt  # as if killed right after the epoch's checkpoint
+
+    monkeypatch.setattr(loop.RunState, "end_epoch", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(run_args(shared_folder_data, tmp_path / "b", *flags))
+    monkeypatch.setattr(loop.RunState, "end_epoch", real_end)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
+    result_b = train.main(["--out", str(tmp_path / "b"), "--resume", "--no-progress"])
+
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2 and a["args"]["ema"] == b["args"]["ema"] == 0.9
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    # The average is a real one, carried across the resume: 2 epochs of 2 steps averaged.
+    assert int(b["ema"]["n_averaged"]) == 4
+    assert any(not torch.equal(b["ema"][f"module.{k}"], v) for k, v in b["model"].items())
+    best_a = torch.load(tmp_path / "a" / "best.pt", weights_only=True)
+    best_b = torch.load(tmp_path / "b" / "best.pt", weights_only=True)
+    assert best_a["epoch"] == best_b["epoch"]
+    assert all(torch.equal(best_a["model"][k], best_b["model"][k]) for k in best_a["model"])
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(read_metrics(tmp_path / "a")) == strip(read_metrics(tmp_path / "b"))
+    assert result_a["val_acc"] == result_b["val_acc"]

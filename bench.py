@@ -24,16 +24,14 @@ device. Synthetic images by default: speed does not depend on what the pixels sh
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 import loop
 from contenders import Contender, build_contenders, sync
-from data import channel_stats, training_data_or_exit
+from data import atomic_write, channel_stats, json_text, training_data_or_exit
 from vit_model import CIFAR10_CLASSES, count_parameters, forward_flops
 
 CONTENDERS = ("project", "timm", "naive")
@@ -263,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(report(results, setup), flush=True)
     out = {**results, "setup": setup}
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        atomic_write(args.json, lambda f: f.write((json_text(out, indent=2) + "\n").encode()))
     return out
 
 

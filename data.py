@@ -243,6 +243,9 @@ def load_training_data(data_dir: str | os.PathLike, val_size: float = 0.1, seed:
     train_set = load_split(data_dir, "train")
     test_set = load_split(data_dir, "test")
     train_idx, val_idx = split_indices(len(train_set), val_size, seed)
+    if train_subset > len(train_idx):
+        raise DataError(f"--train-subset {train_subset} is more than the {len(train_idx)} "
+                        f"training images of {data_dir}")
     if train_subset:
         pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed))
         train_idx = train_idx[pick[:train_subset]].sort().values
@@ -278,9 +281,25 @@ def train_transform(mean, std, size: int = 32) -> v2.Compose:
     ])
 
 
-def eval_transform(mean, std) -> v2.Compose:
-    """To a float tensor and normalize: no augmentation."""
-    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+def build_policy(name: str):
+    """The per-image augmentation policy (a torchvision v2 transform on uint8), or None."""
+    return {"none": None,
+            "autoaugment": v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+            "randaugment": v2.RandAugment(),
+            "trivialaugment": v2.TrivialAugmentWide()}[name]
+
+
+def build_mixing(args: argparse.Namespace, num_classes: int):
+    """MixUp and/or CutMix on a normalized batch (one of them per batch when both are on),
+    or None. Returns soft targets that sum to one."""
+    choices = []
+    if args.mixup_alpha > 0:
+        choices.append(v2.MixUp(alpha=args.mixup_alpha, num_classes=num_classes))
+    if args.cutmix_alpha > 0:
+        choices.append(v2.CutMix(alpha=args.cutmix_alpha, num_classes=num_classes))
+    if not choices:
+        return None
+    return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
 
 
 class ImageTensorDataset(Dataset):

@@ -1,5 +1,6 @@
 """The machinery under train.py: the processes and device of a run, an epoch's batches,
-one training epoch, evaluation, and the resumable state of a run with its checkpoints.
+one training epoch, the optimizer and schedule, and evaluation (the run's resumable state
+and its checkpoints are checkpoints.py's).
 
 Kept apart from train.py so that train.py reads as the story of a run (its command line,
 recipes and main) and bench.py can time exactly the epoch that train.py runs.
@@ -13,14 +14,14 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data import ImageTensorDataset, atomic_save, atomic_write, json_text, to_normalized
+from data import ImageTensorDataset, to_normalized
 from vit_model import tta_logits
 
 # How often the progress bar reads the running loss back from the device: each read
@@ -83,6 +84,13 @@ class Processes:
         if self.world > 1:
             dist.barrier()
 
+    def first_on_main(self, load):
+        """`load()` in the main process, then in the others: one downloads CIFAR-10 or
+        writes the decode cache, the others read what it left."""
+        result = load() if self.main else None
+        self.barrier()
+        return result if self.main else load()
+
     def close(self) -> None:
         if self.world > 1:
             dist.barrier()  # every rank waits until rank 0 has written the export
@@ -110,14 +118,25 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
+    """auto: CUDA, MPS or the CPU. An index-less CUDA device is this process's local rank
+    under torchrun, and an index there is refused (every process would share that GPU);
+    a name that is no device, or no device here, is named."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"error: --device {name} is not a device name (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and device.index is not None and world > 1:
+        raise SystemExit(f"error: --device {name} under torchrun: name no index (--device "
+                         "cuda), each process takes the GPU of its LOCAL_RANK")
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank if device.index is None else device.index)
+    if (device.type == "cuda" and device.index >= torch.cuda.device_count()
+            or device.type == "mps" and not torch.backends.mps.is_available()):
+        raise SystemExit(f"error: --device {device} is not on this machine")
+    return device
 
 
 def start_processes(device_name: str) -> Processes:
@@ -126,7 +145,7 @@ def start_processes(device_name: str) -> Processes:
     if "RANK" not in os.environ:
         return Processes(0, 1, pick_device(device_name))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = pick_device(device_name, local_rank)
+    device = pick_device(device_name, local_rank, int(os.environ.get("WORLD_SIZE", 1)))
     if device.type == "cuda":
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
@@ -143,7 +162,6 @@ def seed_for(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
 
 
-
 class PolicyDataset(ImageTensorDataset):
     """Items are (epoch, index): each image's policy draw is seeded by both, so workers
     that live across epochs still draw what a resumed run draws."""
@@ -154,8 +172,10 @@ class PolicyDataset(ImageTensorDataset):
 
     def __getitem__(self, item):
         epoch, i = item
-        with torch.random.fork_rng(devices=[]):  # leave the caller's stream untouched
-            torch.manual_seed(seed_for(self.seed, "policy", epoch, i))
+        # The v2 policies draw from the CPU generator only; torch.manual_seed would also
+        # reset the GPU's, which drives dropout when --workers 0 runs this in the trainer.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed_for(self.seed, "policy", epoch, i))
             return super().__getitem__(i)
 
 
@@ -353,91 +373,3 @@ def evaluate(model, images, labels, mean, std, batch_size, device, bf16, flip: b
     labels = labels.cpu()
     return Evaluation(F.cross_entropy(logits, labels).item(),
                       (logits.argmax(1) == labels).float().mean().item(), logits.argmax(1))
-
-
-# ---------------------------------------------------------------- the run's state
-
-CHECKPOINT_KEYS = {"model", "optimizer", "args", "mean", "std", "epoch", "best_val_acc",
-                   "best_epoch", "history"}
-
-
-def on_cpu(obj):
-    """The same nesting of dicts and lists with every tensor moved to the CPU, so that a
-    checkpoint written on a GPU loads on a machine without one."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: on_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(on_cpu(v) for v in obj)
-    return obj
-
-
-def load_checkpoint(path: Path, resume_hint: bool = False) -> dict:
-    """A checkpoint of train.py, or one clear message naming the file and what to do."""
-    if not path.exists():
-        raise SystemExit(f"error: --resume, but {path} does not exist" if resume_hint
-                         else f"error: checkpoint {path} does not exist")
-    advice = (f"delete {path.parent} (or use another --out) to start the run afresh"
-              if resume_hint else "train again to rewrite it")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        reason = "it is empty" if path.stat().st_size == 0 else (
-            "it holds objects other than tensors and plain values" if "weights_only" in str(err)
-            else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}")
-        raise SystemExit(f"error: {path} is not a readable train.py checkpoint ({reason}); "
-                         f"it may be truncated or come from another program: {advice}") from None
-    needed = CHECKPOINT_KEYS if path.name == "last.pt" else {"model", "epoch"}
-    missing = needed - set(saved) if isinstance(saved, dict) else needed
-    if missing:
-        raise SystemExit(f"error: {path} was not written by this version of train.py (it "
-                         f"lacks {', '.join(sorted(missing))}): {advice}")
-    return saved
-
-
-@dataclass
-class RunState:
-    """What a run carries from epoch to epoch and across a resume: its settings, the
-    training images' statistics, progress and history. Saved in last.pt with the model,
-    optimizer and EMA; randomness is not saved but reseeded from (seed, epoch, rank)."""
-    settings: dict
-    mean: list[float]
-    std: list[float]
-    epoch: int = 0
-    best_val_acc: float = -1.0
-    best_epoch: int = 0
-    history: list[dict] = field(default_factory=list)
-
-    def save(self, path: Path, model, optimizer, ema) -> None:
-        atomic_save(on_cpu({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "args": self.settings,
-            "mean": self.mean, "std": self.std, "epoch": self.epoch,
-            "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
-            "history": self.history}), path)
-
-    @classmethod
-    def from_checkpoint(cls, saved: dict) -> RunState:
-        return cls(saved["args"], saved["mean"], saved["std"], saved["epoch"],
-                   saved["best_val_acc"], saved["best_epoch"], saved["history"])
-
-    def restore(self, saved: dict, model, optimizer, ema) -> None:
-        """Load the tensors that save() wrote into freshly built objects."""
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if ema is not None:
-            if saved.get("ema") is None:
-                raise SystemExit("error: the checkpoint has no EMA weights to continue")
-            ema.load_state_dict(saved["ema"])
-
-    def end_epoch(self, row: dict, run_dir: Path, model, optimizer, scored, ema) -> None:
-        """Record an epoch: best.pt if it is the best so far, then last.pt and metrics."""
-        self.history.append(row)
-        if row["val_acc"] > self.best_val_acc:
-            self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
-            atomic_save(on_cpu({"model": scored.state_dict(), "epoch": self.epoch,
-                                "val_acc": row["val_acc"]}), run_dir / "best.pt")
-        self.save(run_dir / "last.pt", model, optimizer, ema)
-        text = "".join(json_text(h) + "\n" for h in self.history)
-        atomic_write(run_dir / "metrics.jsonl", lambda f: f.write(text.encode()))

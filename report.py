@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,10 +293,6 @@ def push_to_hub(export_dir: Path, repo_id: str) -> str:
 
 def write_json_atomic(obj, path: Path) -> None:
     atomic_write(path, lambda f: f.write(json_text(obj, indent=1).encode()))
-
-
-def command_line() -> str:
-    return " ".join(["python", Path(sys.argv[0]).name] + sys.argv[1:])
 
 
 # ---------------------------------------------------------------- words

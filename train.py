@@ -27,10 +27,12 @@ from pathlib import Path
 import torch
 
 import report
-from data import DeviceAugment, TrainingData, training_data_or_exit, val_size
-from loop import (ASSIGNMENT_EPOCHS, EpochBatches, Processes, RunState, build_ema, build_optimizer,
-                  build_scheduler, evaluate, load_checkpoint, scaled_milestones, seed_for,
-                  start_processes, train_one_epoch)
+from checkpoints import RunState, load_checkpoint
+from data import (DeviceAugment, TrainingData, build_mixing, build_policy, training_data_or_exit,
+                  val_size)
+from loop import (ASSIGNMENT_EPOCHS, EpochBatches, Processes, build_ema, build_optimizer,
+                  build_scheduler, evaluate, scaled_milestones, seed_for, start_processes,
+                  train_one_epoch)
 from vit_model import ViT, count_parameters
 
 # What --recipe sets. Every entry is also a flag of its own, which wins over the recipe,
@@ -203,13 +205,12 @@ def resumed_args(args: argparse.Namespace, argv: list[str] | None, saved: dict,
 def check_args(args: argparse.Namespace) -> None:
     """Fail at once, with one clear message, on arguments that cannot work."""
     problems = []
-    for name in ("epochs", "batch_size", "lr", "eval_batch_size"):
+    for name in ("epochs", "batch_size", "lr", "eval_batch_size", "patch_size", "dim", "depth",
+                 "heads", "mlp_dim"):
         if getattr(args, name) <= 0:
             problems.append(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.patch_size <= 0:
-        problems.append(f"--patch-size must be positive, got {args.patch_size}")
-    if min(args.dim, args.depth, args.heads, args.mlp_dim) <= 0 or args.dim % args.heads:
-        problems.append(f"--heads {args.heads} must divide --dim {args.dim} (all sizes positive)")
+    if min(args.dim, args.heads) > 0 and args.dim % args.heads:
+        problems.append(f"--heads {args.heads} must divide --dim {args.dim}")
     for name in ("dropout", "attn_dropout", "drop_path", "label_smoothing", "ema"):
         if not 0 <= getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
@@ -247,31 +248,6 @@ def build_model(args: argparse.Namespace, class_names, mean, std, image_size: in
                dim=args.dim, depth=args.depth, heads=args.heads, mlp_dim=args.mlp_dim,
                dropout=args.dropout, attn_dropout=args.attn_dropout, drop_path=args.drop_path,
                class_names=class_names, mean=mean, std=std)
-
-
-def build_policy(name: str):
-    """The per-image augmentation policy (a torchvision v2 transform on uint8), or None."""
-    from torchvision.transforms import v2
-
-    return {"none": None,
-            "autoaugment": v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
-            "randaugment": v2.RandAugment(),
-            "trivialaugment": v2.TrivialAugmentWide()}[name]
-
-
-def build_mixing(args: argparse.Namespace, num_classes: int):
-    """MixUp and/or CutMix on a normalized batch (one of them per batch when both are on),
-    or None. Returns soft targets that sum to one."""
-    from torchvision.transforms import v2
-
-    choices = []
-    if args.mixup_alpha > 0:
-        choices.append(v2.MixUp(alpha=args.mixup_alpha, num_classes=num_classes))
-    if args.cutmix_alpha > 0:
-        choices.append(v2.CutMix(alpha=args.cutmix_alpha, num_classes=num_classes))
-    if not choices:
-        return None
-    return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
 
 
 # ---------------------------------------------------------------- the run
@@ -344,7 +320,7 @@ def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunSta
     test = data.test and evaluate(model, data.test.images, data.test.labels, **evaluation)
     summary = report.RunSummary(
         recipe=args.recipe, recipe_description=report.describe_recipe(args, scaled_milestones(args.epochs)),
-        data=data.description, machine=procs.machine(), command=report.command_line(),
+        data=data.description, machine=procs.machine(), command=run_command(state.settings),
         epochs=args.epochs, best_epoch=best["epoch"], val_acc=val.acc, val_acc_flip_tta=flipped.acc,
         val_images=len(val_labels), split_seed=args.seed, class_names=data.class_names,
         confusion=report.confusion_matrix(val_labels, val.preds, len(data.class_names)).tolist(),
@@ -385,6 +361,23 @@ def run_state(args: argparse.Namespace, data: TrainingData, state: RunState | No
     return state
 
 
+def run_command(settings: dict) -> str:
+    """The command that trains this run again: its recipe and every setting that differs
+    from it, whatever resumes and machines it took (the card shows this, not the argv)."""
+    recipe = vars(parse_args(["--recipe", settings["recipe"], "--epochs", str(settings["epochs"])]))
+    words = ["python train.py", f"--recipe {settings['recipe']}", f"--epochs {settings['epochs']}",
+             f"--data-dir {Path(settings['data_dir']).name}"]
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if key in RESUME_MAY_CHANGE | {"recipe"} or value == recipe.get(key):
+            continue
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    return " ".join(words)
+
+
 def regrown_note(state: RunState | None, args: argparse.Namespace) -> str | None:
     """What the first epoch after a resume that changed --epochs records in its history
     row (the model card prints it), or None. Warmup and policy were settled at the start."""
@@ -410,7 +403,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     run_dir = Path(args.out)
     procs = start_processes(args.device)
     bf16 = procs.use_bf16(args.amp)
-    data = training_data_or_exit(args.data_dir, args.val_size, args.seed, args.train_subset)
+    data = procs.first_on_main(lambda: training_data_or_exit(
+        args.data_dir, args.val_size, args.seed, args.train_subset))
     check_data_fits(args, data, procs.world)
     note = regrown_note(state, args)
     state = run_state(args, data, state)

@@ -1,9 +1,10 @@
 """The Vision Transformer: patch embedding, pre-LayerNorm blocks, class-token head.
 
 Defaults follow the course assignment (patch 4, width 256, 6 blocks, 8 heads, MLP 512,
-dropout 0.2). Saving and loading go through huggingface_hub's PyTorchModelHubMixin, so
-`save_pretrained`, `from_pretrained` and `push_to_hub` work as on any Hub model; the
-config carries the class names and the normalization statistics as well.
+every dropout 0.2, the attention weights' included). Saving and loading go through
+huggingface_hub's PyTorchModelHubMixin, so `save_pretrained`, `from_pretrained` and
+`push_to_hub` work as on any Hub model; the config carries the class names and the
+normalization statistics as well.
 
     python vit_model.py            # layer table with output shapes and parameter counts
 """
@@ -171,7 +172,7 @@ class ViT(
         heads: int = 8,
         mlp_dim: int = 512,
         dropout: float = 0.2,
-        attn_dropout: float = 0.0,
+        attn_dropout: float = 0.2,
         drop_path: float = 0.0,
         class_names: list[str] | None = None,
         mean: list[float] | None = None,

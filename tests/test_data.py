@@ -24,12 +24,6 @@ def test_train_transform_is_the_assignment_chain_in_order():
     assert t[3].mean == [0.1, 0.2, 0.3] and t[3].std == [0.4, 0.5, 0.6]
 
 
-def test_eval_transform_only_normalizes():
-    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    out = data.eval_transform([0.5] * 3, [0.25] * 3)(image)
-    assert torch.allclose(out, (image.float() / 255 - 0.5) / 0.25, atol=1e-6)
-
-
 def test_dataset_applies_its_transform():
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     ds = data.ImageTensorDataset(images, torch.arange(5), data.train_transform([0.5] * 3, [0.2] * 3))

@@ -17,7 +17,8 @@ def test_default_model_matches_the_spec():
     assert isinstance(block.attn, torch.nn.MultiheadAttention)
     assert block.attn.num_heads == 8 and block.attn.embed_dim == 256
     assert block.mlp[0].out_features == 512 and isinstance(block.mlp[1], torch.nn.GELU)
-    assert block.drop1.p == 0.2 and model.pos_drop.p == 0.2
+    assert block.drop1.p == 0.2 and model.pos_drop.p == 0.2 and block.attn.dropout == 0.2
+    assert all(isinstance(block.mlp[i], torch.nn.Dropout) and block.mlp[i].p == 0.2 for i in (2, 4))
     assert model.pos_embed.shape == (1, 65, 256) and model.cls_token.shape == (1, 1, 256)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoints
 import loop
 import report
 import train
@@ -88,17 +89,17 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shared_folder_data, tmp_path, monkeypatch):
     train.main(run_args(shared_folder_data, tmp_path / "a", "--epochs", "3", "--seed", "5"))
 
-    real_end = loop.RunState.end_epoch
+    real_end = checkpoints.RunState.end_epoch
 
     def stop_after_first_epoch(self, *args):
         real_end(self, *args)
         if len(self.history) == 1:
             raise KeyboardInterrupt  # as if killed right after the epoch's checkpoint
 
-    monkeypatch.setattr(loop.RunState, "end_epoch", stop_after_first_epoch)
+    monkeypatch.setattr(checkpoints.RunState, "end_epoch", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train.main(run_args(shared_folder_data, tmp_path / "b", "--epochs", "3", "--seed", "5"))
-    monkeypatch.setattr(loop.RunState, "end_epoch", real_end)
+    monkeypatch.setattr(checkpoints.RunState, "end_epoch", real_end)
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
     train.main(["--out", str(tmp_path / "b"), "--resume", "--no-progress"])
 
@@ -147,6 +148,10 @@ def test_torchrun_with_two_cpu_processes(shared_folder_data, tmp_path):
     (["--patch-size", "5"], "--patch-size 5 does not divide"),
     (["--batch-size", "-1"], "--batch-size must be positive"),
     (["--heads", "5"], "--heads 5 must divide --dim 64"),
+    (["--depth", "0"], "--depth must be positive, got 0$"),
+    (["--mlp-dim", "0"], "--mlp-dim must be positive, got 0$"),
+    (["--device", "gpu0"], "--device gpu0 is not a device name"),
+    (["--train-subset", "5000"], "--train-subset 5000 is more than the 90 training images"),
 ])
 def test_bad_arguments_fail_at_once(folder_data, tmp_path, extra, message):
     with pytest.raises(SystemExit, match=message):
@@ -275,6 +280,66 @@ def test_policy_draws_per_image_in_workers():
     assert torch.equal(x, x_again)  # seeded per (epoch, image): a resumed epoch draws the same
 
 
+def test_policy_draw_in_the_training_process_leaves_the_gpu_generator_alone(monkeypatch):
+    # With --workers 0 on a GPU the draw runs in the trainer, whose CUDA generator drives
+    # dropout and PatchDropout: reseeding it per image would repeat the same masks.
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    monkeypatch.setattr(torch.mps, "manual_seed", reseeded.append)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    dataset = loop.PolicyDataset(images, torch.zeros(4, dtype=torch.long),
+                                 train.build_policy("trivialaugment"), seed=0)
+    torch.manual_seed(5)
+    before = torch.rand(3)
+    torch.manual_seed(5)
+    first = dataset[(0, 1)][0]
+    assert torch.equal(torch.rand(3), before)       # the caller's CPU stream is untouched too
+    assert torch.equal(dataset[(0, 1)][0], first)   # and the draw is still seeded per image
+    assert set(reseeded) == {5}                     # only the test's own torch.manual_seed calls
+
+
+def test_torchrun_processes_take_the_gpu_of_their_local_rank(monkeypatch):
+    calls = []
+    for name, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set", d)))
+    monkeypatch.setattr(loop.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    monkeypatch.setattr(loop.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(loop.dist, "get_world_size", lambda: 2)
+    procs = loop.start_processes("cuda")
+    cuda1 = torch.device("cuda", 1)
+    assert procs.device == cuda1 and calls == [("set", cuda1), ("nccl", {"device_id": cuda1})]
+    with pytest.raises(SystemExit, match="--device cuda:0 under torchrun: name no index"):
+        loop.start_processes("cuda:0")
+    with pytest.raises(SystemExit, match="cuda:3 is not on this machine"):
+        loop.pick_device("cuda:3")
+
+
+def test_main_process_loads_the_data_before_the_others(monkeypatch):
+    events = []
+    monkeypatch.setattr(loop.dist, "barrier", lambda: events.append("barrier"))
+    for rank in (0, 1):
+        procs = loop.Processes(rank, 2, torch.device("cpu"))
+        assert procs.first_on_main(lambda: events.append(f"load {rank}") or rank) == rank
+    assert events == ["load 0", "barrier", "barrier", "load 1"]
+
+
+def test_the_card_command_trains_the_run_again_whatever_resumed_it():
+    args = train.parse_args(["--recipe", "budget", "--epochs", "100", "--lr", "5e-4",
+                             "--data-dir", "/somewhere/cifar10-jpeg", "--out", "/tmp/x",
+                             "--workers", "1", "--ema", "0.999", "--no-decay-all", "--dim", "128"])
+    # Only what differs from the recipe (lr 5e-4 and no-decay-all are the budget's own);
+    # runtime flags, --out and --resume are left out.
+    assert train.run_command(vars(args)) == ("python train.py --recipe budget --epochs 100 "
+                                             "--data-dir cifar10-jpeg --ema 0.999 --dim 128")
+    args = train.parse_args(["--epochs", "3", "--decay-all", "--policy", "autoaugment"])
+    assert train.run_command(vars(args)) == ("python train.py --recipe assignment --epochs 3 "
+                                             "--data-dir data --policy autoaugment")
+    args = train.parse_args(["--recipe", "strong", "--no-decay-all", "--decay-all"])
+    assert train.run_command(vars(args)).endswith("--data-dir data --decay-all")
+
+
 def test_strong_recipe_trains_end_to_end(shared_folder_data, tmp_path, monkeypatch):
     seen = []
     real_ce = loop.F.cross_entropy
@@ -321,7 +386,7 @@ def test_checkpoints_hold_cpu_tensors_and_no_generator_states(shared_folder_data
     out = tmp_path / "run"
     train.main(run_args(shared_folder_data, out, "--epochs", "1"))
     last = torch.load(out / "last.pt", weights_only=True)
-    assert "rng" not in last and set(last) >= loop.CHECKPOINT_KEYS
+    assert "rng" not in last and set(last) >= checkpoints.CHECKPOINT_KEYS
 
     def tensors(obj):
         if isinstance(obj, torch.Tensor):
@@ -333,7 +398,7 @@ def test_checkpoints_hold_cpu_tensors_and_no_generator_states(shared_folder_data
             for v in obj:
                 yield from tensors(v)
     assert all(t.device.type == "cpu" for t in tensors(last))
-    assert loop.on_cpu({"a": [torch.ones(1)], "b": 2})["b"] == 2
+    assert checkpoints.on_cpu({"a": [torch.ones(1)], "b": 2})["b"] == 2
 
 
 @pytest.mark.parametrize("content, reason", [(b"", "it is empty"),
@@ -610,6 +675,9 @@ def test_budget_run_trains_on_half_the_patches_and_resume_replans_grown_epochs(
     assert "note" not in rows[0] and rows[1]["note"].startswith("resumed with --epochs 2 instead of 1")
     card = (out / "export" / "README.md").read_text()
     assert "epoch 2: resumed with --epochs 2 instead of 1" in card   # the card says so
+    assert ("Command: `python train.py --recipe budget --epochs 2 --data-dir cifar --batch-size 64 "
+            "--warmup-epochs 0 --val-size 30 --dim 64 --depth 2 --heads 4 --mlp-dim 128`") in card
+    assert "--resume" not in card
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and last["args"]["epochs"] == 2
     assert last["optimizer"]["param_groups"][0]["lr"] == 0.0   # at zero after the last step
@@ -625,17 +693,17 @@ def test_budget_run_with_ema_resumes_bit_identically(shared_folder_data, tmp_pat
     flags = ("--recipe", "budget", "--epochs", "2", "--ema", "0.9", "--seed", "3")
     result_a = train.main(run_args(shared_folder_data, tmp_path / "a", *flags))
 
-    real_end = loop.RunState.end_epoch
+    real_end = checkpoints.RunState.end_epoch
 
     def stop_after_first_epoch(self, *args):
         real_end(self, *args)
         if len(self.history) == 1:
             raise KeyboardInterrupt  # as if killed right after the epoch's checkpoint
 
-    monkeypatch.setattr(loop.RunState, "end_epoch", stop_after_first_epoch)
+    monkeypatch.setattr(checkpoints.RunState, "end_epoch", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train.main(run_args(shared_folder_data, tmp_path / "b", *flags))
-    monkeypatch.setattr(loop.RunState, "end_epoch", real_end)
+    monkeypatch.setattr(checkpoints.RunState, "end_epoch", real_end)
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
     result_b = train.main(["--out", str(tmp_path / "b"), "--resume", "--no-progress"])
 

@@ -1,0 +1,103 @@
+"""The resumable state of a training run and its checkpoint files.
+
+last.pt (every epoch) holds everything a resume needs: the model, the optimizer, the
+EMA, the settings, the training images' statistics, progress and history; best.pt the
+best weights on validation; metrics.jsonl the history, a line an epoch. Every file is
+written atomically, and every tensor is saved on the CPU, so that a checkpoint written
+on a GPU loads on a machine without one. Randomness is not saved: train.py reseeds it
+from (seed, epoch, rank) every epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from data import atomic_save, atomic_write, json_text
+
+CHECKPOINT_KEYS = {"model", "optimizer", "args", "mean", "std", "epoch", "best_val_acc",
+                   "best_epoch", "history"}
+
+
+def on_cpu(obj):
+    """The same nesting of dicts and lists with every tensor moved to the CPU, so that a
+    checkpoint written on a GPU loads on a machine without one."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
+def load_checkpoint(path: Path, resume_hint: bool = False) -> dict:
+    """A checkpoint of train.py, or one clear message naming the file and what to do."""
+    if not path.exists():
+        raise SystemExit(f"error: --resume, but {path} does not exist" if resume_hint
+                         else f"error: checkpoint {path} does not exist")
+    advice = (f"delete {path.parent} (or use another --out) to start the run afresh"
+              if resume_hint else "train again to rewrite it")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = "it is empty" if path.stat().st_size == 0 else (
+            "it holds objects other than tensors and plain values" if "weights_only" in str(err)
+            else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}")
+        raise SystemExit(f"error: {path} is not a readable train.py checkpoint ({reason}); "
+                         f"it may be truncated or come from another program: {advice}") from None
+    needed = CHECKPOINT_KEYS if path.name == "last.pt" else {"model", "epoch"}
+    missing = needed - set(saved) if isinstance(saved, dict) else needed
+    if missing:
+        raise SystemExit(f"error: {path} was not written by this version of train.py (it "
+                         f"lacks {', '.join(sorted(missing))}): {advice}")
+    return saved
+
+
+@dataclass
+class RunState:
+    """What a run carries from epoch to epoch and across a resume: its settings, the
+    training images' statistics, progress and history. Saved in last.pt with the model,
+    optimizer and EMA; randomness is not saved but reseeded from (seed, epoch, rank)."""
+    settings: dict
+    mean: list[float]
+    std: list[float]
+    epoch: int = 0
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def save(self, path: Path, model, optimizer, ema) -> None:
+        atomic_save(on_cpu({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "args": self.settings,
+            "mean": self.mean, "std": self.std, "epoch": self.epoch,
+            "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+            "history": self.history}), path)
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> RunState:
+        return cls(saved["args"], saved["mean"], saved["std"], saved["epoch"],
+                   saved["best_val_acc"], saved["best_epoch"], saved["history"])
+
+    def restore(self, saved: dict, model, optimizer, ema) -> None:
+        """Load the tensors that save() wrote into freshly built objects."""
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if ema is not None:
+            if saved.get("ema") is None:
+                raise SystemExit("error: the checkpoint has no EMA weights to continue")
+            ema.load_state_dict(saved["ema"])
+
+    def end_epoch(self, row: dict, run_dir: Path, model, optimizer, scored, ema) -> None:
+        """Record an epoch: best.pt if it is the best so far, then last.pt and metrics."""
+        self.history.append(row)
+        if row["val_acc"] > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
+            atomic_save(on_cpu({"model": scored.state_dict(), "epoch": self.epoch,
+                                "val_acc": row["val_acc"]}), run_dir / "best.pt")
+        self.save(run_dir / "last.pt", model, optimizer, ema)
+        text = "".join(json_text(h) + "\n" for h in self.history)
+        atomic_write(run_dir / "metrics.jsonl", lambda f: f.write(text.encode()))

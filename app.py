@@ -44,6 +44,11 @@ MAX_FILE_SIZE = f"{photo.MAX_FILE_BYTES // 1_000_000}mb"
 # queue is full at once. api_open=False closes the routes that would skip the queue.
 CONCURRENCY_LIMIT = 2
 QUEUE_MAX_SIZE = 64
+# Gradio keeps each session's last input values in memory, an inline image (up to 26.7 MB
+# of base64) among them, for 10,000 sessions by default, and every /gradio_api/call is a
+# session of its own. Nothing there is needed by a later request of this app, so it keeps
+# only as many sessions as the queue holds requests.
+STATE_SESSIONS = CONCURRENCY_LIMIT + QUEUE_MAX_SIZE
 # Uploads and pictures are deleted 15 minutes after they were written (checked every 5).
 DELETE_CACHE = (300, 900)
 
@@ -156,8 +161,6 @@ def model_tab(loaded: Loaded, out: Path) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=240):
             try:  # a picture of the model is worth having, not worth failing to start over
-                if (reason := model_graph.dot_missing()) is not None:
-                    raise RuntimeError(reason)
                 graph = model_graph.draw(model, model.image_size, out / "model_graph.png")
                 gr.Image(str(graph), label="Computation graph", height=900, buttons=["fullscreen"])
             except Exception as err:
@@ -179,7 +182,7 @@ def answer_row(size: int) -> tuple[gr.Image, gr.Image, gr.Label, gr.Checkbox, gr
                 seen = photo_input(label=f"Model input, {size}x{size}", interactive=False,
                                    height=230, elem_id="seen", scale=2, buttons=[], min_width=100)
         with gr.Column(scale=2, min_width=260):
-            label = gr.Label(num_top_classes=TOP_K, label=f"Top {TOP_K} classes")
+            label = gr.Label(num_top_classes=TOP_K, label=f"Top {TOP_K} classes", elem_id="label")
             flip = gr.Checkbox(False, label="Flip TTA: also read the mirror image",
                                info="average the answers for the image and its mirror image; "
                                     "the rollout explains the image as shown")
@@ -251,10 +254,13 @@ def patches_tab(ends: Endpoints, seen) -> tuple:
 
 
 def build_demo(loaded: Loaded, out: Path | None = None,
-               delete_cache: tuple[int, int] = DELETE_CACHE) -> gr.Blocks:
-    """The page for a loaded model (or none: the model's parts then say why)."""
+               delete_cache: tuple[int, int] = DELETE_CACHE, warm: bool = False) -> gr.Blocks:
+    """The page for a loaded model (or none: the model's parts then say why); `warm`
+    starts finding the model's mistakes at once, in the background (the server does)."""
     out = Path(out or Path(gr.utils.get_upload_folder()) / "vit-cifar")
     ends = Endpoints(loaded, out)
+    if warm:
+        ends.find_mistakes_now()
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.jpg"))
     figures = [(loaded.folder / f, t) for f, t in FIGURES.items()
                if loaded.folder is not None and (loaded.folder / f).is_file()]
@@ -319,7 +325,7 @@ def serve(demo: gr.Blocks, host: str, port: int, block: bool = True):
     """Launch with the app's limits; block=False returns at once (for tests)."""
     return demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE,
                        prevent_thread_lock=not block, show_error=True, quiet=not block, css=CSS,
-                       enable_monitoring=False,
+                       enable_monitoring=False, state_session_capacity=STATE_SESSIONS,
                        app_kwargs={"middleware": [space.body_limit()]})
 
 
@@ -343,7 +349,7 @@ def main() -> None:
     torch.set_num_threads(1)  # one core per concurrent request; see CONCURRENCY_LIMIT
     loaded = load_model(source_from(args.model, BUNDLED_WEIGHTS, MODEL_ENV))
     print(loaded.status.replace("`", "").replace("**", ""), flush=True)
-    serve(build_demo(loaded), args.host, args.port)
+    serve(build_demo(loaded, warm=True), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ class Endpoints:
                 self.no_sample = f"The bundled validation sample cannot be used: {err}."
         self.caveat = sample_caveat(loaded.training)
         self._mistakes, self._mistakes_lock = None, threading.Lock()
+        self._galleries: dict[tuple[str, str], tuple[list[tuple[str, str]], str]] = {}
 
     @property
     def mistakes(self):
@@ -104,6 +105,11 @@ class Endpoints:
                 self._mistakes = find_mistakes(self.model, self.sample)
                 space.release_memory()  # the attention maps of 500 images are freed
         return self._mistakes
+
+    def find_mistakes_now(self) -> None:
+        """Find the mistakes in a background thread, so that no request waits seconds
+        for them (one that comes sooner waits for this one, not for its own)."""
+        threading.Thread(target=lambda: self.mistakes, name="find-mistakes", daemon=True).start()
 
     def _png(self, pixels) -> str:
         return space.save_png(pixels, self.out)
@@ -185,6 +191,9 @@ class Endpoints:
 
     def patches(self, image, patch_size) -> tuple[str, str, str]:
         """/patches: the grid of patches, the token sequence, and a caption."""
+        if isinstance(patch_size, bool) or not isinstance(patch_size, (int, float)):
+            raise photo.UserError(f"The patch size must be a number, one of "
+                                  f"{', '.join(map(str, self.patch_sizes))}, not {patch_size!r}.")
         if patch_size not in self.patch_sizes:
             raise photo.UserError(f"Patch size {patch_size} does not divide {self.size}; use one "
                                   f"of {', '.join(map(str, self.patch_sizes))}.")
@@ -199,8 +208,16 @@ class Endpoints:
         if self.sample is None:
             raise photo.UserError(self.no_sample)
         names = [ANY] + self.sample.class_names
-        true_class = _one_of(true_class, "The true class", names)
-        predicted_class = _one_of(predicted_class, "The predicted class", names)
+        key = (_one_of(true_class, "The true class", names),
+               _one_of(predicted_class, "The predicted class", names))
+        # Each filter's answer is drawn once; its pictures are served again while they
+        # last (space.renew), and drawn anew once the cache has deleted one.
+        answer = self._galleries.get(key)
+        if answer is None or not all(space.renew(path) for path, _ in answer[0]):
+            answer = self._galleries[key] = self._draw_mistakes(*key)
+        return answer
+
+    def _draw_mistakes(self, true_class: str, predicted_class: str):
         found = self.mistakes
         chosen = select(found, true_class, predicted_class)
         total, wrong = len(found.sample.labels), len(found.wrong)

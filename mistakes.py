@@ -3,8 +3,8 @@
 The sample (examples/val_sample.npz) holds 50 images per CIFAR-10 class drawn from the
 project's validation split (data.split_indices of the training split, 5000 images, split
 seed 0), which the bundled weights never trained on. The app loads it with
-allow_pickle=False, runs the loaded model on it once at start-up, and shows the mistakes
-with their top 3 and their attention rollout.
+allow_pickle=False, runs the loaded model on it once (in the background at start-up),
+and shows the mistakes with their top 3 and their attention rollout.
 
     python mistakes.py --data-dir /path/to/cifar10-jpeg    # rebuild the sample
 """
@@ -21,11 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model_files import attention_bytes
+from pictures import enlarge
 from rollout import attention_overlay, model_rollout, scale_to_unit
 
 SAMPLE = Path(__file__).resolve().parent / "examples" / "val_sample.npz"
 PER_CLASS, VAL_SIZE, SPLIT_SEED, PICK_SEED = 50, 5000, 0, 0
 ANY = "any"
+# The attention maps one batch of find_mistakes may hold (the bundled model: 81 MB for 100).
+BATCH_ATTENTION_BYTES = 256_000_000
 
 
 @dataclass
@@ -86,9 +90,13 @@ def load_sample(path: str | os.PathLike = SAMPLE) -> Sample:
 
 @torch.no_grad()
 def find_mistakes(model, sample: Sample, batch: int = 100) -> Mistakes:
-    """Run the model (with attention, for the rollout) over the sample at its input size."""
+    """Run the model (with attention, for the rollout) over the sample at its input size,
+    in batches of at most `batch` whose attention maps fit BATCH_ATTENTION_BYTES."""
     from data import to_normalized
 
+    per_image = attention_bytes(len(model.blocks), model.blocks[0].attn.num_heads,
+                                model.pos_embed.shape[1])
+    batch = max(1, min(batch, BATCH_ATTENTION_BYTES // per_image))
     images = sample.images
     if images.shape[-1] != model.image_size:
         images = F.interpolate(images.float(), size=model.image_size, mode="bicubic",
@@ -108,23 +116,21 @@ def find_mistakes(model, sample: Sample, batch: int = 100) -> Mistakes:
 
 
 def select(mistakes: Mistakes, true: str, predicted: str) -> list[int]:
-    """The mistakes with the given true and predicted class (ANY for either)."""
+    """The mistakes with the given true and predicted class (ANY for either); the
+    caller has checked that each is ANY or one of the sample's classes."""
     names = mistakes.sample.class_names
-    for value in (true, predicted):
-        if value != ANY and value not in names:
-            raise ValueError(f"{value!r} is not a class of this sample: use {ANY} or one of "
-                             f"{', '.join(names)}")
     return [i for i in mistakes.wrong
             if (true == ANY or names[mistakes.sample.labels[i]] == true)
             and (predicted == ANY or names[int(mistakes.probs[i].argmax())] == predicted)]
 
 
 def picture(mistakes: Mistakes, i: int, size: int = 96, gap: int = 4) -> tuple[np.ndarray, str]:
-    """One mistake: the image beside its rollout, and a caption with the top 3."""
+    """One mistake: the image beside its rollout, and a caption with the top 3. The image
+    is enlarged by a whole factor, to `size` or just under it (never smaller than itself),
+    and the rollout drawn at the same size."""
     image = mistakes.sample.images[i]
-    crisp = image.repeat_interleave(size // image.shape[-1], 1).repeat_interleave(
-        size // image.shape[-1], 2).permute(1, 2, 0).numpy()
-    overlay = attention_overlay(image, mistakes.maps[i], size)
+    crisp = enlarge(image, size)
+    overlay = attention_overlay(image, mistakes.maps[i], crisp.shape[0])
     white = np.full((crisp.shape[0], gap, 3), 255, np.uint8)
     names = mistakes.sample.class_names
     top = mistakes.probs[i].topk(3)

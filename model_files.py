@@ -32,6 +32,11 @@ LIMITS = {"image_size": (8, 512), "patch_size": (1, 64), "in_channels": (3, 3),
           "num_classes": (2, 1000), "dim": (8, 2048), "depth": (1, 48), "heads": (1, 32),
           "mlp_dim": (8, 8192)}
 MAX_PARAMETERS = 200_000_000
+# At most a 32x32 grid of patches and the class token; and since the rollout and the
+# block-by-block maps keep every block's attention (depth x heads x tokens^2 floats for
+# one image), that is bounded too: the bundled model's take 0.8 MB.
+MAX_TOKENS = 1025
+MAX_ATTENTION_BYTES = 512_000_000
 
 
 class ModelError(ValueError):
@@ -48,7 +53,12 @@ class Loaded:
 
 
 def is_hub_repo_id(source: str) -> bool:
-    if Path(source).expanduser().exists() or source.startswith((".", "/", "~")):
+    """Whether `source` names a Hub repo rather than a folder. A name under a folder that
+    exists here (runs/exp1 beside runs/) is a folder, even if mistyped: it must say so,
+    not fall back to the bundled model as an unreachable repo does."""
+    path = Path(source).expanduser()
+    if path.exists() or source.startswith((".", "/", "~")) \
+            or (path.parts and Path(path.parts[0]).is_dir()):
         return False
     try:
         validate_repo_id(source)
@@ -64,8 +74,7 @@ def _number_list(config: dict, key: str, length: int) -> list[float]:
                          "images as in training without it")
     if len(values) != length:
         raise ModelError(f"config.json `{key}` has {len(values)} values for {length} channels")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-               for v in values):
+    if not all(map(_number, values)):
         raise ModelError(f"config.json `{key}` must hold finite numbers, not {values}")
     return [float(v) for v in values]
 
@@ -83,7 +92,16 @@ def check_config(config: dict) -> None:
     if sizes["image_size"] % sizes["patch_size"] or sizes["dim"] % sizes["heads"]:
         raise ModelError("config.json sizes do not fit together (patch_size must divide "
                          "image_size, heads must divide dim)")
-    dim, tokens = sizes["dim"], (sizes["image_size"] // sizes["patch_size"]) ** 2 + 1
+    grid = sizes["image_size"] // sizes["patch_size"]
+    dim, tokens = sizes["dim"], grid ** 2 + 1
+    if tokens > MAX_TOKENS:
+        raise ModelError(f"config.json describes {tokens} tokens ({grid}x{grid} patches and the "
+                         f"class token), more than the {MAX_TOKENS} this app serves")
+    maps = attention_bytes(sizes["depth"], sizes["heads"], tokens)
+    if maps > MAX_ATTENTION_BYTES:
+        raise ModelError(f"config.json describes attention maps of {maps / 1e6:.0f} MB for one "
+                         f"image (depth x heads x tokens^2 floats), more than the "
+                         f"{MAX_ATTENTION_BYTES // 1_000_000} MB this app serves")
     per_block = 4 * dim * dim + 2 * dim * sizes["mlp_dim"]
     parameters = sizes["depth"] * per_block + tokens * dim + sizes["num_classes"] * dim
     if parameters > MAX_PARAMETERS:
@@ -96,6 +114,11 @@ def check_config(config: dict) -> None:
     if names is not None and (not isinstance(names, list) or len(names) != sizes["num_classes"]
                               or not all(isinstance(n, str) and n for n in names)):
         raise ModelError(f"config.json `class_names` must be {sizes['num_classes']} names")
+
+
+def attention_bytes(depth: int, heads: int, tokens: int) -> int:
+    """What every block's attention maps for one image take, as float32."""
+    return 4 * depth * heads * tokens ** 2
 
 
 def _default(key: str):
@@ -123,8 +146,9 @@ def load_folder(folder: Path) -> ViT:
 
 
 def read_training(folder: Path | None) -> dict:
-    """training.json of a model folder, keeping only values that can be right; {} when
-    there is none (the page then says "unknown")."""
+    """The fields of a model folder's training.json that the page shows, each kept only
+    if it can be right (a field of the wrong type, non-finite or out of range is left
+    out, and the page says "unknown"); {} when there is none."""
     path = folder / "training.json" if folder is not None else None
     if path is None or not path.is_file():
         return {}
@@ -134,21 +158,39 @@ def read_training(folder: Path | None) -> dict:
         return {}
     if not isinstance(info, dict):
         return {}
-    for key in ("val_acc", "val_acc_flip_tta"):
-        if key in info and not _fraction(info[key]):
-            del info[key]
-    per_class, names = info.get("per_class_acc"), info.get("class_names")
-    if "per_class_acc" in info and not (isinstance(per_class, list) and isinstance(names, list)
-                                        and len(per_class) == len(names)
-                                        and all(map(_fraction, per_class))):
-        del info["per_class_acc"]
-    return info
+    kept = {key: info[key] for key, right in TRAINING_FIELDS.items()
+            if key in info and right(info[key])}
+    per_class, names = info.get("per_class_acc"), kept.get("class_names")
+    if isinstance(per_class, list) and names is not None and len(per_class) == len(names) \
+            and all(map(_fraction, per_class)):
+        kept["per_class_acc"] = per_class
+    return kept
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _fraction(value) -> bool:
     """A finite number from 0 to 1 (an accuracy)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value) and 0 <= value <= 1
+    return _number(value) and 0 <= value <= 1
+
+
+def _text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+TRAINING_FIELDS = {
+    "recipe": _text, "recipe_description": _text, "data": _text, "machine": _text,
+    "epochs": lambda v: _whole(v) and v > 0, "val_images": lambda v: _whole(v) and v > 0,
+    "split_seed": lambda v: _whole(v) and v >= 0, "training_minutes": lambda v: _number(v) and v > 0,
+    "val_acc": _fraction, "val_acc_flip_tta": _fraction,
+    "class_names": lambda v: isinstance(v, list) and bool(v) and all(map(_text, v)),
+}
 
 
 def _how_to_fix(bundled: Path, env: str) -> str:

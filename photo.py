@@ -46,6 +46,7 @@ DAMAGED = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
 NO_IMAGE = "No image: upload a photo or pick one of the examples first."
 UNSUPPORTED = f"Unsupported format: this app reads {FORMAT_NAMES} images, and that file is none of these."
 TOO_MANY_PIXELS = "The image has too many pixels to decode safely; save it smaller."
+EXPIRED = "This picture has expired (the server keeps uploads for a while only); upload it again."
 
 
 class UserError(ValueError):
@@ -160,7 +161,12 @@ def load_photo(source: str | os.PathLike | BinaryIO | None, size: int) -> torch.
         raise
     except Image.DecompressionBombError:
         raise UserError(TOO_MANY_PIXELS) from None
+    except FileNotFoundError:  # the server deletes uploads and pictures after a while
+        raise UserError(EXPIRED) from None
     except DAMAGED as err:
+        # A decoder's own words help (a ValueError, say), a file system's would only name
+        # a path on the server.
+        detail = "" if isinstance(err, OSError) else f": {err}"
         raise UserError(f"The image file is damaged or incomplete (for example a truncated "
-                        f"download) and cannot be decoded: {err}") from None
+                        f"download) and cannot be decoded{detail}.") from None
     return torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)

@@ -18,8 +18,9 @@ _RNG_LOCK = threading.Lock()
 
 
 def enlarge(image: torch.Tensor, size: int = DISPLAY_SIZE) -> np.ndarray:
-    """(3, h, w) uint8 or [0, 1] float -> (size, size, 3) uint8 with square pixels, so a
-    32x32 image stays crisp in the browser instead of being smoothed."""
+    """(3, h, w) uint8 or [0, 1] float -> (k * h, k * w, 3) uint8 with square pixels, for
+    the largest whole k (at least 1) with k * w <= size, so that a 32x32 image stays crisp
+    in the browser instead of being smoothed."""
     if image.is_floating_point():
         image = (image * 255).round().to(torch.uint8)
     scale = max(1, size // image.shape[-1])

@@ -75,11 +75,11 @@ def _replay(messages, then=None):
 class LastCall:
     """Each session's last call of one endpoint, shared for a few seconds.
 
-    Gradio's Image fires its change event twice for one upload when it already held an
-    image (it compares value objects, not values), and a changed control reruns the same
-    step for the same image: a call identical to the session's last one, still running or
-    started within `seconds`, gets that call's outcome instead of decoding the photo again,
-    and the caller learns it is a repeat (so a failure is not shown twice)."""
+    Gradio's Image can fire its change event twice for one upload when it already held an
+    image (it compares value objects, not values): a call identical to the session's last
+    one, still running or started within `seconds`, gets that call's outcome instead of
+    decoding the photo again, and the caller learns it is a repeat (so a failure is not
+    shown twice)."""
 
     def __init__(self, seconds: float = 5.0, sessions: int = 512):
         self.seconds, self.sessions = seconds, sessions
@@ -110,14 +110,15 @@ class LastCall:
 
 
 def save_png(pixels: np.ndarray, folder: str | os.PathLike) -> str:
-    """Write an (H, W, 3) uint8 image as <folder>/<content hash>/image.png and return
-    the path. The file is written under a temporary name and renamed into place, so a
-    request reading the same picture for another caller never sees it half-written
-    (Gradio's own numpy-to-file step rewrites a shared file in place)."""
+    """Write an (H, W, 3) uint8 image as <folder>/<content hash>.png and return the path.
+    The file is written under a temporary name and renamed into place, so a request
+    reading the same picture for another caller never sees it half-written (Gradio's own
+    numpy-to-file step rewrites a shared file in place). All pictures share one folder:
+    the cache deletes expired files, never the folders they were in."""
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=3)
     data = buffer.getvalue()
-    target = Path(folder) / hashlib.sha256(data).hexdigest()[:32] / "image.png"
+    target = Path(folder) / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, staging = tempfile.mkstemp(dir=target.parent, prefix=".image.", suffix=".tmp")
     try:
@@ -128,6 +129,16 @@ def save_png(pixels: np.ndarray, folder: str | os.PathLike) -> str:
         Path(staging).unlink(missing_ok=True)
         raise
     return str(target)
+
+
+def renew(path: str | os.PathLike) -> bool:
+    """Restart a picture's time in the cache (delete_cache ages files by ctime), so that
+    it can be served again; False when it has been deleted already."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 @functools.cache

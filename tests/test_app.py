@@ -15,9 +15,9 @@ import endpoints
 import mistakes
 import space
 from data import denormalize, to_normalized, train_transform
-from model_files import Loaded
+from model_files import Loaded, read_training
 from pictures import enlarge
-from vit_model import patchify
+from vit_model import ViT, patchify
 
 EXAMPLE = str(app.EXAMPLES_DIR / "cat_0003.jpg")
 
@@ -190,6 +190,8 @@ def near_grey(pixel):
     (lambda e: e.augment(EXAMPLE, 3, None), "Enter a seed"),
     (lambda e: e.augment(EXAMPLE, 3, -1), "The seed must be a whole number from 0"),
     (lambda e: e.patches(EXAMPLE, 3), "Patch size 3 does not divide 32"),
+    (lambda e: e.patches(EXAMPLE, "8"), "The patch size must be a number, one of 1, 2, 4, 8, 16, 32, not '8'"),
+    (lambda e: e.patches(EXAMPLE, True), "The patch size must be a number, one of 1, 2, 4, 8, 16, 32, not True"),
     (lambda e: e.predict(12), "The image must be a file uploaded to this app or a base64 data: URL"),
     (lambda e: e.mistakes_for("cat", "lion"), "The predicted class must be one of any, airplane"),
 ])
@@ -222,6 +224,68 @@ def test_mistakes_are_wrong_filtered_and_explained(ends):
     assert len(top3) == 3 and png(everything[0][0]).shape == (96, 2 * 96 + 4, 3)
 
 
+def test_a_filter_is_drawn_once_and_again_when_its_pictures_expire(ends, monkeypatch):
+    drawn = []
+    draw = endpoints.picture
+    monkeypatch.setattr(endpoints, "picture", lambda *a: drawn.append(a) or draw(*a))
+    first = ends.mistakes_for("bird", "any")
+    assert drawn and ends.mistakes_for("bird", "any") == first
+    count = len(drawn)
+    assert count == len(first[0])   # the second page load drew nothing
+    Path(first[0][0][0]).unlink()   # as the cache deletes an expired picture
+    again = ends.mistakes_for("bird", "any")
+    assert len(drawn) == 2 * count and all(Path(path).is_file() for path, _ in again[0])
+    assert [c for _, c in again[0]] == [c for _, c in first[0]]
+
+
+def small_model(size: int) -> ViT:
+    torch.manual_seed(0)
+    return ViT(image_size=size, patch_size=size // 4, dim=16, depth=1, heads=2, mlp_dim=16).eval()
+
+
+@pytest.mark.parametrize("size", [40, 64])
+def test_mistakes_of_a_model_of_another_input_size(tmp_path, size):
+    ends = app.Endpoints(Loaded(small_model(size), "status"), tmp_path)
+    gallery, summary = ends.mistakes_for("any", "any")
+    assert gallery and "sample images wrong" in summary
+    shown = (96 // size) * size   # enlarged by a whole factor, as crisp as the 32x32 ones
+    picture = png(gallery[0][0])
+    assert picture.shape == (shown, 2 * shown + 4, 3)
+    image = ends.mistakes.sample.images[ends.mistakes.wrong[0]]
+    assert np.array_equal(picture[:, :shown], enlarge(image, 96))
+
+
+def test_find_mistakes_holds_a_bounded_batch_of_attention_maps(monkeypatch):
+    model, sample = small_model(32), mistakes.load_sample()
+    sample = mistakes.Sample(sample.images[:10], sample.labels[:10], sample.class_names, "ten")
+    whole = mistakes.find_mistakes(model, sample)
+    batches, rollout = [], mistakes.model_rollout
+    monkeypatch.setattr(mistakes, "model_rollout", lambda m, x: batches.append(len(x)) or rollout(m, x))
+    # one image: 1 block x 2 heads x 17^2 tokens x 4 bytes
+    monkeypatch.setattr(mistakes, "BATCH_ATTENTION_BYTES", 3 * 2 * 17 ** 2 * 4)
+    bounded = mistakes.find_mistakes(model, sample)
+    assert batches == [3, 3, 3, 1]
+    assert torch.allclose(bounded.probs, whole.probs, atol=1e-6) and bounded.wrong == whole.wrong
+
+
+def test_the_server_finds_the_mistakes_at_start_up_in_the_background(tmp_path, monkeypatch):
+    import threading
+
+    found = threading.Event()
+    monkeypatch.setattr(endpoints, "find_mistakes", lambda *a: found.set() or threading.current_thread())
+    app.build_demo(Loaded(small_model(32), "status"), tmp_path)
+    assert not found.wait(0.5)   # only when asked: tests and tools build pages too
+    app.build_demo(Loaded(small_model(32), "status"), tmp_path, warm=True)
+    assert found.wait(30)
+
+
+def test_an_expired_picture_is_named_as_such(ends):
+    gone = Path(gr.utils.get_upload_folder()) / "test-expired" / "gone.png"
+    with pytest.raises(gr.Error, match="This picture has expired") as err:
+        app.answers(ends.predict)({"path": str(gone), "meta": {"_type": "gradio.FileData"}})
+    assert str(gone.parent) not in str(err.value)
+
+
 def test_a_model_from_another_split_is_warned_about(loaded):
     assert endpoints.sample_caveat(loaded.training) == ""
     for training in ({**loaded.training, "split_seed": 1}, {**loaded.training, "val_images": 4000}, {}):
@@ -232,7 +296,9 @@ def test_identical_pictures_are_written_whole_and_shared(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     first, second = space.save_png(pixels, tmp_path), space.save_png(pixels, tmp_path)
     assert first == second and np.array_equal(png(first), pixels)
-    assert [p.name for p in (tmp_path).rglob("*") if p.is_file()] == ["image.png"]  # no temp left
+    other = space.save_png(pixels[::-1].copy(), tmp_path)
+    # No temporary file is left, and no folder: the cache deletes files, never folders.
+    assert sorted(tmp_path.iterdir()) == sorted([Path(first), Path(other)])
 
 
 # ---------------------------------------------------------------- the bundled sample
@@ -275,6 +341,17 @@ def test_the_header_names_classes_input_accuracy_and_recipe(loaded):
     assert app.results_markdown(unknown) == ""
 
 
+def test_a_training_record_of_the_wrong_kind_shows_as_unknown(loaded, tmp_path):
+    (tmp_path / "training.json").write_text(
+        '{"recipe": 5, "epochs": 3, "training_minutes": NaN, "val_images": Infinity, "val_acc": 0.5}')
+    record = Loaded(loaded.model, "status", tmp_path, read_training(tmp_path))
+    line, table = app.header(record), app.results_markdown(record)
+    assert "Validation accuracy: **50.0%**; training recipe: **unknown, 3 epochs**" in line
+    assert "| epochs | 3 |" in table and "training time" not in table
+    assert not any(word in line + table for word in ("nan", "inf", "None"))
+    app.build_demo(record, tmp_path)
+
+
 def test_the_page_names_its_endpoints_and_queues_them_all(loaded):
     demo = app.build_demo(loaded)
     named = {d["api_name"]: d for d in demo.config["dependencies"] if d.get("api_name")}
@@ -295,11 +372,23 @@ def test_a_changed_control_re_answers_only_its_own_tab(loaded):
             by_trigger.setdefault((block_id, event), []).append(f.fn.__name__)
     view = next(f for f in events if f.api_name == "view")
     assert by_trigger[view.targets[0]] == ["view"]   # only a new image is decoded again
+    named = {f.api_name: f for f in events if f.api_visibility != "private"}
+    # Where each answer goes, by the label of its first output.
+    shows = {"predict": "Top 5 classes", "rollout": "Attention rollout", "augment": None,
+             "patches": "Patches"}
+    for name, label in shows.items():   # a shown picture goes to every tab's endpoint
+        f = named[name]
+        assert f.trigger_after == view._id and f.trigger_only_on_success
+        assert f.inputs[0] is view.outputs[0] and f.outputs[0].label == label
+    assert named["augment"].outputs[0].elem_id == "views"
+    assert [o.label for o in named["patches"].outputs[:2]] == ["Patches", "Token sequence"]
     controls = [f for f in events if f.api_visibility == "private"]
-    assert sorted(f.fn.__name__ for f in controls) == ["augment", "patches", "predict", "rollout"]
+    assert sorted(f.fn.__name__ for f in controls) == sorted(shows)
     for f in controls:   # each control's change runs its own tab's endpoint, nothing else
         assert all(by_trigger[t] == [f.fn.__name__] for t in f.targets)
-        assert f.inputs[0] is view.outputs[0]   # the picture already shown
+        own = named[f.fn.__name__]
+        assert f.inputs == own.inputs and f.outputs == own.outputs   # the same answer, in place
+        assert {t[0] for t in f.targets} == {c._id for c in own.inputs[1:]}   # its own controls
 
 
 def test_a_control_changed_before_any_image_answers_nothing_silently():

@@ -130,6 +130,8 @@ def test_a_control_answers_in_its_own_tab_and_says_nothing_before_an_upload(brow
     expect(page.get_by_text("16 patches of 8x8")).to_be_visible(timeout=WAIT_MS)
     page.get_by_role("radio", name="16", exact=True).check()
     expect(page.get_by_text("4 patches of 16x16")).to_be_visible(timeout=WAIT_MS)
+    flipped = page.locator("#label").inner_text()   # the top 5 of the image and its mirror
     page.get_by_role("checkbox", name=re.compile("Flip TTA")).uncheck()
-    expect(page.locator(".output-class")).to_have_text(A_CLASS, timeout=WAIT_MS)
+    expect(page.locator("#label")).not_to_have_text(flipped, timeout=WAIT_MS)
+    expect(page.locator(".output-class")).to_have_text(A_CLASS)
     assert not errors, errors

@@ -64,6 +64,10 @@ def test_a_good_small_model_loads(tmp_path):
     ({"image_size": 10}, "sizes do not fit together"),
     ({"in_channels": 1}, "`in_channels` is 1"),
     ({"class_names": ["a", "b"]}, "`class_names` must be 10 names"),
+    ({"image_size": 512, "patch_size": 1}, "262145 tokens (512x512 patches and the class token), "
+                                           "more than the 1025 this app serves"),
+    ({"image_size": 128, "patch_size": 4, "dim": 32, "heads": 32, "depth": 48},
+     "attention maps of 6455 MB for one image"),
 ])
 def test_configs_that_cannot_be_right_are_refused(tmp_path, config, reason):
     loaded = load(tiny_folder(tmp_path / "m", **config))
@@ -113,6 +117,18 @@ def test_unreachable_hub_falls_back_to_the_bundled_weights(monkeypatch, tmp_path
     assert loaded.model is None and "the bundled `nothing/` failed too" in loaded.status
 
 
+def test_a_mistyped_folder_is_not_taken_for_a_hub_repo(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    loaded = load("runs/exp1")   # runs/ exists, so this names a folder, not a repo
+    assert loaded.model is None and "no usable weights in `runs/exp1`" in loaded.status
+    assert "from the Hub" not in loaded.status
+    assert load("someone/vit").model is not None   # a repo id still falls back
+
+
 def test_a_hub_snapshot_is_checked_like_a_folder(monkeypatch, tmp_path):
     broken = tiny_folder(tmp_path / "hub", std=[0, 0, 0])
     monkeypatch.setattr(model_files, "snapshot_download", lambda repo, allow_patterns: str(broken))
@@ -147,3 +163,18 @@ def test_other_figures_that_cannot_be_right_are_dropped(tmp_path, record):
     kept = model_files.read_training(tmp_path)
     assert kept["val_acc"] == 0.5 and not set(record) - {"class_names"} & set(kept)
 
+
+
+@pytest.mark.parametrize("record, kept", [
+    ('{"recipe": 5, "epochs": 3}', {"epochs": 3}),
+    ('{"training_minutes": NaN, "machine": "cpu"}', {"machine": "cpu"}),
+    ('{"val_images": Infinity, "val_acc": 0.5}', {"val_acc": 0.5}),
+    ('{"epochs": 0, "val_images": 2.5, "training_minutes": -3, "split_seed": -1}', {}),
+    ('{"epochs": true, "recipe": "", "data": null, "machine": ["x"], "split_seed": 0}', {"split_seed": 0}),
+    ('{"class_names": [1, 2], "per_class_acc": [0.5, 0.5]}', {}),
+    ('{"class_names": ["a", "b"], "per_class_acc": [0.5, 0.5], "note": "x"}',
+     {"class_names": ["a", "b"], "per_class_acc": [0.5, 0.5]}),
+])
+def test_training_fields_of_the_wrong_type_or_value_are_dropped(tmp_path, record, kept):
+    (tmp_path / "training.json").write_text(record)
+    assert model_files.read_training(tmp_path) == kept

@@ -171,6 +171,15 @@ def test_truncated_jpeg_is_a_clear_error(tmp_path):
         photo.load_photo(tmp_path / "cut.jpg", 32)
 
 
+def test_a_deleted_file_has_expired_and_no_message_names_a_server_path(tmp_path):
+    with pytest.raises(photo.UserError, match="This picture has expired") as expired:
+        photo.load_photo(tmp_path / "deleted.png", 32)
+    (tmp_path / "folder.png").mkdir()   # a file system's error, not a decoder's
+    with pytest.raises(photo.UserError, match="damaged or incomplete") as unreadable:
+        photo.load_photo(tmp_path / "folder.png", 32)
+    assert str(tmp_path) not in str(expired.value) + str(unreadable.value)
+
+
 def test_no_image_is_a_clear_error():
     with pytest.raises(photo.UserError, match="No image"):
         photo.load_photo(None, 32)

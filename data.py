@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,11 +97,13 @@ def _list_folder_split(split_dir: Path) -> tuple[list[str], list[tuple[Path, int
     return [p.name for p in class_dirs], files
 
 
-def _fingerprint(files: list[tuple[Path, int]]) -> str:
+def _fingerprint(root: Path, files: list[tuple[Path, int]]) -> str:
+    """Of the files' names under `root`, labels, sizes and times: the same folder named
+    another way (data, ./data, /abs/data) finds the same cache."""
     digest = hashlib.sha1()
     for path, label in files:
         st = path.stat()
-        digest.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        digest.update(f"{path.relative_to(root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -121,7 +124,7 @@ def _load_folder_split(root: Path, split: str) -> ImageSet:
     from tqdm import tqdm
 
     class_names, files = _list_folder_split(root / split)
-    cache = root / ".cache" / f"{split}-{_fingerprint(files)}.pt"
+    cache = root / ".cache" / f"{split}-{_fingerprint(root, files)}.pt"
     if cache.exists():
         state = torch.load(cache, weights_only=True)
         return ImageSet(state["images"], state["labels"], state["class_names"])
@@ -131,8 +134,15 @@ def _load_folder_split(root: Path, split: str) -> ImageSet:
         images.append(_decode(path))
         _check_size(images, files)
     result = ImageSet(torch.stack(images), torch.tensor([l for _, l in files]), class_names)
-    atomic_save({"images": result.images, "labels": result.labels,
-                 "class_names": class_names}, cache)
+    try:
+        atomic_save({"images": result.images, "labels": result.labels,
+                     "class_names": class_names}, cache)
+    except OSError as err:   # a read-only copy of the data: decode again next time
+        print(f"note: no decode cache in {cache.parent} ({err.strerror or err})", file=sys.stderr)
+        return result
+    for stale in cache.parent.glob(f"{split}-*.pt"):   # caches of files since changed
+        if stale != cache:
+            stale.unlink(missing_ok=True)
     return result
 
 

@@ -126,10 +126,31 @@ def test_folder_source_loads_and_caches(folder_data, monkeypatch):
     assert torch.equal(again.images, ds.images) and torch.equal(again.labels, ds.labels)
 
 
-def test_cache_is_rebuilt_when_files_change(folder_data):
+def test_cache_is_rebuilt_when_files_change_and_the_old_one_removed(folder_data):
     data.load_split(folder_data, "train")
+    (old,) = (folder_data / ".cache").glob("train-*.pt")
     (folder_data / "train" / "cat" / "0000.png").unlink()
     assert len(data.load_split(folder_data, "train")) == 119
+    (new,) = (folder_data / ".cache").glob("train-*.pt")
+    assert new != old
+
+
+def test_cache_is_found_whatever_the_folder_is_called(folder_data, monkeypatch):
+    data.load_split(folder_data, "train")
+    monkeypatch.chdir(folder_data.parent)
+    monkeypatch.setattr(data, "_decode", lambda path: pytest.fail("decoded again"))
+    for name in (folder_data.name, f"./{folder_data.name}", f"../{folder_data.parent.name}/{folder_data.name}"):
+        assert len(data.load_split(name, "train")) == 120
+    assert len(list((folder_data / ".cache").glob("train-*.pt"))) == 1
+
+
+def test_a_read_only_data_folder_loads_without_a_cache(folder_data, monkeypatch, capsys):
+    def refuse(obj, path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(data, "atomic_save", refuse)   # as in a folder without write bits (CI runs as root)
+    assert len(data.load_split(folder_data, "train")) == 120
+    assert "no decode cache" in capsys.readouterr().err
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):

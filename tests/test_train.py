@@ -86,22 +86,29 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
     assert not list(out.glob(".*tmp*"))
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shared_folder_data, tmp_path, monkeypatch):
-    train.main(run_args(shared_folder_data, tmp_path / "a", "--epochs", "3", "--seed", "5"))
-
+def interrupted_then_resumed(argv: list[str], monkeypatch) -> dict:
+    """train.main(argv) killed right after its first epoch's checkpoint, then --resume'd."""
+    out = Path(argv[argv.index("--out") + 1])
     real_end = checkpoints.RunState.end_epoch
 
     def stop_after_first_epoch(self, *args):
         real_end(self, *args)
         if len(self.history) == 1:
-            raise KeyboardInterrupt  # as if killed right after the epoch's checkpoint
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoints.RunState, "end_epoch", stop_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(run_args(shared_folder_data, tmp_path / "b", "--epochs", "3", "--seed", "5"))
-    monkeypatch.setattr(checkpoints.RunState, "end_epoch", real_end)
-    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
-    train.main(["--out", str(tmp_path / "b"), "--resume", "--no-progress"])
+    with monkeypatch.context() as patched:
+        patched.setattr(checkpoints.RunState, "end_epoch", stop_after_first_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            train.main(argv)
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    return train.main(["--out", str(out), "--resume", "--no-progress"])
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shared_folder_data, tmp_path, monkeypatch):
+    train.main(run_args(shared_folder_data, tmp_path / "a", "--epochs", "3", "--seed", "5"))
+
+    interrupted_then_resumed(run_args(shared_folder_data, tmp_path / "b", "--epochs", "3", "--seed", "5"),
+                             monkeypatch)
 
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
@@ -235,15 +242,20 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
     assert len(loop.param_groups(model, 0.05, decay_all=True)) == 1
 
 
+def stepped_lrs(optimizer, scheduler, steps: int) -> list[float]:
+    """The learning rate that each of `steps` optimizer steps uses."""
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
 def test_warmup_cosine_learning_rate_at_chosen_steps():
     args = train.parse_args(["--recipe", "strong", "--lr", "1e-3"])  # 200 epochs, 10 warmup
     opt = loop.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
-    sched = loop.build_scheduler(opt, args, steps_per_epoch=10)
-    lrs = []
-    for _ in range(2000):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = stepped_lrs(opt, loop.build_scheduler(opt, args, steps_per_epoch=10), 2000)
     assert lrs[0] == pytest.approx(1e-5)             # first warmup step: 1/100 of the peak
     assert lrs[49] == pytest.approx(0.5e-3)          # halfway through warmup
     assert lrs[99] == pytest.approx(1e-3)            # end of warmup: the peak
@@ -545,12 +557,7 @@ def test_linear_schedule_learning_rates_and_fast_forward():
     flags = ["--epochs", "10", "--warmup-epochs", "1"]
     args, opt = budget_optimizer(*flags)
     assert args.schedule == "linear"
-    sched = loop.build_scheduler(opt, args, steps_per_epoch=10)
-    lrs = []
-    for _ in range(100):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = stepped_lrs(opt, loop.build_scheduler(opt, args, steps_per_epoch=10), 100)
     after = opt.param_groups[0]["lr"]
     assert lrs[0] == pytest.approx(1e-4) and lrs[4] == pytest.approx(5e-4)
     assert lrs[9] == pytest.approx(1e-3) and lrs[10] == pytest.approx(1e-3)
@@ -562,12 +569,8 @@ def test_linear_schedule_learning_rates_and_fast_forward():
     for done in (0, 5, 10, 37, 55, 99):
         args, opt = budget_optimizer(*flags)
         opt.param_groups[0]["lr"] = 1e-7
-        sched = loop.build_scheduler(opt, args, steps_per_epoch=10, done_steps=done)
-        resumed = []
-        for _ in range(done, 100):
-            resumed.append(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
+        resumed = stepped_lrs(opt, loop.build_scheduler(opt, args, steps_per_epoch=10, done_steps=done),
+                              100 - done)
         assert resumed == pytest.approx(lrs[done:], rel=1e-12, abs=0), done
         assert opt.param_groups[0]["lr"] == 0.0
     args, opt = budget_optimizer(*flags)
@@ -693,19 +696,7 @@ def test_budget_run_with_ema_resumes_bit_identically(shared_folder_data, tmp_pat
     flags = ("--recipe", "budget", "--epochs", "2", "--ema", "0.9", "--seed", "3")
     result_a = train.main(run_args(shared_folder_data, tmp_path / "a", *flags))
 
-    real_end = checkpoints.RunState.end_epoch
-
-    def stop_after_first_epoch(self, *args):
-        real_end(self, *args)
-        if len(self.history) == 1:
-            raise KeyboardInterrupt  # as if killed right after the epoch's checkpoint
-
-    monkeypatch.setattr(checkpoints.RunState, "end_epoch", stop_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(run_args(shared_folder_data, tmp_path / "b", *flags))
-    monkeypatch.setattr(checkpoints.RunState, "end_epoch", real_end)
-    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
-    result_b = train.main(["--out", str(tmp_path / "b"), "--resume", "--no-progress"])
+    result_b = interrupted_then_resumed(run_args(shared_folder_data, tmp_path / "b", *flags), monkeypatch)
 
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)

@@ -42,11 +42,7 @@ def test_scheduler_follows_the_assignment():
     opt = loop.build_optimizer(model, args, torch.device("cpu"))
     sched = loop.build_scheduler(opt, args, steps_per_epoch=3)
     assert isinstance(sched, torch.optim.lr_scheduler.MultiStepLR)
-    lrs = []
-    for _ in range(160 * 3):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = stepped_lrs(opt, sched, 160 * 3)
     epoch_lr = lrs[::3]
     assert lrs[:300] == [pytest.approx(1e-3)] * 300  # epochs 1-100, no warmup
     assert epoch_lr[100] == pytest.approx(1e-4) and epoch_lr[149] == pytest.approx(1e-4)

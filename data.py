@@ -98,8 +98,7 @@ def _list_folder_split(split_dir: Path) -> tuple[list[str], list[tuple[Path, int
 
 
 def _fingerprint(root: Path, files: list[tuple[Path, int]]) -> str:
-    """Of the files' names under `root`, labels, sizes and times: the same folder named
-    another way (data, ./data, /abs/data) finds the same cache."""
+    """Of names under `root`, labels, sizes, times: data, ./data and /abs/data share it."""
     digest = hashlib.sha1()
     for path, label in files:
         st = path.stat()
@@ -135,14 +134,12 @@ def _load_folder_split(root: Path, split: str) -> ImageSet:
         _check_size(images, files)
     result = ImageSet(torch.stack(images), torch.tensor([l for _, l in files]), class_names)
     try:
-        atomic_save({"images": result.images, "labels": result.labels,
-                     "class_names": class_names}, cache)
+        atomic_save({"images": result.images, "labels": result.labels, "class_names": class_names}, cache)
     except OSError as err:   # a read-only copy of the data: decode again next time
         print(f"note: no decode cache in {cache.parent} ({err.strerror or err})", file=sys.stderr)
         return result
-    for stale in cache.parent.glob(f"{split}-*.pt"):   # caches of files since changed
-        if stale != cache:
-            stale.unlink(missing_ok=True)
+    for stale in set(cache.parent.glob(f"{split}-*.pt")) - {cache}:   # of files since changed
+        stale.unlink(missing_ok=True)
     return result
 
 
@@ -302,14 +299,11 @@ def build_policy(name: str):
 def build_mixing(args: argparse.Namespace, num_classes: int):
     """MixUp and/or CutMix on a normalized batch (one of them per batch when both are on),
     or None. Returns soft targets that sum to one."""
-    choices = []
-    if args.mixup_alpha > 0:
-        choices.append(v2.MixUp(alpha=args.mixup_alpha, num_classes=num_classes))
-    if args.cutmix_alpha > 0:
-        choices.append(v2.CutMix(alpha=args.cutmix_alpha, num_classes=num_classes))
-    if not choices:
-        return None
-    return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+    choices = [mix(alpha=alpha, num_classes=num_classes) for mix, alpha in
+               ((v2.MixUp, args.mixup_alpha), (v2.CutMix, args.cutmix_alpha)) if alpha > 0]
+    if len(choices) < 2:
+        return choices[0] if choices else None
+    return v2.RandomChoice(choices)
 
 
 class ImageTensorDataset(Dataset):

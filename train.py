@@ -368,19 +368,16 @@ def run_command(settings: dict) -> str:
     words = ["python train.py", f"--recipe {settings['recipe']}", f"--epochs {settings['epochs']}",
              f"--data-dir {Path(settings['data_dir']).name}"]
     for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
         if key in RESUME_MAY_CHANGE | {"recipe"} or value == recipe.get(key):
             continue
-        if isinstance(value, bool):
-            words.append(flag if value else "--no-" + flag[2:])
-        else:
-            words.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+        flag = ("--no-" if value is False else "--") + key.replace("_", "-")
+        words.append(flag if isinstance(value, bool) else f"{flag} {format(value, 'g')}"
+                     if isinstance(value, float) else f"{flag} {value}")
     return " ".join(words)
 
 
 def regrown_note(state: RunState | None, args: argparse.Namespace) -> str | None:
-    """What the first epoch after a resume that changed --epochs records in its history
-    row (the model card prints it), or None. Warmup and policy were settled at the start."""
+    """The note of the first epoch after a resume that changed --epochs (the card prints it)."""
     if state is None or state.settings["epochs"] == args.epochs:
         return None
     return (f"resumed with --epochs {args.epochs} instead of {state.settings['epochs']}: the "

@@ -111,6 +111,13 @@ def photo_input(**kwargs) -> gr.Image:
 
 # ---------------------------------------------------------------- the page
 
+def markdown_text(value) -> str:
+    """A value from a model folder as literal text on one line of a Markdown table: its
+    own markup, HTML and table pipes shown, not obeyed."""
+    text = " ".join(str(value).split())
+    return "".join("\\" + c if c in "\\`*_[]<>|#~!$" else c for c in text)
+
+
 def header(loaded: Loaded) -> str:
     """What to expect: the classes, the input, and the loaded model's figures."""
     info, model = loaded.training, loaded.model
@@ -119,11 +126,11 @@ def header(loaded: Loaded) -> str:
     accuracy = (f"{100 * info['val_acc']:.1f}%" + (f" on {info['val_images']} held-out images"
                                                      if info.get("val_images") else "")
                 ) if "val_acc" in info else "unknown"
-    recipe = info.get("recipe") or "unknown"
+    recipe = markdown_text(info.get("recipe") or "unknown")
     if info.get("epochs"):
         recipe += f", {info['epochs']} epochs"
     return (f"Sorts any photo into one of **{len(model.class_names)} classes** "
-            f"({', '.join(model.class_names)}) from a **{model.image_size}x{model.image_size}** "
+            f"({markdown_text(', '.join(model.class_names))}) from a **{model.image_size}x{model.image_size}** "
             f"input. Validation accuracy: **{accuracy}**; training recipe: **{recipe}**.")
 
 
@@ -143,7 +150,7 @@ def results_markdown(loaded: Loaded) -> str:
             f"{n} {100 * a:.1f}%" for n, a in zip(info["class_names"], info["per_class_acc"]))))
     rows = [(k, v) for k, v in rows if v not in (None, "")]
     return "\n".join(["| | as recorded in training.json |", "|---|---|",
-                      *(f"| {k} | {v} |" for k, v in rows)]) if rows else ""
+                      *(f"| {k} | {markdown_text(v)} |" for k, v in rows)]) if rows else ""
 
 
 def model_tab(loaded: Loaded, out: Path) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -71,23 +72,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_defaults(args: argparse.Namespace, device: torch.device) -> None:
-    """Fill in the defaults that depend on the device: a GPU step takes milliseconds, so
-    it needs many more of them for a steady number than a CPU step."""
+@dataclass(frozen=True)
+class Timing:
+    """How long each contender is timed: steps per repeat, untimed warmup steps first."""
+    steps: int
+    warmup: int
+    repeats: int
+
+
+def timing_for(args: argparse.Namespace, device: torch.device) -> Timing:
+    """The timing asked for, with the defaults that depend on the device: a GPU step takes
+    milliseconds, so it needs many more of them for a steady number than a CPU step."""
     gpu = device.type != "cpu"
-    if args.steps is None:
-        args.steps = 200 if gpu else 12
-    if args.warmup is None:
-        args.warmup = min(20 if gpu else 3, args.steps)
+    steps = args.steps if args.steps is not None else (200 if gpu else 12)
+    warmup = args.warmup if args.warmup is not None else min(20 if gpu else 3, steps)
+    return Timing(steps, warmup, args.repeats)
 
 
-def check_args(args: argparse.Namespace) -> None:
+def check_args(args: argparse.Namespace, timing: Timing) -> None:
     """Fail at once, with one message, on settings that cannot be measured."""
-    problems = [f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
-                for name in ("batch_size", "steps", "repeats", "infer_batch", "infer_reps", "latency_reps")
-                if getattr(args, name) <= 0]
-    if not 0 <= args.warmup <= args.steps:
-        problems.append(f"--warmup must be between 0 and --steps ({args.steps}), got {args.warmup}")
+    values = {"batch_size": args.batch_size, "steps": timing.steps, "repeats": timing.repeats,
+              "infer_batch": args.infer_batch, "infer_reps": args.infer_reps,
+              "latency_reps": args.latency_reps}
+    problems = [f"--{name.replace('_', '-')} must be positive, got {value}"
+                for name, value in values.items() if value <= 0]
+    if not 0 <= timing.warmup <= timing.steps:
+        problems.append(f"--warmup must be between 0 and --steps ({timing.steps}), got {timing.warmup}")
     if args.threads < 0:
         problems.append(f"--threads must be 0 (torch's default) or more, got {args.threads}")
     if args.workers is not None and args.workers < 0:
@@ -102,7 +112,7 @@ def time_inference(c: Contender, device, batch: int, reps: int, image_size: int)
     model = c.infer_model
     model.eval()
     x = torch.randn(batch, 3, image_size, image_size, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.bf16)
+    autocast = loop.bf16_autocast(device, c.bf16)
     with torch.no_grad(), autocast:
         for _ in range(2):
             model(x)
@@ -152,34 +162,33 @@ def load_images(args: argparse.Namespace, n: int) -> tuple[torch.Tensor, torch.T
 
 # ---------------------------------------------------------------- the run
 
-def measure(args: argparse.Namespace) -> tuple[dict, dict]:
+def measure(args: argparse.Namespace, device: torch.device, timing: Timing) -> tuple[dict, dict]:
     """(results per contender, setup shared by all)."""
-    device = loop.pick_device(args.device)
     procs = loop.Processes(0, 1, device)
     bf16 = procs.use_bf16(args.amp)
-    images, labels, data_description = load_images(args, args.steps * args.batch_size)
+    images, labels, data_description = load_images(args, timing.steps * args.batch_size)
     mean, std = channel_stats(images)
     contenders = build_contenders(images, labels, mean, std, args, device, bf16)
     image_size = images.shape[-1]
 
     for c in contenders:
-        c.run(args.warmup)
+        c.run(timing.warmup)
     seconds = {c.name: [] for c in contenders}
-    for _ in range(args.repeats):
+    for _ in range(timing.repeats):
         for c in contenders:   # in turns, so that a change in background load hits all
-            seconds[c.name].append(c.run(args.steps))
+            seconds[c.name].append(c.run(timing.steps))
 
     # Each contender against the matmul peak of the dtype its matmuls run in.
     peaks = {dtype: matmul_peak_tflops(device, dtype)
              for dtype in {torch.bfloat16 if c.bf16 else torch.float32 for c in contenders}}
-    results = {c.name: summarize(c, seconds[c.name], peaks, args, device, image_size)
+    results = {c.name: summarize(c, seconds[c.name], peaks, args, timing, device, image_size)
                for c in contenders}
     for r in results.values():
         r["train_speed_vs_project"] = r["train_img_per_s"] / results["project"]["train_img_per_s"]
         r["infer_speed_vs_project"] = results["project"]["infer_ms_per_img"] / r["infer_ms_per_img"]
     setup = {"device": procs.machine(), "torch": torch.__version__,
              "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-             "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+             "steps": timing.steps, "warmup": timing.warmup, "repeats": timing.repeats,
              "infer_batch": args.infer_batch, "data": data_description,
              "cpu_has_native_bf16": device.type == "cpu" and loop.cpu_has_native_bf16(),
              "matmul_peak_tflops": {str(d).removeprefix("torch."): p for d, p in peaks.items()}}
@@ -187,10 +196,10 @@ def measure(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def summarize(c: Contender, seconds: list[float], peaks: dict, args: argparse.Namespace,
-              device: torch.device, image_size: int) -> dict:
+              timing: Timing, device: torch.device, image_size: int) -> dict:
     """One contender's figures: training from its timed runs, then inference measured
     now, FLOPs counted, and the achieved rate against its dtype's matmul peak."""
-    step_s = statistics.median(seconds) / args.steps
+    step_s = statistics.median(seconds) / timing.steps
     img_per_s = args.batch_size / step_s
     batch_s = time_inference(c, device, args.infer_batch, args.infer_reps, image_size)
     single_s = time_inference(c, device, 1, args.latency_reps, image_size)
@@ -202,7 +211,7 @@ def summarize(c: Contender, seconds: list[float], peaks: dict, args: argparse.Na
     return {
         "train_img_per_s": img_per_s,
         "train_ms_per_step": 1e3 * step_s,
-        "train_ms_per_step_repeats": [1e3 * s / args.steps for s in seconds],
+        "train_ms_per_step_repeats": [1e3 * s / timing.steps for s in seconds],
         "infer_ms_per_img": 1e3 * batch_s / args.infer_batch,
         "infer_ms_batch1": 1e3 * single_s,
         "gflops_per_img_forward": gflops,
@@ -249,13 +258,14 @@ def main(argv: list[str] | None = None) -> dict:
     """Measure, print the table; returns (and with --json writes) the results per
     contender, plus the shared settings under "setup"."""
     args = parse_args(argv)
-    resolve_defaults(args, loop.pick_device(args.device))
-    check_args(args)
+    device = loop.pick_device(args.device)
+    timing = timing_for(args, device)
+    check_args(args, timing)
     threads = torch.get_num_threads()
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
-        results, setup = measure(args)
+        results, setup = measure(args, device, timing)
     finally:
         torch.set_num_threads(threads)
     print(report(results, setup), flush=True)

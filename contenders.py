@@ -174,7 +174,7 @@ def loader_contender(name: str, model: nn.Module, optimizer, loader: DataLoader,
     """The usual loop over a DataLoader (model already on the device), with the same
     bookkeeping as train.py's."""
     fast = torch.compile(model) if compile_model else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    autocast = loop.bf16_autocast(device, bf16)
 
     def run(steps: int) -> float:
         fast.train()

@@ -91,7 +91,7 @@ class Endpoints:
                 if self.sample.class_names != self.model.class_names:
                     self.sample = None
                     raise ValueError("the bundled sample's classes are not this model's")
-            except (OSError, ValueError) as err:
+            except ValueError as err:
                 self.no_sample = f"The bundled validation sample cannot be used: {err}."
         self.caveat = sample_caveat(loaded.training)
         self._mistakes, self._mistakes_lock = None, threading.Lock()

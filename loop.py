@@ -290,6 +290,11 @@ def build_scheduler(optimizer, args: argparse.Namespace, steps_per_epoch: int, d
     return scheduler
 
 
+def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """The one autocast every training, evaluation and benchmark step runs under."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def build_ema(model: torch.nn.Module, decay: float):
     """An exponential moving average of the weights (buffers included), or None."""
     if not decay:
@@ -315,7 +320,7 @@ def train_one_epoch(model, optimizer, scheduler, batches, *, steps: int, augment
     seen = 0
     bar = tqdm(total=steps, desc=description, unit="step", disable=not show_progress,
                leave=False, dynamic_ncols=True)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    autocast = bf16_autocast(device, bf16)
     shown = time.monotonic()
     for step, (x, y) in enumerate(batches):
         x = augment(x, generator)
@@ -348,19 +353,6 @@ def train_one_epoch(model, optimizer, scheduler, batches, *, steps: int, augment
     return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
 
 
-@torch.no_grad()
-def predict(model, images: torch.Tensor, mean, std, batch_size: int, device, bf16: bool,
-            flip: bool = False) -> torch.Tensor:
-    """Logits (float32, on the CPU) for uint8 images, in eval mode; with flip, the mean
-    of the logits of each image and its mirror image (test-time augmentation)."""
-    model.eval()
-    out = []
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for chunk in images.split(batch_size):
-            out.append(tta_logits(model, to_normalized(chunk.to(device), mean, std), flip).cpu())
-    return torch.cat(out)
-
-
 @dataclass
 class Evaluation:
     loss: float
@@ -368,8 +360,32 @@ class Evaluation:
     preds: torch.Tensor
 
 
-def evaluate(model, images, labels, mean, std, batch_size, device, bf16, flip: bool = False) -> Evaluation:
-    logits = predict(model, images, mean, std, batch_size, device, bf16, flip)
-    labels = labels.cpu()
-    return Evaluation(F.cross_entropy(logits, labels).item(),
-                      (logits.argmax(1) == labels).float().mean().item(), logits.argmax(1))
+@dataclass(frozen=True)
+class Evaluator:
+    """How a run scores a model on uint8 images: its normalization, batch size, device
+    and autocast, in eval mode and without gradients."""
+    mean: list[float]
+    std: list[float]
+    batch_size: int
+    device: torch.device
+    bf16: bool
+
+    @torch.no_grad()
+    def logits(self, model: torch.nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
+        """float32 logits on the CPU; with flip, the mean of the logits of each image
+        and its mirror image (test-time augmentation)."""
+        model.eval()
+        out = []
+        with bf16_autocast(self.device, self.bf16):
+            for chunk in images.split(self.batch_size):
+                normalized = to_normalized(chunk.to(self.device), self.mean, self.std)
+                out.append(tta_logits(model, normalized, flip).cpu())
+        return torch.cat(out)
+
+    def evaluate(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 flip: bool = False) -> Evaluation:
+        logits = self.logits(model, images, flip)
+        labels = labels.cpu()
+        preds = logits.argmax(1)
+        return Evaluation(F.cross_entropy(logits, labels).item(),
+                          (preds == labels).float().mean().item(), preds)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,10 +78,19 @@ def build_sample(data_dir: str | os.PathLike, out: str | os.PathLike = SAMPLE) -
 
 
 def load_sample(path: str | os.PathLike = SAMPLE) -> Sample:
-    """The bundled sample; ValueError (or OSError) if it is missing or malformed."""
-    with np.load(path, allow_pickle=False) as data:
-        images, labels = data["images"], data["labels"]
-        names, description = [str(n) for n in data["class_names"]], str(data["description"])
+    """The bundled sample; ValueError, naming the cause, if it is missing or malformed."""
+    keys = ("images", "labels", "class_names", "description")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in keys if k in data.files}
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path} is not a readable .npz file ({type(err).__name__})") from None
+    if missing := [k for k in keys if k not in arrays]:
+        raise ValueError(f"{path} lacks the arrays {', '.join(missing)}")
+    images, labels = arrays["images"], arrays["labels"]
+    names, description = [str(n) for n in arrays["class_names"]], str(arrays["description"])
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or \
             labels.shape != images.shape[:1] or not ((0 <= labels) & (labels < len(names))).all():
         raise ValueError(f"{path} does not hold uint8 RGB images with labels for {len(names)} classes")

@@ -31,7 +31,7 @@ from checkpoints import RunState, load_checkpoint
 from data import (DeviceAugment, TrainingData, build_mixing, build_policy, training_data_or_exit,
                   val_size)
 from loop import (ASSIGNMENT_EPOCHS, EpochBatches, Processes, build_ema, build_optimizer,
-                  build_scheduler, evaluate, scaled_milestones, seed_for, start_processes,
+                  Evaluator, build_scheduler, scaled_milestones, seed_for, start_processes,
                   train_one_epoch)
 from vit_model import ViT, count_parameters
 
@@ -313,11 +313,10 @@ def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunSta
     best = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["model"])
     val_images, val_labels = data.images[data.val_idx], data.labels[data.val_idx]
-    evaluation = dict(mean=data.mean, std=data.std, batch_size=args.eval_batch_size,
-                      device=procs.device, bf16=bf16)
-    val = evaluate(model, val_images, val_labels, **evaluation)
-    flipped = evaluate(model, val_images, val_labels, flip=True, **evaluation)
-    test = data.test and evaluate(model, data.test.images, data.test.labels, **evaluation)
+    scorer = Evaluator(data.mean, data.std, args.eval_batch_size, procs.device, bf16)
+    val = scorer.evaluate(model, val_images, val_labels)
+    flipped = scorer.evaluate(model, val_images, val_labels, flip=True)
+    test = data.test and scorer.evaluate(model, data.test.images, data.test.labels)
     summary = report.RunSummary(
         recipe=args.recipe, recipe_description=report.describe_recipe(args, scaled_milestones(args.epochs)),
         data=data.description, machine=procs.machine(), command=run_command(state.settings),
@@ -407,6 +406,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     state = run_state(args, data, state)
     trainer = Trainer.build(args, data, state, saved, procs)
     val_images, val_labels = data.images[data.val_idx].to(procs.device), data.labels[data.val_idx]
+    scorer = Evaluator(data.mean, data.std, args.eval_batch_size, procs.device, bf16)
     if procs.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"{data.description}; {count_parameters(trainer.model):,} parameters; "
@@ -422,8 +422,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         row = trainer.train_epoch(args, state.epoch, procs, bf16)
         state.epoch += 1
         if procs.main:
-            val = evaluate(trainer.scored, val_images, val_labels, data.mean, data.std,
-                           args.eval_batch_size, procs.device, bf16)
+            val = scorer.evaluate(trainer.scored, val_images, val_labels)
             row = {"epoch": state.epoch, "lr": lr, **row, "val_loss": val.loss,
                    "val_acc": val.acc, "seconds": time.time() - start}
             if note:

@@ -316,6 +316,12 @@ def test_the_bundled_sample_is_50_validation_images_per_class(tmp_path):
              class_names=np.array(["a"]), description=np.array("x"))
     with pytest.raises(ValueError, match="does not hold uint8 RGB images"):
         mistakes.load_sample(tmp_path / "bad.npz")
+    np.savez(tmp_path / "short.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    for name, message in [("absent.npz", "is missing"), ("short.npz", "lacks the arrays labels, class_names, description"),
+                          ("broken.npz", "is not a readable .npz file")]:
+        with pytest.raises(ValueError, match=message):
+            mistakes.load_sample(tmp_path / name)
 
 
 def test_examples_are_cifar_validation_images(loaded):
@@ -350,6 +356,17 @@ def test_a_training_record_of_the_wrong_kind_shows_as_unknown(loaded, tmp_path):
     assert "| epochs | 3 |" in table and "training time" not in table
     assert not any(word in line + table for word in ("nan", "inf", "None"))
     app.build_demo(record, tmp_path)
+
+
+def test_training_record_text_is_shown_literally_on_one_table_row(loaded, tmp_path):
+    (tmp_path / "training.json").write_text(json.dumps(
+        {"recipe": "a|b", "recipe_description": "**bold** <b>html</b>\nsecond | row", "epochs": 3}))
+    record = Loaded(loaded.model, "status", tmp_path, read_training(tmp_path))
+    table, line = app.results_markdown(record), app.header(record)
+    settings = next(row for row in table.splitlines() if row.startswith("| settings |"))
+    assert settings == r"| settings | \*\*bold\*\* \<b\>html\</b\> second \| row |"
+    assert r"training recipe: **a\|b, 3 epochs**" in line
+    assert len(table.splitlines()) == 5   # header, rule, recipe, settings, epochs
 
 
 def test_the_page_names_its_endpoints_and_queues_them_all(loaded):

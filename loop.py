@@ -75,7 +75,11 @@ class Processes:
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
         elif self.device.type == "cpu":
-            name = f"{cpu_model()} CPU, {torch.get_num_threads()} threads"
+            # The vector units say which machine it was where the model name does not
+            # (a virtual machine's "AMD EPYC" is a Zen 3 or a Zen 4).
+            units = torch.backends.cpu.get_cpu_capability()
+            units += ", native bf16" if cpu_has_native_bf16() else ""
+            name = f"{cpu_model()} CPU ({units}), {torch.get_num_threads()} threads"
         else:
             name = self.device.type
         return name + (f" x{self.world} processes" if self.world > 1 else "")

@@ -84,16 +84,45 @@ def save_curves(history: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
-def save_time_to_accuracy(history: list[dict], path: Path, machine: str) -> None:
-    """Validation accuracy against cumulative wall-clock minutes of training."""
-    plt = pyplot()
-    minutes, total = [], 0.0
+def machine_spans(history: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The history cut where the machine changes: a run resumed over several sittings may
+    move between machines (rows from before machines were recorded say so)."""
+    spans: list[tuple[str, list[dict]]] = []
     for h in history:
-        total += h["seconds"] / 60
-        minutes.append(total)
+        machine = h.get("machine", "machine not recorded")
+        if spans and spans[-1][0] == machine:
+            spans[-1][1].append(h)
+        else:
+            spans.append((machine, [h]))
+    return spans
+
+
+def machines_of(history: list[dict]) -> str:
+    """The machine the run trained on, or each machine with its epochs, in order."""
+    spans = machine_spans(history)
+    if len(spans) == 1:
+        return spans[0][0]
+    return "; ".join(f"{machine} (epochs {rows[0]['epoch']}-{rows[-1]['epoch']})"
+                     if len(rows) > 1 else f"{machine} (epoch {rows[0]['epoch']})"
+                     for machine, rows in spans)
+
+
+def save_time_to_accuracy(history: list[dict], path: Path) -> None:
+    """Validation accuracy against cumulative wall-clock minutes of training, one line per
+    machine when the run moved between machines."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot(minutes, [100 * h["val_acc"] for h in history], marker="o", markersize=3)
-    ax.set_xlabel(f"wall-clock minutes ({machine})"), ax.set_ylabel("validation accuracy (%)")
+    total, spans = 0.0, machine_spans(history)
+    for machine, rows in spans:
+        minutes = []
+        for h in rows:
+            total += h["seconds"] / 60
+            minutes.append(total)
+        ax.plot(minutes, [100 * h["val_acc"] for h in rows], marker="o", markersize=3, label=machine)
+    if len(spans) > 1:
+        ax.legend(fontsize=7)
+    xlabel = "wall-clock minutes" + (f" ({spans[0][0]})" if len(spans) == 1 else "")
+    ax.set_xlabel(xlabel), ax.set_ylabel("validation accuracy (%)")
     ax.set_title("time to accuracy"), ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
@@ -193,7 +222,7 @@ def write_run_plots(summary: RunSummary, run_dir: Path, val_images: torch.Tensor
     a grid of validation predictions drawn from every class."""
     names = summary.class_names
     save_curves(summary.history, run_dir / "curves.png")
-    save_time_to_accuracy(summary.history, run_dir / "time_to_accuracy.png", summary.machine)
+    save_time_to_accuracy(summary.history, run_dir / "time_to_accuracy.png")
     title = f"validation, best epoch {summary.best_epoch} ({100 * summary.val_acc:.2f}%)"
     save_confusion_matrix(torch.tensor(summary.confusion), names, run_dir / "confusion_matrix.png", title)
     save_per_class_accuracy(summary.per_class_acc, names, run_dir / "per_class_accuracy.png", title)

@@ -319,7 +319,7 @@ def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunSta
     test = data.test and scorer.evaluate(model, data.test.images, data.test.labels)
     summary = report.RunSummary(
         recipe=args.recipe, recipe_description=report.describe_recipe(args, scaled_milestones(args.epochs)),
-        data=data.description, machine=procs.machine(), command=run_command(state.settings),
+        data=data.description, machine=report.machines_of(state.history), command=run_command(state.settings),
         epochs=args.epochs, best_epoch=best["epoch"], val_acc=val.acc, val_acc_flip_tta=flipped.acc,
         val_images=len(val_labels), split_seed=args.seed, class_names=data.class_names,
         confusion=report.confusion_matrix(val_labels, val.preds, len(data.class_names)).tolist(),
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         if procs.main:
             val = scorer.evaluate(trainer.scored, val_images, val_labels)
             row = {"epoch": state.epoch, "lr": lr, **row, "val_loss": val.loss,
-                   "val_acc": val.acc, "seconds": time.time() - start}
+                   "val_acc": val.acc, "seconds": time.time() - start, "machine": procs.machine()}
             if note:
                 row["note"], note = note, None
             state.end_epoch(row, run_dir, trainer.model, trainer.optimizer, trainer.scored, trainer.ema)

@@ -77,3 +77,27 @@ def test_hub_failure_names_the_cause(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", unreachable)
     with pytest.raises(RuntimeError, match="me/vit failed .*ConnectionError.*intact"):
         report.push_to_hub(tmp_path, "me/vit")
+
+
+def test_a_run_that_moved_between_machines_names_each_with_its_epochs(tmp_path):
+    def row(epoch, **extra):
+        return {"epoch": epoch, "val_acc": 0.1 * epoch, "seconds": 60.0, **extra}
+
+    zen3, zen4 = "AMD EPYC CPU (AVX2), 2 threads", "AMD EPYC CPU (AVX512, native bf16), 2 threads"
+    history = [row(1), row(2), row(3, machine=zen3), row(4, machine=zen4), row(5, machine=zen4)]
+    assert report.machines_of(history) == (f"machine not recorded (epochs 1-2); {zen3} (epoch 3); "
+                                           f"{zen4} (epochs 4-5)")
+    assert report.machines_of(history[3:]) == zen4
+    assert [(m, [h["epoch"] for h in rows]) for m, rows in report.machine_spans(history)] == \
+        [("machine not recorded", [1, 2]), (zen3, [3]), (zen4, [4, 5])]
+    report.save_time_to_accuracy(history, tmp_path / "time.png")
+    assert (tmp_path / "time.png").stat().st_size > 1000
+
+
+def test_the_machine_is_named_with_its_vector_units():
+    import loop
+
+    machine = loop.Processes(0, 1, torch.device("cpu")).machine()
+    units = torch.backends.cpu.get_cpu_capability()
+    assert f"CPU ({units}" in machine and machine.endswith(f"{torch.get_num_threads()} threads")
+    assert ("native bf16" in machine) == loop.cpu_has_native_bf16()

@@ -56,7 +56,8 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
     result = train.main(run_args(shared_folder_data, out, "--epochs", "2"))
     rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert set(rows[0]) >= {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
+    assert set(rows[0]) >= {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "machine"}
+    assert result["machine"] == rows[0]["machine"] == loop.Processes(0, 1, torch.device("cpu")).machine()
     for name in report.PLOTS:
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     last = torch.load(out / "last.pt", weights_only=True)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import gradio as gr
 import torch
@@ -31,6 +33,7 @@ from mistakes import ANY
 from model_files import FIGURES, Loaded, load_model as load_checked, source_from
 from rollout import HEAD_FUSIONS
 
+_T = TypeVar("_T")  # what an endpoint returns, through answers and once_shown
 HERE = Path(__file__).resolve().parent
 BUNDLED_WEIGHTS = HERE / "weights"
 EXAMPLES_DIR = HERE / "examples"
@@ -72,7 +75,7 @@ def user_error(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
-def answers(fn):
+def answers(fn: Callable[..., _T]) -> Callable[..., _T]:
     """The one place where a caller's mistake (photo.UserError) becomes their message."""
     @functools.wraps(fn)
     def endpoint(*args):
@@ -90,7 +93,7 @@ class _ImagePayload(ImageData):
     checked that it was uploaded to this app (a bare {"path": ...} would name any file)."""
 
     @classmethod
-    def model_validate(cls, obj, *args, **kwargs):
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> ImageData:
         message = (f"The image must be a file (gradio_client.handle_file(path)) or a base64 "
                    f"data: URL, not {str(obj)[:60]!r}.")
         if isinstance(obj, dict) and obj.get("path") is not None and not is_file_obj_with_meta(obj):
@@ -111,7 +114,7 @@ def photo_input(**kwargs) -> gr.Image:
 
 # ---------------------------------------------------------------- the page
 
-def markdown_text(value) -> str:
+def markdown_text(value: object) -> str:
     """A value from a model folder as literal text on one line of a Markdown table: its
     own markup, HTML and table pipes shown, not obeyed."""
     text = " ".join(str(value).split())
@@ -199,7 +202,7 @@ def answer_row(size: int) -> tuple[gr.Image, gr.Image, gr.Label, gr.Checkbox, gr
     return image, seen, label, flip, heatmap, caption
 
 
-def rollout_tab(ends: Endpoints, seen, heatmap, caption) -> tuple:
+def rollout_tab(ends: Endpoints, seen: gr.Image, heatmap: gr.Image, caption: gr.Markdown) -> tuple:
     gr.Markdown("Which patches the class token drew from, through all blocks and the "
                 "residual paths (Abnar & Zuidema, 2020): the picture at the top.")
     with gr.Row():
@@ -241,7 +244,7 @@ def results_tab(loaded: Loaded, figures: list[tuple[Path, str]]) -> None:
                          buttons=["fullscreen"], min_width=380)
 
 
-def augment_tab(ends: Endpoints, seen) -> tuple:
+def augment_tab(ends: Endpoints, seen: gr.Image) -> tuple:
     gr.Markdown("The exact training transform (random horizontal flip, then a random "
                 "resized crop of 80-100% of the area), shown de-normalized.")
     with gr.Row():
@@ -251,7 +254,7 @@ def augment_tab(ends: Endpoints, seen) -> tuple:
     return ends.augment, [seen, count, seed], [views], [count, seed], "augment"
 
 
-def patches_tab(ends: Endpoints, seen) -> tuple:
+def patches_tab(ends: Endpoints, seen: gr.Image) -> tuple:
     default = ends.model.patch_size if ends.model is not None else 4
     patch_size = gr.Radio(ends.patch_sizes, value=default, label=f"Patch size (divides {ends.size})")
     caption = gr.Markdown()
@@ -298,7 +301,7 @@ def build_demo(loaded: Loaded, out: Path | None = None,
     return demo
 
 
-def wire(ends: Endpoints, image: gr.Image, seen: gr.Image, tabs) -> None:
+def wire(ends: Endpoints, image: gr.Image, seen: gr.Image, tabs: list[tuple]) -> None:
     """A new image goes to /view (the one step that decodes the upload), and once that
     succeeds its picture (what the model sees) goes to every other endpoint. Each endpoint
     is registered once, named, queued in one concurrency group, and gets its arguments
@@ -318,7 +321,7 @@ def wire(ends: Endpoints, image: gr.Image, seen: gr.Image, tabs) -> None:
     image.clear(None, None, outputs, js=f"() => Array({len(outputs)}).fill(null)")
 
 
-def once_shown(fn):
+def once_shown(fn: Callable[..., _T]) -> Callable[..., _T]:
     """`fn`, answering nothing (and saying nothing) while no image has been shown yet."""
     @functools.wraps(fn)
     def endpoint(seen, *controls):
@@ -328,7 +331,8 @@ def once_shown(fn):
     return endpoint
 
 
-def serve(demo: gr.Blocks, host: str, port: int, block: bool = True):
+def serve(demo: gr.Blocks, host: str, port: int,
+          block: bool = True) -> tuple[gr.routes.App, str, str | None]:
     """Launch with the app's limits; block=False returns at once (for tests)."""
     return demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE,
                        prevent_thread_lock=not block, show_error=True, quiet=not block, css=CSS,

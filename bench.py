@@ -106,7 +106,7 @@ def check_args(args: argparse.Namespace, timing: Timing) -> None:
         raise SystemExit("error: " + "; ".join(problems))
 
 
-def time_inference(c: Contender, device, batch: int, reps: int, image_size: int) -> float:
+def time_inference(c: Contender, device: torch.device, batch: int, reps: int, image_size: int) -> float:
     """Seconds per forward pass of `batch` normalized images, eval mode, no_grad, with the
     contender's autocast and torch's own attention kernel choice, as the app runs it."""
     model = c.infer_model

@@ -21,7 +21,7 @@ CHECKPOINT_KEYS = {"model", "optimizer", "args", "mean", "std", "epoch", "best_v
                    "best_epoch", "history"}
 
 
-def on_cpu(obj):
+def on_cpu(obj: object) -> object:
     """The same nesting of dicts and lists with every tensor moved to the CPU, so that a
     checkpoint written on a GPU loads on a machine without one."""
     if isinstance(obj, torch.Tensor):
@@ -69,7 +69,8 @@ class RunState:
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
 
-    def save(self, path: Path, model, optimizer, ema) -> None:
+    def save(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             ema: torch.nn.Module | None) -> None:
         atomic_save(on_cpu({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "args": self.settings,
@@ -82,7 +83,8 @@ class RunState:
         return cls(saved["args"], saved["mean"], saved["std"], saved["epoch"],
                    saved["best_val_acc"], saved["best_epoch"], saved["history"])
 
-    def restore(self, saved: dict, model, optimizer, ema) -> None:
+    def restore(self, saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                ema: torch.nn.Module | None) -> None:
         """Load the tensors that save() wrote into freshly built objects."""
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -91,7 +93,8 @@ class RunState:
                 raise SystemExit("error: the checkpoint has no EMA weights to continue")
             ema.load_state_dict(saved["ema"])
 
-    def end_epoch(self, row: dict, run_dir: Path, model, optimizer, scored, ema) -> None:
+    def end_epoch(self, row: dict, run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  scored: torch.nn.Module, ema: torch.nn.Module | None) -> None:
         """Record an epoch: best.pt if it is the best so far, then last.pt and metrics."""
         self.history.append(row)
         if row["val_acc"] > self.best_val_acc:

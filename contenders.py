@@ -13,7 +13,7 @@ import argparse
 import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torchvision import transforms
 
 import loop
 import train
@@ -66,10 +67,8 @@ class NaiveViT(ViT):
         return self.head(self.norm(x[:, 0]))
 
 
-def classic_transform(mean, std, size: int = 32):
+def classic_transform(mean: Sequence[float], std: Sequence[float], size: int = 32) -> transforms.Compose:
     """The assignment's augmentation in the classic torchvision.transforms API, on PIL images."""
-    from torchvision import transforms
-
     return transforms.Compose([
         transforms.RandomHorizontalFlip(),
         transforms.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO),
@@ -126,7 +125,8 @@ class TrainPy:
     attention_context: Callable[[], AbstractContextManager]   # train.py's kernel choice
 
 
-def from_train_py(images, labels, mean, std, batch_size: int, seed: int, device, bf16) -> TrainPy:
+def from_train_py(images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float],
+                  batch_size: int, seed: int, device: torch.device, bf16: bool) -> TrainPy:
     """train.py's assignment recipe, model, optimizer and epoch loop, unchanged: an epoch
     is one loop.train_one_epoch over the first steps x batch images, which ends with the
     epoch's single host synchronization."""
@@ -151,7 +151,7 @@ def from_train_py(images, labels, mean, std, batch_size: int, seed: int, device,
                    procs.attention_context)
 
 
-def project_contender(tp: TrainPy, device, bf16: bool, compile_model: bool) -> Contender:
+def project_contender(tp: TrainPy, device: torch.device, bf16: bool, compile_model: bool) -> Contender:
     """train.py's own loop, timed from the first step to its final synchronization."""
     fast = torch.compile(tp.model) if compile_model else tp.model
 
@@ -169,8 +169,8 @@ def project_contender(tp: TrainPy, device, bf16: bool, compile_model: bool) -> C
                       "optimizer": "train.py's", "compile": compile_model})
 
 
-def loader_contender(name: str, model: nn.Module, optimizer, loader: DataLoader, device, bf16: bool,
-                     compile_model: bool, setup: dict) -> Contender:
+def loader_contender(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
+                     device: torch.device, bf16: bool, compile_model: bool, setup: dict) -> Contender:
     """The usual loop over a DataLoader (model already on the device), with the same
     bookkeeping as train.py's."""
     fast = torch.compile(model) if compile_model else model
@@ -199,7 +199,8 @@ def loader_contender(name: str, model: nn.Module, optimizer, loader: DataLoader,
                       "compile": compile_model})
 
 
-def build_contenders(images, labels, mean, std, args, device, bf16) -> list[Contender]:
+def build_contenders(images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float],
+                     args: argparse.Namespace, device: torch.device, bf16: bool) -> list[Contender]:
     workers = args.workers if args.workers is not None else (
         0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
 

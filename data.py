@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -170,12 +170,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         raise
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
+def atomic_save(obj: object, path: str | os.PathLike) -> None:
     """torch.save, atomically."""
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def json_text(obj, indent: int | None = None) -> str:
+def json_text(obj: object, indent: int | None = None) -> str:
     """Strict JSON (which has no NaN): a non-finite number, as a diverged run records,
     is written as null."""
     def finite(o):
@@ -278,7 +278,7 @@ def training_data_or_exit(data_dir: str | os.PathLike, val_size: float = 0.1, se
 
 # ---------------------------------------------------------------- reference transforms
 
-def train_transform(mean, std, size: int = 32) -> v2.Compose:
+def train_transform(mean: Sequence[float], std: Sequence[float], size: int = 32) -> v2.Compose:
     """The assignment's augmentation, for one uint8 image tensor (C, H, W)."""
     return v2.Compose([
         v2.RandomHorizontalFlip(p=0.5),
@@ -288,7 +288,7 @@ def train_transform(mean, std, size: int = 32) -> v2.Compose:
     ])
 
 
-def build_policy(name: str):
+def build_policy(name: str) -> v2.Transform | None:
     """The per-image augmentation policy (a torchvision v2 transform on uint8), or None."""
     return {"none": None,
             "autoaugment": v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
@@ -296,7 +296,7 @@ def build_policy(name: str):
             "trivialaugment": v2.TrivialAugmentWide()}[name]
 
 
-def build_mixing(args: argparse.Namespace, num_classes: int):
+def build_mixing(args: argparse.Namespace, num_classes: int) -> v2.Transform | None:
     """MixUp and/or CutMix on a normalized batch (one of them per batch when both are on),
     or None. Returns soft targets that sum to one."""
     choices = [mix(alpha=alpha, num_classes=num_classes) for mix, alpha in
@@ -323,10 +323,10 @@ class ImageTensorDataset(Dataset):
 # ---------------------------------------------------------------- batched device augmentation
 
 def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.Generator,
-                              scale=CROP_SCALE, ratio=CROP_RATIO, tries: int = 10):
-    """(top, left, h, w) int tensors for n crops, drawn as RandomResizedCrop.get_params
-    draws them: area U(scale) of the image, log-uniform aspect ratio, the first of 10
-    tries that fits, else a centre crop."""
+                              scale: tuple[float, float] = CROP_SCALE, ratio: tuple[float, float] = CROP_RATIO,
+                              tries: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(top, left, h, w) int tensors for n crops, drawn as RandomResizedCrop.get_params draws them: area
+    U(scale) of the image, log-uniform aspect ratio, the first of 10 tries that fits, else a centre crop."""
     device = generator.device
     area = height * width * torch.empty(n, tries, device=device).uniform_(*scale, generator=generator)
     log_r = torch.empty(n, tries, device=device).uniform_(
@@ -391,14 +391,14 @@ class DeviceAugment:
         return (x / 255 - self.mean) / self.std
 
 
-def to_normalized(images: torch.Tensor, mean, std) -> torch.Tensor:
+def to_normalized(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 batch -> normalized float batch, without augmentation."""
     mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255 - mean) / std
 
 
-def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Normalized float images -> [0, 1], for display."""
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)

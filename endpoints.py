@@ -9,6 +9,7 @@ import math
 import os
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 import gradio as gr
 import torch
@@ -16,7 +17,7 @@ import torch
 import photo
 import space
 from data import to_normalized
-from mistakes import ANY, SPLIT_SEED, VAL_SIZE, find_mistakes, load_sample, picture, select
+from mistakes import ANY, SPLIT_SEED, VAL_SIZE, Mistakes, find_mistakes, load_sample, picture, select
 from model_files import Loaded
 from pictures import augmented_views, block_maps, enlarge, patch_views, rollout_figure
 from rollout import HEAD_FUSIONS, model_rollout, scale_to_unit
@@ -25,7 +26,7 @@ from vit_model import tta_logits
 MISTAKES_SHOWN = 24  # the most confident mistakes of a filter, in one screen or two
 
 
-def photo_source(payload):
+def photo_source(payload: str | os.PathLike | dict | None) -> str | os.PathLike | BinaryIO | None:
     """What load_photo reads for an input: a file path (from Python), a file uploaded to
     this app (from a request), or the bytes of a data: URL."""
     if payload is None or isinstance(payload, (str, os.PathLike)):
@@ -48,7 +49,7 @@ def sample_caveat(training: dict) -> str:
             "may have trained on some of these images.**")
 
 
-def payload_key(payload) -> str:
+def payload_key(payload: str | os.PathLike | dict | None) -> str:
     """Which image a payload is: its file path (uploads are named by content), or a
     hash of an inline data: URL."""
     if isinstance(payload, dict) and str(payload.get("url") or "").startswith("data:"):
@@ -98,7 +99,7 @@ class Endpoints:
         self._galleries: dict[tuple[str, str], tuple[list[tuple[str, str]], str]] = {}
 
     @property
-    def mistakes(self):
+    def mistakes(self) -> Mistakes | None:
         """The model's mistakes on the bundled sample, found on first use (seconds)."""
         with self._mistakes_lock:
             if self._mistakes is None and self.sample is not None:
@@ -120,7 +121,7 @@ class Endpoints:
                                   "with: see the note at the top of the page for how to add weights.")
         return self.model
 
-    def read(self, image) -> torch.Tensor:
+    def read(self, image: str | os.PathLike | dict | None) -> torch.Tensor:
         """The uint8 (3, size, size) input the model reads for an image argument."""
         try:
             return photo.load_photo(photo_source(image), self.size)
@@ -133,7 +134,7 @@ class Endpoints:
             raise photo.UserError("The model's answer for this image is not a number.")
         return {name: float(p) for name, p in zip(self.model.class_names, probs)}
 
-    def view(self, image, request: gr.Request = None) -> str:
+    def view(self, image: str | os.PathLike | dict | None, request: gr.Request = None) -> str:
         """/view: the image as the model reads it, a PNG of the model's input size."""
         if image is None:  # a cleared upload: nothing to show, and no message on the page
             raise gr.Error(photo.NO_IMAGE, visible=False, print_exception=False)
@@ -145,7 +146,7 @@ class Endpoints:
         path = outcome.result()
         return path if os.path.exists(path) else self._png(self.read(image).permute(1, 2, 0).numpy())
 
-    def predict(self, image, flip_tta: bool = False) -> dict[str, float]:
+    def predict(self, image: str | os.PathLike | dict | None, flip_tta: bool = False) -> dict[str, float]:
         """/predict: class probabilities for an image; with flip_tta, from the mean of the
         logits of the image and its mirror image (as training.json's val_acc_flip_tta)."""
         model = self._require()
@@ -155,7 +156,8 @@ class Endpoints:
         with torch.no_grad():
             return self._probs(tta_logits(model, x, flip_tta))
 
-    def rollout(self, image, head_fusion, discard_ratio, block_head):
+    def rollout(self, image: str | os.PathLike | dict | None, head_fusion: str, discard_ratio: float,
+                block_head: str) -> tuple[str, list[tuple[str, str]], str]:
         """/rollout: the image beside its attention rollout (with the colour scale), each
         block's raw attention for one head or the heads fused, and a caption."""
         model = self._require()
@@ -178,7 +180,8 @@ class Endpoints:
         blocks = [(self._png(p), c) for p, c in block_maps(small, attentions, head)]
         return self._png(rollout_figure(small, scale_to_unit(maps)[0])), blocks, caption
 
-    def augment(self, image, count, seed) -> list[tuple[str, str]]:
+    def augment(self, image: str | os.PathLike | dict | None, count: int | float,
+                seed: int | float | None) -> list[tuple[str, str]]:
         """/augment: the image as the model reads it, then `count` augmented versions."""
         if seed is None:
             raise photo.UserError("Enter a seed: any whole number from 0 up gives repeatable draws.")
@@ -189,7 +192,8 @@ class Endpoints:
         return [(self._png(enlarge(small, 128)), f"input, {self.size}x{self.size}")] + \
             [(self._png(enlarge(v, 128)), f"augmented {i + 1}") for i, v in enumerate(views)]
 
-    def patches(self, image, patch_size) -> tuple[str, str, str]:
+    def patches(self, image: str | os.PathLike | dict | None,
+                patch_size: int | float) -> tuple[str, str, str]:
         """/patches: the grid of patches, the token sequence, and a caption."""
         if isinstance(patch_size, bool) or not isinstance(patch_size, (int, float)):
             raise photo.UserError(f"The patch size must be a number, one of "
@@ -200,7 +204,7 @@ class Endpoints:
         grid, sequence, caption = patch_views(self.read(image), int(patch_size))
         return self._png(grid), self._png(sequence), caption
 
-    def mistakes_for(self, true_class, predicted_class) -> tuple[list[tuple[str, str]], str]:
+    def mistakes_for(self, true_class: str, predicted_class: str) -> tuple[list[tuple[str, str]], str]:
         """/mistakes: bundled validation images the model gets wrong, filtered by true and
         predicted class ("any" for all), most confident first, each with its top 3 and
         its rollout; and a summary."""

@@ -13,9 +13,11 @@ import hashlib
 import math
 import os
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -27,6 +29,7 @@ from vit_model import tta_logits
 # How often the progress bar reads the running loss back from the device: each read
 # waits for the device's queue to drain, so it happens by the clock, not every step.
 PROGRESS_SECONDS = 2.0
+_T = TypeVar("_T")  # what first_on_main's load returns
 
 
 # ---------------------------------------------------------------- processes and device
@@ -52,7 +55,7 @@ class Processes:
             return torch.cuda.is_bf16_supported(including_emulation=False)
         return self.device.type == "cpu" and cpu_has_native_bf16()
 
-    def attention_context(self):
+    def attention_context(self) -> AbstractContextManager:
         """On CPUs the plain matmul-softmax attention beats the fused kernels for 65 tokens
         (1.5x per training step); elsewhere torch's own choice stands."""
         if self.device.type != "cpu":
@@ -88,7 +91,7 @@ class Processes:
         if self.world > 1:
             dist.barrier()
 
-    def first_on_main(self, load):
+    def first_on_main(self, load: Callable[[], _T]) -> _T:
         """`load()` in the main process, then in the others: one downloads CIFAR-10 or
         writes the decode cache, the others read what it left."""
         result = load() if self.main else None
@@ -213,7 +216,7 @@ class EpochBatches:
     def __len__(self) -> int:
         return len(self.items)
 
-    def epoch(self, epoch: int):
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 images, labels) batches of this process on its device."""
         g = torch.Generator().manual_seed(seed_for(self.seed, "shuffle", epoch))
         used = self.steps * self.per_process * self.procs.world
@@ -252,7 +255,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool) -
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: torch.nn.Module, args: argparse.Namespace, device: torch.device):
+def build_optimizer(model: torch.nn.Module, args: argparse.Namespace,
+                    device: torch.device) -> torch.optim.AdamW:
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
     # The fused kernel, where the device has one (3.6x faster step() on one CPU thread).
@@ -271,7 +275,8 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: lis
     return ramp * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer, args: argparse.Namespace, steps_per_epoch: int, done_steps: int = 0):
+def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, steps_per_epoch: int,
+                    done_steps: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped after every optimizer step, and fast-forwarded past `done_steps` on a
     resume, so it follows the plan of the (possibly extended) run. The assignment's
     schedule is MultiStepLR itself; warmup, cosine or linear go through one LambdaLR."""
@@ -299,7 +304,7 @@ def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def build_ema(model: torch.nn.Module, decay: float):
+def build_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
     """An exponential moving average of the weights (buffers included), or None."""
     if not decay:
         return None
@@ -310,9 +315,14 @@ def build_ema(model: torch.nn.Module, decay: float):
 
 # ---------------------------------------------------------------- training and evaluation
 
-def train_one_epoch(model, optimizer, scheduler, batches, *, steps: int, augment, generator,
-                    mixing, label_smoothing: float, bf16: bool, procs: Processes,
-                    patch_keep: float = 1.0, ema=None,
+def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, steps: int,
+                    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+                    generator: torch.Generator,
+                    mixing: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
+                    label_smoothing: float, bf16: bool, procs: Processes, patch_keep: float = 1.0,
+                    ema: torch.optim.swa_utils.AveragedModel | None = None,
                     description: str = "", show_progress: bool = False) -> dict:
     """One pass over this process's batches; returns mean loss and accuracy over all
     processes (against the dominant label when batches are mixed)."""

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from model_files import attention_bytes
 from pictures import enlarge
 from rollout import attention_overlay, model_rollout, scale_to_unit
+from vit_model import ViT
 
 SAMPLE = Path(__file__).resolve().parent / "examples" / "val_sample.npz"
 PER_CLASS, VAL_SIZE, SPLIT_SEED, PICK_SEED = 50, 5000, 0, 0
@@ -99,7 +100,7 @@ def load_sample(path: str | os.PathLike = SAMPLE) -> Sample:
 
 
 @torch.no_grad()
-def find_mistakes(model, sample: Sample, batch: int = 100) -> Mistakes:
+def find_mistakes(model: ViT, sample: Sample, batch: int = 100) -> Mistakes:
     """Run the model (with attention, for the rollout) over the sample at its input size,
     in batches of at most `batch` whose attention maps fit BATCH_ATTENTION_BYTES."""
     from data import to_normalized

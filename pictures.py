@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,7 +28,8 @@ def enlarge(image: torch.Tensor, size: int = DISPLAY_SIZE) -> np.ndarray:
     return image.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
 
 
-def augmented_views(image: torch.Tensor, count: int, seed: int, mean, std) -> list[torch.Tensor]:
+def augmented_views(image: torch.Tensor, count: int, seed: int, mean: Sequence[float],
+                    std: Sequence[float]) -> list[torch.Tensor]:
     """`count` draws of the exact training transform (data.train_transform), de-normalized
     to [0, 1]. The transform draws from torch's global generator, which the server's
     threads share: the lock and fork_rng keep one request's seed from leaking into another."""

@@ -9,15 +9,22 @@ here trains.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 
 from data import atomic_write, denormalize, json_text, tile_patches, train_transform
 from vit_model import ViT, count_parameters, patchify
+
+if TYPE_CHECKING:  # for annotations: matplotlib is imported only when a figure is drawn
+    from matplotlib.figure import Figure
 
 PLOTS = ["curves.png", "time_to_accuracy.png", "confusion_matrix.png",
          "per_class_accuracy.png", "predictions.png"]
@@ -26,7 +33,7 @@ PLOTS = ["curves.png", "time_to_accuracy.png", "confusion_matrix.png",
 TRAINING_FILE = "training.json"
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """matplotlib.pyplot on the Agg backend: files only, no display needed."""
     import matplotlib
     matplotlib.use("Agg")
@@ -34,7 +41,7 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: str | os.PathLike) -> None:
+def save_figure(fig: Figure, path: str | os.PathLike) -> None:
     """Save a matplotlib figure as PNG atomically and close it."""
     try:
         atomic_write(path, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"))
@@ -128,7 +135,7 @@ def save_time_to_accuracy(history: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
-def save_confusion_matrix(cm: torch.Tensor, class_names, path: Path, title: str) -> None:
+def save_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str], path: Path, title: str) -> None:
     plt = pyplot()
     rates = cm.float() / cm.sum(1, keepdim=True).clamp(min=1)
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
@@ -146,7 +153,8 @@ def save_confusion_matrix(cm: torch.Tensor, class_names, path: Path, title: str)
     save_figure(fig, path)
 
 
-def save_per_class_accuracy(accuracy: list[float], class_names, path: Path, title: str) -> None:
+def save_per_class_accuracy(accuracy: list[float], class_names: Sequence[str], path: Path,
+                            title: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     bars = ax.bar(class_names, [100 * a for a in accuracy], color="tab:blue")
@@ -157,8 +165,8 @@ def save_per_class_accuracy(accuracy: list[float], class_names, path: Path, titl
     save_figure(fig, path)
 
 
-def save_prediction_grid(images: torch.Tensor, labels, preds, class_names, path: Path,
-                         rows: int = 4, cols: int = 8) -> None:
+def save_prediction_grid(images: torch.Tensor, labels: Sequence[int], preds: Sequence[int],
+                         class_names: Sequence[str], path: Path, rows: int = 4, cols: int = 8) -> None:
     """Sample images with true and predicted class; wrong predictions in red."""
     plt = pyplot()
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
@@ -320,13 +328,13 @@ def push_to_hub(export_dir: Path, repo_id: str) -> str:
     return f"https://huggingface.co/{repo_id}"
 
 
-def write_json_atomic(obj, path: Path) -> None:
+def write_json_atomic(obj: object, path: Path) -> None:
     atomic_write(path, lambda f: f.write(json_text(obj, indent=1).encode()))
 
 
 # ---------------------------------------------------------------- words
 
-def describe_schedule(settings, milestones: list[int]) -> str:
+def describe_schedule(settings: argparse.Namespace, milestones: list[int]) -> str:
     """The learning-rate schedule as the run had it; `milestones` are the step
     schedule's x0.1 epochs (those at or past the end never happen)."""
     warmup = f"{settings.warmup_epochs:g} warmup epochs, then " if settings.warmup_epochs else ""
@@ -338,7 +346,7 @@ def describe_schedule(settings, milestones: list[int]) -> str:
     return warmup + f"x0.1 after epoch{'s' if len(drops) > 1 else ''} {' and '.join(map(str, drops))}"
 
 
-def describe_recipe(settings, milestones: list[int]) -> str:
+def describe_recipe(settings: argparse.Namespace, milestones: list[int]) -> str:
     """The run's recipe in words, every ingredient named with its value."""
     s = settings
     epochs = f"{s.epochs} epoch{'s' if s.epochs != 1 else ''}"
@@ -359,7 +367,8 @@ def format_duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------- data figures
 
-def save_augmentation_grid(images: torch.Tensor, labels, class_names, mean, std,
+def save_augmentation_grid(images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+                           mean: Sequence[float], std: Sequence[float],
                            path: str | os.PathLike, per_image: int = 6, seed: int = 0) -> None:
     """A grid: each row one training image, then `per_image` draws of the training
     transform, de-normalized, labelled with the class."""

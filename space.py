@@ -13,11 +13,13 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from starlette.middleware import Middleware
 
 # A 20 MB image inline as base64 is 26.7 MB of JSON; nothing else the app takes is big.
 MAX_BODY_BYTES = 28_000_000
@@ -86,7 +88,7 @@ class LastCall:
         self._calls: OrderedDict[str, tuple[str, float, Future]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def run(self, session: str | None, key: str, compute) -> tuple[Future, bool]:
+    def run(self, session: str | None, key: str, compute: Callable[[], object]) -> tuple[Future, bool]:
         """(the outcome as a finished Future, whether this call computed it)."""
         now = time.monotonic()
         with self._lock:
@@ -154,8 +156,6 @@ def release_memory() -> None:
         trim(0)
 
 
-def body_limit(limit: int = MAX_BODY_BYTES):
+def body_limit(limit: int = MAX_BODY_BYTES) -> Middleware:
     """BodyLimit as a FastAPI middleware entry (launch's app_kwargs)."""
-    from starlette.middleware import Middleware
-
     return Middleware(BodyLimit, limit=limit)

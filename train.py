@@ -28,8 +28,7 @@ import torch
 
 import report
 from checkpoints import RunState, load_checkpoint
-from data import (DeviceAugment, TrainingData, build_mixing, build_policy, training_data_or_exit,
-                  val_size)
+from data import DeviceAugment, TrainingData, build_mixing, build_policy, training_data_or_exit, val_size
 from loop import (ASSIGNMENT_EPOCHS, EpochBatches, Processes, build_ema, build_optimizer,
                   Evaluator, build_scheduler, scaled_milestones, seed_for, start_processes,
                   train_one_epoch)
@@ -152,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def budget_value(key: str, epochs: int):
+def budget_value(key: str, epochs: int) -> int | str:
     """The budget recipe's epoch-dependent values: warmup 5% of the run (at least one
     epoch), and a light per-image policy only for runs long enough to need regularizing."""
     if key == "warmup_epochs":
@@ -243,7 +242,8 @@ def check_data_fits(args: argparse.Namespace, data: TrainingData, world: int) ->
 
 # ---------------------------------------------------------------- model, optimizer, schedule
 
-def build_model(args: argparse.Namespace, class_names, mean, std, image_size: int = 32) -> ViT:
+def build_model(args: argparse.Namespace, class_names: list[str], mean: list[float], std: list[float],
+                image_size: int = 32) -> ViT:
     return ViT(image_size=image_size, patch_size=args.patch_size, num_classes=len(class_names),
                dim=args.dim, depth=args.depth, heads=args.heads, mlp_dim=args.mlp_dim,
                dropout=args.dropout, attn_dropout=args.attn_dropout, drop_path=args.drop_path,
@@ -266,7 +266,7 @@ class Trainer:
     mixing: object
 
     @classmethod
-    def build(cls, args, data: TrainingData, state: RunState, saved: dict | None,
+    def build(cls, args: argparse.Namespace, data: TrainingData, state: RunState, saved: dict | None,
               procs: Processes) -> Trainer:
         torch.manual_seed(args.seed)
         model = build_model(args, data.class_names, state.mean, state.std, data.image_size).to(procs.device)
@@ -290,7 +290,7 @@ class Trainer:
         """The weights that are validated, kept as best.pt and exported."""
         return self.ema.module if self.ema is not None else self.model
 
-    def train_epoch(self, args, epoch: int, procs: Processes, bf16: bool) -> dict:
+    def train_epoch(self, args: argparse.Namespace, epoch: int, procs: Processes, bf16: bool) -> dict:
         """One epoch, its randomness drawn afresh from (seed, epoch, rank)."""
         torch.manual_seed(seed_for(args.seed, "torch", epoch, procs.rank))
         random.seed(seed_for(args.seed, "python", epoch, procs.rank))
@@ -334,7 +334,8 @@ def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunSta
     return result
 
 
-def prepare_run(args: argparse.Namespace, argv: list[str] | None):
+def prepare_run(args: argparse.Namespace,
+                argv: list[str] | None) -> tuple[argparse.Namespace, dict | None, RunState | None]:
     """The settings, the saved checkpoint (or None) and the run state (or None)."""
     if not args.resume:
         check_args(args)

@@ -115,7 +115,8 @@ class Block(nn.Module):
         )
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False):
+    def forward(self, x: torch.Tensor,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         h, weights = attention(self.norm1(x), self.attn, need_weights, self.training)
         x = x + self.drop_path(self.drop1(h))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
@@ -123,7 +124,7 @@ class Block(nn.Module):
 
 
 def attention(x: torch.Tensor, mha: nn.MultiheadAttention, need_weights: bool = False,
-              training: bool = True):
+              training: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Self-attention of batch-first x with mha's parameters: what nn.MultiheadAttention
     computes, without its (L, B, E) transposes and layout copies.
 
@@ -224,7 +225,8 @@ class ViT(
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, patch_keep: float = 1.0):
+    def forward(self, x: torch.Tensor, return_attention: bool = False,
+                patch_keep: float = 1.0) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor | None]]:
         """Logits for normalized images (B, C, H, W).
 
         With return_attention=True, also the list of each block's attention weights,

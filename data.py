@@ -156,14 +156,15 @@ def _check_size(images: list[torch.Tensor], files: list[tuple[Path, int]]) -> No
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-    """`write(file)` into a temporary file next to `path`, then rename: never half a file,
-    and no temporary file left behind when writing fails."""
+    """`write(file)` into a temporary file next to `path`, then rename: never half a file, no
+    temporary file left when writing fails; mode 644 (mkstemp's 600 hides an export from others)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -176,8 +177,7 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
 
 
 def json_text(obj: object, indent: int | None = None) -> str:
-    """Strict JSON (which has no NaN): a non-finite number, as a diverged run records,
-    is written as null."""
+    """Strict JSON (no NaN): a non-finite number, as a diverged run records, becomes null."""
     def finite(o):
         if isinstance(o, float) and not math.isfinite(o):
             return None

@@ -250,6 +250,12 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert path.read_text() == "new\n" and list(tmp_path.iterdir()) == [path]
 
 
+def test_atomic_write_leaves_a_file_others_can_read(tmp_path):
+    path = tmp_path / "model.safetensors"
+    data.atomic_write(path, lambda f: f.write(b"weights"))
+    assert path.stat().st_mode & 0o777 == 0o644   # not mkstemp's 0600
+
+
 def test_json_text_is_strict_json_with_null_for_non_finite_numbers():
     row = {"epoch": 3, "train_loss": float("nan"), "val": [0.5, float("inf"), (float("-inf"), 1)]}
     text = data.json_text(row)

@@ -23,8 +23,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from vit_model import ViT
 
-FIGURES = {"curves.png": "Training curves", "confusion_matrix.png": "Confusion matrix",
-           "per_class_accuracy.png": "Per-class accuracy"}
+FIGURES = {"curves.png": "Training curves", "time_to_accuracy.png": "Time to accuracy",
+           "confusion_matrix.png": "Confusion matrix", "per_class_accuracy.png": "Per-class accuracy"}
 HUB_FILES = ["config.json", "model.safetensors", "training.json", "README.md", *FIGURES]
 # Sizes "beyond reason" for this app: far above any ViT that fits a free CPU Space,
 # far below what would exhaust its memory while the model is built.

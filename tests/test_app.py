@@ -15,7 +15,7 @@ import endpoints
 import mistakes
 import space
 from data import denormalize, to_normalized, train_transform
-from model_files import Loaded, read_training
+from model_files import FIGURES, Loaded, read_training
 from pictures import enlarge
 from vit_model import ViT, patchify
 
@@ -367,6 +367,18 @@ def test_training_record_text_is_shown_literally_on_one_table_row(loaded, tmp_pa
     assert settings == r"| settings | \*\*bold\*\* \<b\>html\</b\> second \| row |"
     assert r"training recipe: **a\|b, 3 epochs**" in line
     assert len(table.splitlines()) == 5   # header, rule, recipe, settings, epochs
+
+
+def test_the_results_tab_shows_each_figure_the_model_folder_has(loaded, tmp_path):
+    def shown(folder):
+        demo = app.build_demo(Loaded(loaded.model, "status", folder, {}), tmp_path / "out")
+        return [c["props"]["label"] for c in demo.config["components"]
+                if c["type"] == "image" and c["props"].get("label") in FIGURES.values()]
+
+    assert shown(tmp_path) == []
+    for name in ("per_class_accuracy.png", "time_to_accuracy.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    assert shown(tmp_path) == ["Time to accuracy", "Per-class accuracy"]
 
 
 def test_the_page_names_its_endpoints_and_queues_them_all(loaded):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,7 @@ class Mistakes:
 
 def build_sample(data_dir: str | os.PathLike, out: str | os.PathLike = SAMPLE) -> Path:
     """Draw PER_CLASS validation images per class (seeded) and save them as one .npz."""
-    from data import load_split, split_indices
+    from data import atomic_write, load_split, split_indices
 
     train = load_split(data_dir, "train")
     _, val = split_indices(len(train), VAL_SIZE, SPLIT_SEED)
@@ -65,17 +64,8 @@ def build_sample(data_dir: str | os.PathLike, out: str | os.PathLike = SAMPLE) -
     arrays = {"images": train.images[chosen].permute(0, 2, 3, 1).numpy(),
               "labels": train.labels[chosen].numpy(), "indices": chosen.numpy(),
               "class_names": np.array(train.class_names), "description": np.array(description)}
-    out = Path(out)
-    fd, staging = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez_compressed(file, **arrays)
-        os.chmod(staging, 0o644)  # mkstemp's 0600 would keep the file from other readers
-        os.replace(staging, out)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-    return out
+    atomic_write(out, lambda file: np.savez_compressed(file, **arrays))
+    return Path(out)
 
 
 def load_sample(path: str | os.PathLike = SAMPLE) -> Sample:

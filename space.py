@@ -9,7 +9,6 @@ import functools
 import hashlib
 import io
 import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from starlette.middleware import Middleware
+
+from data import atomic_write
 
 # A 20 MB image inline as base64 is 26.7 MB of JSON; nothing else the app takes is big.
 MAX_BODY_BYTES = 28_000_000
@@ -121,15 +122,7 @@ def save_png(pixels: np.ndarray, folder: str | os.PathLike) -> str:
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=3)
     data = buffer.getvalue()
     target = Path(folder) / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(dir=target.parent, prefix=".image.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(staging, target)  # also renews the file's age for delete_cache
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda file: file.write(data))  # also renews its age for delete_cache
     return str(target)
 
 

@@ -130,8 +130,9 @@ def header(loaded: Loaded) -> str:
                                                      if info.get("val_images") else "")
                 ) if "val_acc" in info else "unknown"
     recipe = markdown_text(info.get("recipe") or "unknown")
-    if info.get("epochs"):
-        recipe += f", {info['epochs']} epochs"
+    if info.get("epochs"):   # a fine-tuned model: the epochs it started from, then its own
+        recipe += f", {info['epochs_before']} + {info['epochs']} epochs" if info.get(
+            "epochs_before") else f", {info['epochs']} epochs"
     return (f"Sorts any photo into one of **{len(model.class_names)} classes** "
             f"({markdown_text(', '.join(model.class_names))}) from a **{model.image_size}x{model.image_size}** "
             f"input. Validation accuracy: **{accuracy}**; training recipe: **{recipe}**.")
@@ -141,7 +142,8 @@ def results_markdown(loaded: Loaded) -> str:
     """The training settings and validation figures from training.json ("" if none)."""
     info = loaded.training
     rows = [("recipe", info.get("recipe")), ("settings", info.get("recipe_description")),
-            ("epochs", info.get("epochs")), ("validation accuracy",
+            ("epochs", info.get("epochs")), ("started from", info.get("started_from")),
+            ("teacher", info.get("distilled_from")), ("validation accuracy",
                                             f"{100 * info['val_acc']:.2f}%" if "val_acc" in info else None),
             ("validation with flip TTA", f"{100 * info['val_acc_flip_tta']:.2f}%"
              if "val_acc_flip_tta" in info else None),

@@ -10,12 +10,16 @@ from (seed, epoch, rank) every epoch.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from data import atomic_save, atomic_write, json_text
+from model_files import ModelError, load_folder
+
+ARCHITECTURE = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", "num_classes")
 
 CHECKPOINT_KEYS = {"model", "optimizer", "args", "mean", "std", "epoch", "best_val_acc",
                    "best_epoch", "history"}
@@ -68,6 +72,7 @@ class RunState:
     best_val_acc: float = -1.0
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    parent: dict | None = None   # the training.json of the model --init-from started from
 
     def save(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              ema: torch.nn.Module | None) -> None:
@@ -76,12 +81,12 @@ class RunState:
             "ema": ema.state_dict() if ema is not None else None, "args": self.settings,
             "mean": self.mean, "std": self.std, "epoch": self.epoch,
             "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
-            "history": self.history}), path)
+            "history": self.history, "parent": self.parent}), path)
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> RunState:
         return cls(saved["args"], saved["mean"], saved["std"], saved["epoch"],
-                   saved["best_val_acc"], saved["best_epoch"], saved["history"])
+                   saved["best_val_acc"], saved["best_epoch"], saved["history"], saved.get("parent"))
 
     def restore(self, saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 ema: torch.nn.Module | None) -> None:
@@ -104,3 +109,47 @@ class RunState:
         self.save(run_dir / "last.pt", model, optimizer, ema)
         text = "".join(json_text(h) + "\n" for h in self.history)
         atomic_write(run_dir / "metrics.jsonl", lambda f: f.write(text.encode()))
+
+
+@dataclass
+class Parent:
+    """The exported model a run started with --init-from begins from: its checked weights
+    and config, and its training.json, which says how it was trained and on which split."""
+    folder: Path
+    weights: dict[str, torch.Tensor]
+    config: dict
+    training: dict
+
+    @classmethod
+    def load(cls, folder: str) -> Parent:
+        path = Path(folder)
+        try:
+            model = load_folder(path)
+        except (ModelError, OSError) as err:
+            raise SystemExit(f"error: --init-from {folder}: {err}") from None
+        except Exception as err:   # safetensors' own errors: a truncated or foreign file
+            raise SystemExit(f"error: --init-from {folder}: its model.safetensors is unreadable "
+                             f"({type(err).__name__}: {err})") from None
+        try:
+            training = json.loads((path / "training.json").read_text())
+        except (OSError, ValueError):
+            training = None
+        if not isinstance(training, dict) or not isinstance(training.get("history"), list):
+            raise SystemExit(f"error: --init-from {folder}: no readable training.json beside "
+                             "the weights, so nothing says which images the model was "
+                             "validated on; fine-tuning it could train on them")
+        config = json.loads((path / "config.json").read_text())
+        return cls(path, model.state_dict(), config, training)
+
+    def mismatches(self, wanted: dict, val_images: int, seed: int) -> list[str]:
+        """How this run differs from the model where it must not: its architecture, and
+        the validation split (a different one would validate on images it trained on)."""
+        problems = [f"--{key.replace('_', '-')} {wanted[key]} (the model has {self.config.get(key)})"
+                    for key in ARCHITECTURE if key in wanted and wanted[key] != self.config.get(key)]
+        if (self.training.get("split_seed"), self.training.get("val_images")) != (seed, val_images):
+            problems.append(f"the validation split: {val_images} images with seed {seed}, but the "
+                            f"model was validated on {self.training.get('val_images')} with seed "
+                            f"{self.training.get('split_seed')}")
+        if not torch.allclose(torch.tensor(self.config["mean"]), torch.tensor(wanted["mean"]), atol=1e-6):
+            problems.append("the training images (their mean differs from the model's)")
+        return problems

@@ -188,7 +188,8 @@ TRAINING_FIELDS = {
     "recipe": _text, "recipe_description": _text, "data": _text, "machine": _text,
     "epochs": lambda v: _whole(v) and v > 0, "val_images": lambda v: _whole(v) and v > 0,
     "split_seed": lambda v: _whole(v) and v >= 0, "training_minutes": lambda v: _number(v) and v > 0,
-    "val_acc": _fraction, "val_acc_flip_tta": _fraction,
+    "val_acc": _fraction, "val_acc_flip_tta": _fraction, "started_from": _text, "distilled_from": _text,
+    "epochs_before": lambda v: _whole(v) and v > 0,
     "class_names": lambda v: isinstance(v, list) and bool(v) and all(map(_text, v)),
 }
 

@@ -74,7 +74,21 @@ def one_per_class(labels: torch.Tensor, count: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- run plots
 
-def save_curves(history: list[dict], path: Path) -> None:
+def lineage(training: dict | None, upto: float = float("inf")) -> list[dict]:
+    """The per-epoch history of a run (up to epoch `upto`) and of every model it started
+    from (--init-from), oldest first, numbered on from one run to the next. A starting
+    model counts up to its best epoch: those are the weights the next run began from."""
+    if not training:
+        return []
+    parent = training.get("parent")
+    earlier = lineage(parent, parent.get("best_epoch", float("inf")) if parent else 0)
+    offset = earlier[-1]["epoch"] if earlier else 0
+    return earlier + [{**h, "epoch": h["epoch"] + offset} for h in training["history"] if h["epoch"] <= upto]
+
+
+def save_curves(history: list[dict], path: Path, started_after: int = 0) -> None:
+    """Loss and accuracy per epoch; a run that started from another model's weights shows
+    that model's epochs too, with a line where this run began."""
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -86,6 +100,11 @@ def save_curves(history: list[dict], path: Path) -> None:
     ax2.plot(epochs, [100 * h["train_acc"] for h in history], label=label, **style)
     ax2.plot(epochs, [100 * h["val_acc"] for h in history], label="validation", **style)
     ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy (%)"), ax2.legend(), ax2.grid(alpha=0.3)
+    if started_after:
+        for ax in (ax1, ax2):
+            ax.axvline(started_after + 0.5, color="gray", linestyle="--", linewidth=1)
+        ax2.annotate("fine-tuning", (started_after + 0.5, 0.02), xycoords=("data", "axes fraction"),
+                     fontsize=8, color="gray", xytext=(3, 0), textcoords="offset points")
     fig.suptitle("loss and accuracy per epoch")
     fig.tight_layout()
     save_figure(fig, path)
@@ -203,6 +222,18 @@ class RunSummary:
     settings: dict
     test_acc: float | None = None
     test_images: int = 0
+    parent: dict | None = None   # training.json of the model this run started from
+    teacher: dict | None = None  # teacher.json of the CNN it distilled from
+
+    @property
+    def full_history(self) -> list[dict]:
+        """Every epoch that went into these weights, the starting model's first."""
+        return lineage({"parent": self.parent, "history": self.history})
+
+    @property
+    def earlier_epochs(self) -> int:
+        """Epochs of the models this run started from (0 for a run from scratch)."""
+        return len(self.full_history) - len(self.history)
 
     @property
     def per_class_acc(self) -> list[float]:
@@ -210,7 +241,25 @@ class RunSummary:
 
     @property
     def training_minutes(self) -> float:
-        return sum(h["seconds"] for h in self.history) / 60
+        """All the training these weights took, the starting model's included."""
+        teacher = self.teacher["training_minutes"] if self.teacher else 0
+        return sum(h["seconds"] for h in self.full_history) / 60 + teacher
+
+    @property
+    def started_from(self) -> str | None:
+        """The model this run started from, in words (None for a run from scratch)."""
+        p = self.parent
+        return p and (f"the weights of a {p.get('recipe')} model after epoch {p.get('best_epoch')} "
+                      f"of {p.get('epochs')}, its best ({100 * p.get('val_acc', 0):.2f}% validation)")
+
+    @property
+    def distilled_from(self) -> str | None:
+        """The teacher, in words (None without one)."""
+        t = self.teacher
+        return t and (f"a CNN of widths {t['widths']} trained by teacher.py on the same split for "
+                      f"{t['epochs']} epochs ({100 * t['val_acc']:.2f}% validation, "
+                      f"{t['training_minutes']} min): half the loss against its predicted classes "
+                      "(hard distillation)")
 
     def as_json(self) -> dict:
         return {"recipe": self.recipe, "recipe_description": self.recipe_description,
@@ -221,7 +270,10 @@ class RunSummary:
                 "machine": self.machine, "training_minutes": round(self.training_minutes, 1),
                 "command": self.command, "settings": self.settings,
                 "class_names": self.class_names, "per_class_acc": self.per_class_acc,
-                "confusion_matrix": self.confusion, "history": self.history}
+                "confusion_matrix": self.confusion, "history": self.history, "parent": self.parent,
+                "teacher": {k: v for k, v in self.teacher.items() if k != "history"} if self.teacher else None,
+                "epochs_before": self.earlier_epochs, "started_from": self.started_from,
+                "distilled_from": self.distilled_from}
 
 
 def write_run_plots(summary: RunSummary, run_dir: Path, val_images: torch.Tensor,
@@ -229,8 +281,8 @@ def write_run_plots(summary: RunSummary, run_dir: Path, val_images: torch.Tensor
     """The run's PNGs: curves, time to accuracy, confusion matrix, per-class accuracy and
     a grid of validation predictions drawn from every class."""
     names = summary.class_names
-    save_curves(summary.history, run_dir / "curves.png")
-    save_time_to_accuracy(summary.history, run_dir / "time_to_accuracy.png")
+    save_curves(summary.full_history, run_dir / "curves.png", summary.earlier_epochs)
+    save_time_to_accuracy(summary.full_history, run_dir / "time_to_accuracy.png")
     title = f"validation, best epoch {summary.best_epoch} ({100 * summary.val_acc:.2f}%)"
     save_confusion_matrix(torch.tensor(summary.confusion), names, run_dir / "confusion_matrix.png", title)
     save_per_class_accuracy(summary.per_class_acc, names, run_dir / "per_class_accuracy.png", title)
@@ -252,10 +304,14 @@ def model_card(summary: RunSummary, params: int) -> str:
         "per-class validation accuracy": ", ".join(
             f"{n} {100 * a:.1f}" for n, a in zip(summary.class_names, summary.per_class_acc)),
     }
+    if summary.parent:
+        table.update(started_from(summary))
+    if summary.teacher:
+        table["teacher"] = f"{summary.distilled_from}; its training is in the training time"
     if summary.test_acc is not None:
         table["test accuracy"] = f"{100 * summary.test_acc:.2f}% ({summary.test_images} images)"
     # An epoch whose record needed correcting (a paused process, say) says so where its figures are read.
-    notes = [f"epoch {h['epoch']}: {h['note']}" for h in summary.history if h.get("note")]
+    notes = [f"epoch {h['epoch']}: {h['note']}" for h in summary.full_history if h.get("note")]
     if notes:
         table["notes"] = "; ".join(notes)
     rows = "\n".join(f"| {k} | {v} |" for k, v in table.items())
@@ -289,6 +345,19 @@ model = ViT.from_pretrained("<this repo or folder>")   # config.json has class_n
 
 {plots}
 """
+
+
+def started_from(summary: RunSummary) -> dict[str, str]:
+    """The card's rows for a run that began from another model's weights (--init-from)."""
+    earlier = summary.earlier_epochs
+    own = sum(h["seconds"] for h in summary.history) / 60
+    return {
+        "started from": f"{summary.started_from}: `{summary.parent.get('command')}`",
+        "best epoch": f"{summary.best_epoch} of this run's {summary.epochs} "
+                      f"(epoch {earlier + summary.best_epoch} counting the {earlier} before it)",
+        "training time": f"{summary.training_minutes:.1f} min in all for {earlier + summary.epochs} "
+                         f"epochs on {summary.machine}; this run's {summary.epochs}: {own:.1f} min",
+    }
 
 
 def export_model(model: ViT, run_dir: Path, summary: RunSummary) -> Path:

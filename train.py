@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 import report
-from checkpoints import RunState, load_checkpoint
+from checkpoints import Parent, RunState, load_checkpoint
 from data import DeviceAugment, TrainingData, build_mixing, build_policy, training_data_or_exit, val_size
+from teacher import teacher_for
 from loop import (ASSIGNMENT_EPOCHS, EpochBatches, Processes, build_ema, build_optimizer,
                   Evaluator, build_scheduler, scaled_milestones, seed_for, start_processes,
                   train_one_epoch)
@@ -141,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
                         ">= 8, CPUs with AVX512-BF16 or AMX), off elsewhere")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the model (backend inductor unless named)")
+    p.add_argument("--init-from", metavar="MODEL_DIR", default=None,
+                   help="start from the weights of an exported model (weights/, a run's "
+                        "export/) with a new optimizer and schedule: fine-tuning on the same "
+                        "split, e.g. with other settings for a last few epochs")
+    p.add_argument("--teacher", metavar="TEACHER_DIR", default=None,
+                   help="distill from a CNN that teacher.py trained on this split: half the "
+                        "loss against its predicted classes (hard distillation, as DeiT)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.pt with the settings it was "
                         "started with (--epochs may grow; the schedule is re-planned)")
@@ -226,8 +234,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit("error: " + "; ".join(problems))
 
 
-def check_data_fits(args: argparse.Namespace, data: TrainingData, world: int) -> None:
-    """Checks that need the data: the patch grid and the batch size."""
+def check_data_fits(args: argparse.Namespace, data: TrainingData, world: int,
+                    parent: Parent | None) -> None:
+    """Checks that need the data: the patch grid, the batch size, the --init-from model."""
     size = data.image_size
     if size % args.patch_size:
         divisors = ", ".join(str(p) for p in range(1, size + 1) if size % p == 0)
@@ -238,6 +247,11 @@ def check_data_fits(args: argparse.Namespace, data: TrainingData, world: int) ->
     if len(data.train_idx) < args.batch_size:
         raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the "
                          f"{len(data.train_idx)} training images")
+    wanted = {**vars(args), "image_size": size, "num_classes": len(data.class_names), "mean": data.mean}
+    problems = parent.mismatches(wanted, len(data.val_idx), args.seed) if parent else []
+    if problems:
+        raise SystemExit(f"error: the model in --init-from {args.init_from} does not fit this "
+                         f"run: {'; '.join(problems)}")
 
 
 # ---------------------------------------------------------------- model, optimizer, schedule
@@ -264,10 +278,12 @@ class Trainer:
     batches: EpochBatches
     augment: DeviceAugment
     mixing: object
+    teacher: torch.nn.Module | None
+    teacher_record: dict | None   # teacher.json: its widths, split and figures
 
     @classmethod
     def build(cls, args: argparse.Namespace, data: TrainingData, state: RunState, saved: dict | None,
-              procs: Processes) -> Trainer:
+              parent: Parent | None, procs: Processes) -> Trainer:
         torch.manual_seed(args.seed)
         model = build_model(args, data.class_names, state.mean, state.std, data.image_size).to(procs.device)
         batches = EpochBatches(data.images[data.train_idx], data.labels[data.train_idx],
@@ -277,13 +293,19 @@ class Trainer:
         ema = build_ema(model, args.ema)
         if saved:
             state.restore(saved, model, optimizer, ema)
+        elif parent:
+            model.load_state_dict(parent.weights)
+            if ema is not None:
+                ema.module.load_state_dict(parent.weights)
         scheduler = build_scheduler(optimizer, args, batches.steps, state.epoch * batches.steps)
+        teacher, record = teacher_for(args.teacher, len(data.val_idx), args.seed, data.mean,
+                                      procs.device) if args.teacher else (None, None)
         train_model = procs.wrap(model)
         if args.compile:
             train_model = torch.compile(train_model, backend=args.compile)
         return cls(model, train_model, optimizer, scheduler, ema, batches,
                    DeviceAugment(state.mean, state.std, size=data.image_size),
-                   build_mixing(args, len(data.class_names)))
+                   build_mixing(args, len(data.class_names)), teacher, record)
 
     @property
     def scored(self) -> ViT:
@@ -300,13 +322,13 @@ class Trainer:
                 steps=self.batches.steps, augment=self.augment,
                 generator=procs.generator(seed_for(args.seed, "augment", epoch, procs.rank)),
                 mixing=self.mixing, label_smoothing=args.label_smoothing, bf16=bf16,
-                procs=procs, patch_keep=args.patch_keep, ema=self.ema,
+                procs=procs, patch_keep=args.patch_keep, ema=self.ema, teacher=self.teacher,
                 description=f"epoch {epoch + 1}/{args.epochs}",
                 show_progress=procs.main and not args.no_progress)
 
 
 def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunState,
-           data: TrainingData, procs: Processes, bf16: bool) -> dict:
+           data: TrainingData, procs: Processes, bf16: bool, teacher: dict | None) -> dict:
     """Evaluate the best checkpoint again (plain and with flip TTA), draw the plots,
     write the export and results.json; returns the results."""
     print("evaluating the best checkpoint on the validation images ...", flush=True)
@@ -319,12 +341,14 @@ def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunSta
     test = data.test and scorer.evaluate(model, data.test.images, data.test.labels)
     summary = report.RunSummary(
         recipe=args.recipe, recipe_description=report.describe_recipe(args, scaled_milestones(args.epochs)),
-        data=data.description, machine=report.machines_of(state.history), command=run_command(state.settings),
+        data=data.description, machine=report.machines_of(report.lineage(vars(state))),
+        command=run_command(state.settings),
         epochs=args.epochs, best_epoch=best["epoch"], val_acc=val.acc, val_acc_flip_tta=flipped.acc,
         val_images=len(val_labels), split_seed=args.seed, class_names=data.class_names,
         confusion=report.confusion_matrix(val_labels, val.preds, len(data.class_names)).tolist(),
         history=state.history, settings=state.settings,
-        test_acc=test.acc if test else None, test_images=len(data.test) if data.test else 0)
+        test_acc=test.acc if test else None, test_images=len(data.test) if data.test else 0,
+        parent=state.parent, teacher=teacher)
     print("drawing the plots ...", flush=True)
     report.write_run_plots(summary, run_dir, val_images, val_labels, val.preds)
     print("writing the export ...", flush=True)
@@ -350,10 +374,12 @@ def prepare_run(args: argparse.Namespace,
     return args, saved, state
 
 
-def run_state(args: argparse.Namespace, data: TrainingData, state: RunState | None) -> RunState:
+def run_state(args: argparse.Namespace, data: TrainingData, state: RunState | None,
+              parent: Parent | None) -> RunState:
     """A new run's state, or the resumed one after checking that the data is the same."""
     if state is None:
-        return RunState(settings=vars(args).copy(), mean=data.mean, std=data.std)
+        return RunState(settings=vars(args).copy(), mean=data.mean, std=data.std,
+                        parent=parent.training if parent else None)
     if not torch.allclose(torch.tensor(state.mean), torch.tensor(data.mean), atol=1e-6):
         raise SystemExit(f"error: the images in {args.data_dir} are not the ones this run was "
                          "trained on (their mean differs from the checkpoint's)")
@@ -402,10 +428,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     bf16 = procs.use_bf16(args.amp)
     data = procs.first_on_main(lambda: training_data_or_exit(
         args.data_dir, args.val_size, args.seed, args.train_subset))
-    check_data_fits(args, data, procs.world)
+    parent = Parent.load(args.init_from) if args.init_from and not saved else None
+    check_data_fits(args, data, procs.world, parent)
     note = regrown_note(state, args)
-    state = run_state(args, data, state)
-    trainer = Trainer.build(args, data, state, saved, procs)
+    state = run_state(args, data, state, parent)
+    trainer = Trainer.build(args, data, state, saved, parent, procs)
     val_images, val_labels = data.images[data.val_idx].to(procs.device), data.labels[data.val_idx]
     scorer = Evaluator(data.mean, data.std, args.eval_batch_size, procs.device, bf16)
     if procs.main:
@@ -433,7 +460,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         procs.barrier()
     if procs.main:
         result = finish(trainer.scored, run_dir=run_dir, args=args, state=state, data=data,
-                        procs=procs, bf16=bf16)
+                        procs=procs, bf16=bf16, teacher=trainer.teacher_record)
         print(f"best validation accuracy {100 * result['val_acc']:.2f}% at epoch "
               f"{result['best_epoch']} ({100 * result['val_acc_flip_tta']:.2f}% with flip "
               f"TTA); export in {result['export']}", flush=True)

@@ -369,6 +369,16 @@ def test_training_record_text_is_shown_literally_on_one_table_row(loaded, tmp_pa
     assert len(table.splitlines()) == 5   # header, rule, recipe, settings, epochs
 
 
+def test_a_fine_tuned_model_shows_what_it_started_from_and_its_teacher(loaded, tmp_path):
+    (tmp_path / "training.json").write_text(json.dumps(
+        {"recipe": "budget", "epochs": 18, "epochs_before": 150, "val_acc": 0.83,
+         "started_from": "the weights of a budget model", "distilled_from": "a CNN"}))
+    record = Loaded(loaded.model, "status", tmp_path, read_training(tmp_path))
+    assert "training recipe: **budget, 150 + 18 epochs**" in app.header(record)
+    table = app.results_markdown(record)
+    assert "| started from | the weights of a budget model |" in table and "| teacher | a CNN |" in table
+
+
 def test_the_results_tab_shows_each_figure_the_model_folder_has(loaded, tmp_path):
     def shown(folder):
         demo = app.build_demo(Loaded(loaded.model, "status", folder, {}), tmp_path / "out")

@@ -249,8 +249,8 @@ class RunSummary:
     def started_from(self) -> str | None:
         """The model this run started from, in words (None for a run from scratch)."""
         p = self.parent
-        return p and (f"the weights of a {p.get('recipe')} model after epoch {p.get('best_epoch')} "
-                      f"of {p.get('epochs')}, its best ({100 * p.get('val_acc', 0):.2f}% validation)")
+        return p and (f"the best epoch ({p.get('best_epoch')} of {p.get('epochs')}) of a run with "
+                      f"the {p.get('recipe')} recipe ({100 * p.get('val_acc', 0):.2f}% validation)")
 
     @property
     def distilled_from(self) -> str | None:

@@ -432,7 +432,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     parser.add_argument("--patch-size", type=int, default=4, help="patch size of the patch figure")
     args = parser.parse_args()
-    from report import save_augmentation_grid, save_patch_figure
+    from data_figures import save_augmentation_grid, save_patch_figure
 
     data = training_data_or_exit(args.data_dir, args.val_size, args.seed)
     print(f"{data.description}, {len(data.class_names)} classes")

@@ -1,5 +1,5 @@
 """Every figure and every written account of a run: plots, the model card, the export
-folder and the Hub upload, plus the data figures of `python data.py`.
+folder and the Hub upload (the data figures of `python data.py` are data_figures.py's).
 
 One matplotlib set-up (`pyplot()`, the non-interactive Agg backend, imported only when a
 figure is drawn) and one way to save a figure (`save_figure`: atomically, then closed).
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from data import atomic_write, denormalize, json_text, tile_patches, train_transform
-from vit_model import ViT, count_parameters, patchify
+from data import atomic_write, json_text
+from vit_model import ViT, count_parameters
 
 if TYPE_CHECKING:  # for annotations: matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
@@ -428,58 +428,18 @@ def describe_recipe(settings: argparse.Namespace, milestones: list[int]) -> str:
             + (f"{s.ema:g}" if s.ema else "off"))
 
 
+def print_epoch(epoch: int, row: dict, epochs: int, first: bool) -> None:
+    """An epoch's line of the training log; after the first, what the whole run will take."""
+    print(f"epoch {epoch:>3}/{epochs}  lr {row['lr']:.2e}  train loss "
+          f"{row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  val loss "
+          f"{row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  ({row['seconds']:.0f}s)", flush=True)
+    if first and epoch < epochs:   # so a CPU user can size --epochs
+        s = row["seconds"]
+        print(f"epoch {epoch}: {s:.0f} s; {epochs} epochs ≈ {format_duration(s * epochs)} "
+              f"on this machine ({format_duration(s * (epochs - epoch))} to go)", flush=True)
+
+
 def format_duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
-
-
-# ---------------------------------------------------------------- data figures
-
-def save_augmentation_grid(images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
-                           mean: Sequence[float], std: Sequence[float],
-                           path: str | os.PathLike, per_image: int = 6, seed: int = 0) -> None:
-    """A grid: each row one training image, then `per_image` draws of the training
-    transform, de-normalized, labelled with the class."""
-    plt = pyplot()
-    torch.manual_seed(seed)
-    transform = train_transform(mean, std, images.shape[-1])
-    rows = len(images)
-    fig, axes = plt.subplots(rows, per_image + 1, figsize=(1.3 * (per_image + 1), 1.4 * rows),
-                             squeeze=False)
-    for r, (image, label) in enumerate(zip(images, labels)):
-        views = [image.float() / 255] + [denormalize(transform(image), mean, std)
-                                         for _ in range(per_image)]
-        for c, view in enumerate(views):
-            ax = axes[r, c]
-            ax.imshow(view.permute(1, 2, 0).numpy())
-            ax.set_xticks([]), ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(class_names[int(label)], fontsize=9)
-            if r == 0:
-                ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def save_patch_figure(image: torch.Tensor, patch_size: int, path: str | os.PathLike) -> None:
-    """One uint8 image, its patches laid out with gaps, and the token matrix the model
-    reads: one row per patch, C*P*P values each."""
-    plt = pyplot()
-    x = image.float() / 255
-    tokens = patchify(x[None], patch_size)[0]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), width_ratios=[1, 1, 1.1])
-    axes[0].imshow(x.permute(1, 2, 0).numpy())
-    axes[0].set_title(f"image {x.shape[2]}x{x.shape[1]}")
-    grid = tile_patches(tokens.view(-1, x.shape[0], patch_size, patch_size),
-                        x.shape[2] // patch_size, gap=max(1, patch_size // 4))
-    axes[1].imshow(grid.permute(1, 2, 0).numpy())
-    axes[1].set_title(f"{len(tokens)} patches of {patch_size}x{patch_size}, row by row")
-    axes[2].imshow(tokens.numpy(), aspect="auto", cmap="gray", interpolation="nearest")
-    axes[2].set_title(f"token sequence: {len(tokens)} tokens x {tokens.shape[1]} values", fontsize=10)
-    axes[2].set_xlabel("value (channel, row, column within the patch)")
-    axes[2].set_ylabel("token (patch index)")
-    for ax in axes[:2]:
-        ax.axis("off")
-    fig.tight_layout()
-    save_figure(fig, path)

@@ -411,16 +411,6 @@ def regrown_note(state: RunState | None, args: argparse.Namespace) -> str | None
             f"(warmup {args.warmup_epochs:g} epochs and policy {args.policy} kept from the start)")
 
 
-def log_epoch(state: RunState, row: dict, epochs: int, first: bool) -> None:
-    print(f"epoch {state.epoch:>3}/{epochs}  lr {row['lr']:.2e}  train loss "
-          f"{row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  val loss "
-          f"{row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  ({row['seconds']:.0f}s)", flush=True)
-    if first and state.epoch < epochs:   # so a CPU user can size --epochs
-        s = row["seconds"]
-        print(f"epoch {state.epoch}: {s:.0f} s; {epochs} epochs ≈ {report.format_duration(s * epochs)} "
-              f"on this machine ({report.format_duration(s * (epochs - state.epoch))} to go)", flush=True)
-
-
 def main(argv: list[str] | None = None) -> dict | None:
     args, saved, state = prepare_run(parse_args(argv), argv)
     run_dir = Path(args.out)
@@ -456,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             if note:
                 row["note"], note = note, None
             state.end_epoch(row, run_dir, trainer.model, trainer.optimizer, trainer.scored, trainer.ema)
-            log_epoch(state, row, args.epochs, first=state.epoch == first_epoch + 1)
+            report.print_epoch(state.epoch, row, args.epochs, first=state.epoch == first_epoch + 1)
         procs.barrier()
     if procs.main:
         result = finish(trainer.scored, run_dir=run_dir, args=args, state=state, data=data,

@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 import train
 from test_train import interrupted_then_resumed, read_metrics, run_args

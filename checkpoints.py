@@ -10,6 +10,7 @@ from (seed, epoch, rank) every epoch.
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,14 @@ class RunState:
                 raise SystemExit("error: the checkpoint has no EMA weights to continue")
             ema.load_state_dict(saved["ema"])
 
+    def regrown_note(self, args: argparse.Namespace) -> str | None:
+        """The note of the first epoch after a resume that changed --epochs (the card prints it)."""
+        if self.settings["epochs"] == args.epochs:
+            return None
+        return (f"resumed with --epochs {args.epochs} instead of {self.settings['epochs']}: the "
+                f"learning-rate schedule was re-planned for {args.epochs} epochs from here on "
+                f"(warmup {args.warmup_epochs:g} epochs and policy {args.policy} kept from the start)")
+
     def end_epoch(self, row: dict, run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   scored: torch.nn.Module, ema: torch.nn.Module | None) -> None:
         """Record an epoch: best.pt if it is the best so far, then last.pt and metrics."""
@@ -115,7 +124,6 @@ class RunState:
 class Parent:
     """The exported model a run started with --init-from begins from: its checked weights
     and config, and its training.json, which says how it was trained and on which split."""
-    folder: Path
     weights: dict[str, torch.Tensor]
     config: dict
     training: dict
@@ -139,11 +147,12 @@ class Parent:
                              "the weights, so nothing says which images the model was "
                              "validated on; fine-tuning it could train on them")
         config = json.loads((path / "config.json").read_text())
-        return cls(path, model.state_dict(), config, training)
+        return cls(model.state_dict(), config, training)
 
-    def mismatches(self, wanted: dict, val_images: int, seed: int) -> list[str]:
-        """How this run differs from the model where it must not: its architecture, and
-        the validation split (a different one would validate on images it trained on)."""
+    def check_fits(self, wanted: dict, val_images: int) -> None:
+        """Refuse a run that differs from the model where it must not: its architecture, the
+        validation split (another would validate on images it trained on), the images."""
+        seed = wanted["seed"]
         problems = [f"--{key.replace('_', '-')} {wanted[key]} (the model has {self.config.get(key)})"
                     for key in ARCHITECTURE if key in wanted and wanted[key] != self.config.get(key)]
         if (self.training.get("split_seed"), self.training.get("val_images")) != (seed, val_images):
@@ -152,4 +161,6 @@ class Parent:
                             f"{self.training.get('split_seed')}")
         if not torch.allclose(torch.tensor(self.config["mean"]), torch.tensor(wanted["mean"]), atol=1e-6):
             problems.append("the training images (their mean differs from the model's)")
-        return problems
+        if problems:
+            raise SystemExit(f"error: the model in --init-from {wanted['init_from']} does not fit "
+                             f"this run: {'; '.join(problems)}")

@@ -143,9 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the model (backend inductor unless named)")
     p.add_argument("--init-from", metavar="MODEL_DIR", default=None,
-                   help="start from the weights of an exported model (weights/, a run's "
-                        "export/) with a new optimizer and schedule: fine-tuning on the same "
-                        "split, e.g. with other settings for a last few epochs")
+                   help="start from an exported model's weights (weights/, a run's export/) "
+                        "with a new optimizer and schedule: fine-tuning on the same split")
     p.add_argument("--teacher", metavar="TEACHER_DIR", default=None,
                    help="distill from a CNN that teacher.py trained on this split: half the "
                         "loss against its predicted classes (hard distillation, as DeiT)")
@@ -247,11 +246,9 @@ def check_data_fits(args: argparse.Namespace, data: TrainingData, world: int,
     if len(data.train_idx) < args.batch_size:
         raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the "
                          f"{len(data.train_idx)} training images")
-    wanted = {**vars(args), "image_size": size, "num_classes": len(data.class_names), "mean": data.mean}
-    problems = parent.mismatches(wanted, len(data.val_idx), args.seed) if parent else []
-    if problems:
-        raise SystemExit(f"error: the model in --init-from {args.init_from} does not fit this "
-                         f"run: {'; '.join(problems)}")
+    if parent:
+        parent.check_fits({**vars(args), "image_size": size, "num_classes": len(data.class_names),
+                           "mean": data.mean}, len(data.val_idx))
 
 
 # ---------------------------------------------------------------- model, optimizer, schedule
@@ -402,15 +399,6 @@ def run_command(settings: dict) -> str:
     return " ".join(words)
 
 
-def regrown_note(state: RunState | None, args: argparse.Namespace) -> str | None:
-    """The note of the first epoch after a resume that changed --epochs (the card prints it)."""
-    if state is None or state.settings["epochs"] == args.epochs:
-        return None
-    return (f"resumed with --epochs {args.epochs} instead of {state.settings['epochs']}: the "
-            f"learning-rate schedule was re-planned for {args.epochs} epochs from here on "
-            f"(warmup {args.warmup_epochs:g} epochs and policy {args.policy} kept from the start)")
-
-
 def main(argv: list[str] | None = None) -> dict | None:
     args, saved, state = prepare_run(parse_args(argv), argv)
     run_dir = Path(args.out)
@@ -420,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         args.data_dir, args.val_size, args.seed, args.train_subset))
     parent = Parent.load(args.init_from) if args.init_from and not saved else None
     check_data_fits(args, data, procs.world, parent)
-    note = regrown_note(state, args)
+    note = state and state.regrown_note(args)
     state = run_state(args, data, state, parent)
     trainer = Trainer.build(args, data, state, saved, parent, procs)
     val_images, val_labels = data.images[data.val_idx].to(procs.device), data.labels[data.val_idx]

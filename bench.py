@@ -191,6 +191,7 @@ def measure(args: argparse.Namespace, device: torch.device, timing: Timing) -> t
              "steps": timing.steps, "warmup": timing.warmup, "repeats": timing.repeats,
              "infer_batch": args.infer_batch, "data": data_description,
              "cpu_has_native_bf16": device.type == "cpu" and loop.cpu_has_native_bf16(),
+             "cpu_bf16_speedup": loop.cpu_bf16_speedup() if device.type == "cpu" else None,
              "matmul_peak_tflops": {str(d).removeprefix("torch."): p for d, p in peaks.items()}}
     return results, setup
 
@@ -231,7 +232,9 @@ def report(results: dict, setup: dict) -> str:
              f"after {setup['warmup']} warm-up; {setup['data']}",
              "measured matmul peak: " + ", ".join(
                  f"{dtype} {tflops:.3f} TFLOP/s" for dtype, tflops in setup["matmul_peak_tflops"].items())
-             + f"; CPU with native bf16: {setup['cpu_has_native_bf16']}", ""]
+             + f"; CPU with native bf16: {setup['cpu_has_native_bf16']}"
+             + (f" (a block's MLP trains {setup['cpu_bf16_speedup']:.2f}x as fast in bf16)"
+                if setup["cpu_has_native_bf16"] else ""), ""]
     header = (f"{'':8} {'train img/s':>11} {'ms/step':>8} {'vs proj':>7} "
               f"{'infer ms/img':>12} {'batch-1 ms':>10} {'vs proj':>7} "
               f"{'GFLOP/img':>9} {'TFLOP/s':>7} {'of peak':>7}")

@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device name")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                    help="bf16 autocast; auto: on where bf16 is native (CUDA compute capability "
-                        ">= 8, CPUs with AVX512-BF16 or AMX), off elsewhere")
+                        ">= 8; CPUs with AVX512-BF16 or AMX where a measured step is faster in "
+                        "bf16), off elsewhere")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the model (backend inductor unless named)")
     p.add_argument("--init-from", metavar="MODEL_DIR", default=None,
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if procs.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"{data.description}; {count_parameters(trainer.model):,} parameters; "
-              f"{procs.machine()}; bf16 {'on' if bf16 else 'off'}; "
+              f"{procs.machine()}; {procs.bf16_words(args.amp)}; "
               + (f"resuming after epoch {state.epoch} of {args.epochs}" if saved
                  else f"{args.epochs} epochs of {trainer.batches.steps} steps"), flush=True)
         if note:

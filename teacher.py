@@ -2,6 +2,7 @@
 (`train.py --teacher DIR`, hard-label distillation as in DeiT: Touvron et al. 2021).
 
     python teacher.py --data-dir DATA --out runs/teacher            # 10 epochs
+    python teacher.py --data-dir DATA --out runs/teacher --resume   # after a stop: go on
     python train.py --recipe budget --teacher runs/teacher ...      # distill into the ViT
 
 Why a CNN: on 32x32 images its built-in locality learns in a few epochs what a ViT trained
@@ -12,7 +13,7 @@ refuses a teacher cut from another split. The network: a 3x3 stem, then three st
 conv -> max-pool -> BatchNorm -> GELU -> conv -> BatchNorm -> GELU (32 -> 16 -> 8 -> 4
 pixels), global max pool and a linear head. SGD with Nesterov momentum, label smoothing
 0.2, linear warmup then linear decay to zero, flip + mild random resized crop (the ViT's
-own augmentation), bf16 autocast where native. The folder it writes holds
+own augmentation), bf16 autocast where train.py's --amp auto picks it. The folder it writes holds
 teacher.safetensors and teacher.json (widths, split, statistics, figures, history).
 """
 
@@ -28,10 +29,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save
 
-from data import DeviceAugment, atomic_write, json_text, training_data_or_exit, val_size
-from loop import Evaluator, bf16_autocast, lr_factor, seed_for, start_processes
+from checkpoints import on_cpu
+from data import (DeviceAugment, TrainingData, atomic_save, atomic_write, json_text,
+                  training_data_or_exit, val_size)
+from loop import Evaluator, Processes, bf16_autocast, lr_factor, seed_for, start_processes
+from report import machines_of
 
-WEIGHTS, RECORD = "teacher.safetensors", "teacher.json"
+WEIGHTS, RECORD, CHECKPOINT = "teacher.safetensors", "teacher.json", "teacher_last.pt"
+# What a resumed teacher must share with the saved one (the rest may change between sittings).
+SETTINGS = ("epochs", "widths", "batch_size", "lr", "weight_decay", "label_smoothing", "val_size", "seed")
 
 
 class Teacher(nn.Module):
@@ -110,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="as train.py's: the same split")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device name")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="bf16 autocast, as train.py's")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue the teacher in --out from its {CHECKPOINT} (written every epoch)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     args = p.parse_args(argv)
     if min(args.epochs, args.batch_size) <= 0 or args.lr <= 0:
         p.error("--epochs, --batch-size and --lr must be positive")
@@ -126,57 +135,105 @@ def optimizer_for(model: Teacher, args: argparse.Namespace) -> torch.optim.SGD:
                            lr=args.lr, momentum=0.9, nesterov=True)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def resumed_state(args: argparse.Namespace) -> dict | None:
+    """The checkpoint to continue from (--resume), or None to start afresh; refused, with
+    the reason, where continuing or starting afresh would mix two different teachers."""
+    path = Path(args.out) / CHECKPOINT
+    if not args.resume:
+        if path.exists():
+            raise SystemExit(f"error: {path} exists: add --resume to continue that teacher, "
+                             "or choose another --out")
+        return None
+    if not path.exists():
+        raise SystemExit(f"error: --resume, but {path} does not exist")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        changed = [k for k in SETTINGS if saved["settings"][k] != getattr(args, k)]
+    except Exception as err:
+        raise SystemExit(f"error: {path} is not a readable teacher.py checkpoint "
+                         f"({type(err).__name__}); delete it to start afresh") from None
+    if changed:
+        raise SystemExit("error: --resume with other settings than the saved teacher's ("
+                         + ", ".join(f"--{k.replace('_', '-')} {saved['settings'][k]}" for k in changed)
+                         + "): give the same ones")
+    return saved
+
+
+def train_epoch(model: Teacher, optimizer: torch.optim.Optimizer, scheduler, data: TrainingData,
+                args: argparse.Namespace, epoch: int, procs: Processes, bf16: bool) -> None:
+    """One epoch over the training split, in a seeded order with seeded augmentation, so
+    that a resumed teacher trains exactly as one that never stopped."""
     from tqdm import tqdm
 
+    device = procs.device
+    images, labels = data.images[data.train_idx].to(device), data.labels[data.train_idx].to(device)
+    augment = DeviceAugment(data.mean, data.std, size=data.image_size)
+    generator = procs.generator(seed_for(args.seed, "teacher", epoch))
+    order = torch.randperm(len(images), device=device, generator=generator)
+    model.train()
+    for step in tqdm(range(len(images) // args.batch_size), desc=f"epoch {epoch + 1}/{args.epochs}",
+                     leave=False, disable=args.no_progress):
+        batch = order[step * args.batch_size:(step + 1) * args.batch_size]
+        with bf16_autocast(device, bf16):
+            loss = F.cross_entropy(model(augment(images[batch], generator)), labels[batch],
+                                   label_smoothing=args.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+
+def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    saved, out = resumed_state(args), Path(args.out)
     procs = start_processes(args.device)
     bf16 = procs.use_bf16(args.amp)
     data = training_data_or_exit(args.data_dir, args.val_size, args.seed)
-    device = procs.device
-    images, labels = data.images[data.train_idx].to(device), data.labels[data.train_idx].to(device)
-    steps = len(images) // args.batch_size
+    steps = len(data.train_idx) // args.batch_size
     torch.manual_seed(args.seed)
-    model = Teacher(args.widths, len(data.class_names)).to(device, memory_format=torch.channels_last)
+    model = Teacher(args.widths, len(data.class_names)).to(procs.device, memory_format=torch.channels_last)
     optimizer = optimizer_for(model, args)
+    history = saved["history"] if saved else []
+    if saved:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+    done = len(history) * steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, args.epochs * steps, steps, "linear", []))
-    augment = DeviceAugment(data.mean, data.std, size=data.image_size)
-    scorer = Evaluator(data.mean, data.std, 512, device, bf16)
+        optimizer, lambda s: lr_factor(s + done, args.epochs * steps, steps, "linear", []))
+    scorer = Evaluator(data.mean, data.std, 512, procs.device, bf16)
+    val_images, val_labels = data.images[data.val_idx], data.labels[data.val_idx]
     print(f"{data.description}; teacher {args.widths}, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters; {procs.machine()}; "
-          f"bf16 {'on' if bf16 else 'off'}", flush=True)
-    history = []
-    for epoch in range(args.epochs):
+          f"{procs.bf16_words(args.amp)}" + (f"; resuming after epoch {len(history)}" if saved else ""),
+          flush=True)
+    for epoch in range(len(history), args.epochs):
         start = time.time()
-        model.train()
-        generator = procs.generator(seed_for(args.seed, "teacher", epoch))
-        order = torch.randperm(len(images), device=device, generator=generator)
-        for step in tqdm(range(steps), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False):
-            batch = order[step * args.batch_size:(step + 1) * args.batch_size]
-            with bf16_autocast(device, bf16):
-                loss = F.cross_entropy(model(augment(images[batch], generator)), labels[batch],
-                                       label_smoothing=args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-        val = scorer.evaluate(model, data.images[data.val_idx], data.labels[data.val_idx])
-        history.append({"epoch": epoch + 1, "val_acc": val.acc, "seconds": time.time() - start})
+        train_epoch(model, optimizer, scheduler, data, args, epoch, procs, bf16)
+        val = scorer.evaluate(model, val_images, val_labels)
+        history.append({"epoch": epoch + 1, "val_acc": val.acc, "seconds": time.time() - start,
+                        "machine": procs.machine()})
         print(f"epoch {epoch + 1:>3}/{args.epochs}  val acc {100 * val.acc:.2f}%  "
               f"({history[-1]['seconds']:.0f}s)", flush=True)
-    flipped = scorer.evaluate(model, data.images[data.val_idx], data.labels[data.val_idx], flip=True)
+        atomic_save({"model": on_cpu(model.state_dict()), "optimizer": on_cpu(optimizer.state_dict()),
+                     "settings": {k: getattr(args, k) for k in SETTINGS}, "history": history},
+                    out / CHECKPOINT)
+    return finish(model, scorer.evaluate(model, val_images, val_labels, flip=True).acc,
+                  data, args, history)
+
+
+def finish(model: Teacher, flip_acc: float, data: TrainingData, args: argparse.Namespace,
+           history: list[dict]) -> dict:
+    """Write teacher.safetensors and teacher.json; the record."""
+    out = Path(args.out)
     record = {"widths": args.widths, "class_names": data.class_names, "mean": data.mean,
               "std": data.std, "split_seed": args.seed, "val_images": len(data.val_idx),
-              "val_acc": val.acc, "val_acc_flip_tta": flipped.acc, "epochs": args.epochs,
-              "data": data.description, "machine": procs.machine(),
+              "val_acc": history[-1]["val_acc"], "val_acc_flip_tta": flip_acc, "epochs": args.epochs,
+              "data": data.description, "machine": machines_of(history),
               "training_minutes": round(sum(h["seconds"] for h in history) / 60, 1), "history": history}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(out / WEIGHTS, lambda f: f.write(save(state)))
     atomic_write(out / RECORD, lambda f: f.write(json_text(record, indent=2).encode()))
-    print(f"teacher: {100 * val.acc:.2f}% validation ({100 * flipped.acc:.2f}% flip TTA) "
+    print(f"teacher: {100 * record['val_acc']:.2f}% validation ({100 * flip_acc:.2f}% flip TTA) "
           f"in {record['training_minutes']} min; saved in {out}", flush=True)
     return record
 

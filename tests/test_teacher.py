@@ -80,3 +80,37 @@ def test_bad_teacher_arguments_fail_at_once(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit):
         teacher.main(["--data-dir", str(tmp_path), *flags])
     assert message in capsys.readouterr().err
+
+
+def test_a_stopped_teacher_resumes_to_the_same_weights(trained_teacher, shared_folder_data, tmp_path,
+                                                      monkeypatch):
+    out, record = trained_teacher
+    flags = ["--data-dir", str(shared_folder_data), "--out", str(tmp_path / "cnn"), "--epochs", "2",
+             "--widths", "8,16", "--batch-size", "32", "--val-size", "30", "--no-progress"]
+    real_epoch = teacher.train_epoch
+
+    def stop_in_epoch_two(*args):
+        if args[5] == 1:
+            raise KeyboardInterrupt
+        real_epoch(*args)
+
+    monkeypatch.setattr(teacher, "train_epoch", stop_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        teacher.main(flags)
+    assert not (tmp_path / "cnn" / "teacher.json").exists()
+    monkeypatch.setattr(teacher, "train_epoch", real_epoch)
+    with pytest.raises(SystemExit, match="teacher_last.pt exists: add --resume"):
+        teacher.main(flags)
+    with pytest.raises(SystemExit, match=r"other settings than the saved teacher's \(--lr 0.2\)"):
+        teacher.main(flags + ["--resume", "--lr", "0.1"])
+    resumed = teacher.main(flags + ["--resume"])
+    assert [h["val_acc"] for h in resumed["history"]] == [h["val_acc"] for h in record["history"]]
+    model, _ = teacher.load_teacher(tmp_path / "cnn")
+    reference, _ = teacher.load_teacher(out)
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_resume_without_a_checkpoint_says_so(shared_folder_data, tmp_path):
+    with pytest.raises(SystemExit, match="--resume, but .*teacher_last.pt does not exist"):
+        teacher.main(["--data-dir", str(shared_folder_data), "--out", str(tmp_path), "--resume"])

@@ -92,3 +92,18 @@ def test_the_machine_is_named_with_its_vector_units():
     units = torch.backends.cpu.get_cpu_capability()
     assert f"CPU ({units}" in machine and machine.endswith(f"{torch.get_num_threads()} threads")
     assert ("native bf16" in machine) == loop.cpu_has_native_bf16()
+
+
+def test_distilled_curves_say_their_training_loss_is_half_the_teachers(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.append(fig))
+    history = [{"epoch": e, "lr": 5e-4, "train_loss": 2.0, "train_acc": 0.3, "val_loss": 1.9,
+                "val_acc": 0.5, "seconds": 30.0} for e in (1, 2, 3)]
+    report.save_curves(history, tmp_path / "a.png", started_after=2, distilled=True)
+    report.save_curves(history, tmp_path / "b.png", distilled=True)
+    report.save_curves(history, tmp_path / "c.png", started_after=2)
+    texts = [[t.get_text() for ax in fig.axes for t in ax.texts + ax.get_legend().get_texts()]
+             for fig in figures]
+    assert "fine-tuning, distilled (train loss half vs teacher)" in texts[0]
+    assert "train (augmented, regularized, loss half vs teacher)" in texts[1]
+    assert "fine-tuning" in texts[2] and not any("teacher" in t for t in texts[2])

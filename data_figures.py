@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from data import denormalize, tile_patches, train_transform
-from report import pyplot, save_figure
+from figures import pyplot, save_figure
 from vit_model import patchify
 
 def save_augmentation_grid(images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],

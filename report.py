@@ -1,52 +1,25 @@
-"""Every figure and every written account of a run: plots, the model card, the export
-folder and the Hub upload (the data figures of `python data.py` are data_figures.py's).
-
-One matplotlib set-up (`pyplot()`, the non-interactive Agg backend, imported only when a
-figure is drawn) and one way to save a figure (`save_figure`: atomically, then closed).
-train.py calls `write_run_plots` and `export_model` once after its last epoch; nothing
-here trains.
+"""Every written account of a run: its summary, lineage and machines, the model card, the
+export folder and the Hub upload (its PNGs are figures.py's). train.py calls
+`export_model` once after its last epoch; nothing here trains.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING
 
 import torch
 
 from data import atomic_write, json_text
 from vit_model import ViT, count_parameters
 
-if TYPE_CHECKING:  # for annotations: matplotlib is imported only when a figure is drawn
-    from matplotlib.figure import Figure
-
 PLOTS = ["curves.png", "time_to_accuracy.png", "confusion_matrix.png",
          "per_class_accuracy.png", "predictions.png"]
 # What travels with the weights besides config.json: the app reads it to tell a visitor
 # what the model was trained with and how accurate it is.
 TRAINING_FILE = "training.json"
-
-
-def pyplot() -> ModuleType:
-    """matplotlib.pyplot on the Agg backend: files only, no display needed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save_figure(fig: Figure, path: str | os.PathLike) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"))
-    finally:
-        pyplot().close(fig)
 
 
 # ---------------------------------------------------------------- statistics
@@ -60,16 +33,6 @@ def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int
 def per_class_accuracy(cm: torch.Tensor) -> list[float]:
     """Fraction of each true class predicted correctly (0 for a class with no images)."""
     return (cm.diag().float() / cm.sum(1).clamp(min=1)).tolist()
-
-
-def one_per_class(labels: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of `count` images taken round-robin over the classes (first images of
-    each class first), so a grid of samples shows every class, not the first one."""
-    order = torch.argsort(labels, stable=True)
-    sorted_labels = labels[order]
-    rank = torch.arange(len(labels)) - torch.searchsorted(sorted_labels, sorted_labels)
-    by_rank = order[torch.argsort(rank * (int(labels.max()) + 1) + sorted_labels, stable=True)]
-    return by_rank[:count]
 
 
 # ---------------------------------------------------------------- run plots
@@ -86,30 +49,12 @@ def lineage(training: dict | None, upto: float = float("inf")) -> list[dict]:
     return earlier + [{**h, "epoch": h["epoch"] + offset} for h in training["history"] if h["epoch"] <= upto]
 
 
-def save_curves(history: list[dict], path: Path, started_after: int = 0, distilled: bool = False) -> None:
-    """Loss and accuracy per epoch; a run that started from another model's weights shows
-    that model's epochs too, with a line where this run began. A distilled run's training
-    loss is half against the teacher's labels, so the curves say so where it applies."""
-    plt = pyplot()
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    style = dict(marker="o", markersize=3)  # a 1-epoch run is a single point
-    label = f"train (augmented, regularized{', loss half vs teacher' if distilled and not started_after else ''})"
-    ax1.plot(epochs, [h["train_loss"] for h in history], label=label, **style)
-    ax1.plot(epochs, [h["val_loss"] for h in history], label="validation", **style)
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy"), ax1.legend(), ax1.grid(alpha=0.3)
-    ax2.plot(epochs, [100 * h["train_acc"] for h in history], label=label, **style)
-    ax2.plot(epochs, [100 * h["val_acc"] for h in history], label="validation", **style)
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy (%)"), ax2.legend(), ax2.grid(alpha=0.3)
-    if started_after:
-        for ax in (ax1, ax2):
-            ax.axvline(started_after + 0.5, color="gray", linestyle="--", linewidth=1)
-        ax2.annotate("fine-tuning" + (", distilled (train loss half vs teacher)" if distilled else ""),
-                     (started_after + 0.5, 0.02), xycoords=("data", "axes fraction"),
-                     fontsize=8, color="gray", xytext=(3, 0), textcoords="offset points")
-    fig.suptitle("loss and accuracy per epoch")
-    fig.tight_layout()
-    save_figure(fig, path)
+def teacher_minutes(training: dict | None) -> float:
+    """Minutes of the teachers a model and the models it started from distilled from."""
+    if not training:
+        return 0.0
+    teacher = training.get("teacher")
+    return (teacher["training_minutes"] if teacher else 0.0) + teacher_minutes(training.get("parent"))
 
 
 def machine_spans(history: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -133,73 +78,6 @@ def machines_of(history: list[dict]) -> str:
     return "; ".join(f"{machine} (epochs {rows[0]['epoch']}-{rows[-1]['epoch']})"
                      if len(rows) > 1 else f"{machine} (epoch {rows[0]['epoch']})"
                      for machine, rows in spans)
-
-
-def save_time_to_accuracy(history: list[dict], path: Path) -> None:
-    """Validation accuracy against cumulative wall-clock minutes of training, one line per
-    machine when the run moved between machines."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    total, spans = 0.0, machine_spans(history)
-    for machine, rows in spans:
-        minutes = []
-        for h in rows:
-            total += h["seconds"] / 60
-            minutes.append(total)
-        ax.plot(minutes, [100 * h["val_acc"] for h in rows], marker="o", markersize=3, label=machine)
-    if len(spans) > 1:
-        ax.legend(fontsize=7)
-    xlabel = "wall-clock minutes" + (f" ({spans[0][0]})" if len(spans) == 1 else "")
-    ax.set_xlabel(xlabel), ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("time to accuracy"), ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def save_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str], path: Path, title: str) -> None:
-    plt = pyplot()
-    rates = cm.float() / cm.sum(1, keepdim=True).clamp(min=1)
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    im = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
-    k = len(class_names)
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(k), class_names)
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def save_per_class_accuracy(accuracy: list[float], class_names: Sequence[str], path: Path,
-                            title: str) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4))
-    bars = ax.bar(class_names, [100 * a for a in accuracy], color="tab:blue")
-    ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_ylim(0, 105), ax.set_ylabel("accuracy (%)"), ax.set_title(title)
-    ax.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def save_prediction_grid(images: torch.Tensor, labels: Sequence[int], preds: Sequence[int],
-                         class_names: Sequence[str], path: Path, rows: int = 4, cols: int = 8) -> None:
-    """Sample images with true and predicted class; wrong predictions in red."""
-    plt = pyplot()
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
-    for ax, image, y, p in zip(axes.flat, images, labels, preds):
-        ax.imshow(image.permute(1, 2, 0).numpy())
-        ax.set_title(f"{class_names[y]}\n→ {class_names[p]}", fontsize=8,
-                     color="tab:green" if y == p else "tab:red")
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle("true → predicted (validation)")
-    fig.tight_layout()
-    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- the run's report
@@ -243,16 +121,17 @@ class RunSummary:
 
     @property
     def training_minutes(self) -> float:
-        """All the training these weights took, the starting model's included."""
-        teacher = self.teacher["training_minutes"] if self.teacher else 0
-        return sum(h["seconds"] for h in self.full_history) / 60 + teacher
+        """All the training these weights took: the starting models' and every teacher's included."""
+        return (sum(h["seconds"] for h in self.full_history) / 60
+                + teacher_minutes({"teacher": self.teacher, "parent": self.parent}))
 
     @property
     def started_from(self) -> str | None:
         """The model this run started from, in words (None for a run from scratch)."""
         p = self.parent
         return p and (f"the best epoch ({p.get('best_epoch')} of {p.get('epochs')}) of a run with "
-                      f"the {p.get('recipe')} recipe ({100 * p.get('val_acc', 0):.2f}% validation)")
+                      f"the {p.get('recipe')} recipe ({100 * p.get('val_acc', 0):.2f}% validation"
+                      + (", itself distilled from a CNN teacher" if p.get("teacher") else "") + ")")
 
     @property
     def distilled_from(self) -> str | None:
@@ -276,21 +155,6 @@ class RunSummary:
                 "teacher": {k: v for k, v in self.teacher.items() if k != "history"} if self.teacher else None,
                 "epochs_before": self.earlier_epochs, "started_from": self.started_from,
                 "distilled_from": self.distilled_from}
-
-
-def write_run_plots(summary: RunSummary, run_dir: Path, val_images: torch.Tensor,
-                    val_labels: torch.Tensor, val_preds: torch.Tensor) -> None:
-    """The run's PNGs: curves, time to accuracy, confusion matrix, per-class accuracy and
-    a grid of validation predictions drawn from every class."""
-    names = summary.class_names
-    save_curves(summary.full_history, run_dir / "curves.png", summary.earlier_epochs, bool(summary.teacher))
-    save_time_to_accuracy(summary.full_history, run_dir / "time_to_accuracy.png")
-    title = f"validation, best epoch {summary.best_epoch} ({100 * summary.val_acc:.2f}%)"
-    save_confusion_matrix(torch.tensor(summary.confusion), names, run_dir / "confusion_matrix.png", title)
-    save_per_class_accuracy(summary.per_class_acc, names, run_dir / "per_class_accuracy.png", title)
-    pick = one_per_class(val_labels, 32)
-    save_prediction_grid(val_images[pick], val_labels[pick].tolist(), val_preds[pick].tolist(),
-                         names, run_dir / "predictions.png")
 
 
 def model_card(summary: RunSummary, params: int) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+import figures
 import report
 from checkpoints import Parent, RunState, load_checkpoint
 from data import DeviceAugment, TrainingData, build_mixing, build_policy, training_data_or_exit, val_size
@@ -348,7 +349,7 @@ def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunSta
         test_acc=test.acc if test else None, test_images=len(data.test) if data.test else 0,
         parent=state.parent, teacher=teacher)
     print("drawing the plots ...", flush=True)
-    report.write_run_plots(summary, run_dir, val_images, val_labels, val.preds)
+    figures.write_run_plots(summary, run_dir, val_images, val_labels, val.preds)
     print("writing the export ...", flush=True)
     export_dir = report.export_model(model, run_dir, summary)
     result = {**summary.as_json(), "export": str(export_dir)}

@@ -3,19 +3,10 @@ import json
 import pytest
 import torch
 
+import figures
 import report
 from conftest import CLASSES
 from vit_model import ViT
-
-
-def test_prediction_samples_come_from_every_class():
-    labels = torch.arange(10).repeat_interleave(50)   # class-sorted, as a validation split can be
-    pick = report.one_per_class(labels, 32)
-    assert len(set(pick.tolist())) == 32
-    assert sorted(labels[pick[:10]].tolist()) == list(range(10))
-    counts = torch.bincount(labels[pick], minlength=10)
-    assert counts.max() - counts.min() <= 1
-    assert report.one_per_class(torch.tensor([2, 2, 0]), 5).tolist() == [2, 0, 1]
 
 
 def summary(history, epochs=1) -> report.RunSummary:
@@ -30,7 +21,7 @@ def test_one_epoch_run_shows_its_point_and_says_one_epoch(tmp_path):
     history = [{"epoch": 1, "lr": 5e-4, "train_loss": 2.0, "train_acc": 0.3, "val_loss": 1.9,
                 "val_acc": 0.5, "seconds": 30.0}]
     run = summary(history)
-    report.save_curves(history, tmp_path / "curves.png")
+    figures.save_curves(history, tmp_path / "curves.png")
     import matplotlib.image
     pixels = matplotlib.image.imread(tmp_path / "curves.png")
     # Not empty axes: the single point is drawn as a marker in the plot's colours.
@@ -50,7 +41,7 @@ def test_export_holds_weights_card_and_training_json(tmp_path):
     history = [{"epoch": 1, "lr": 5e-4, "train_loss": 2.0, "train_acc": 0.3, "val_loss": 1.9,
                 "val_acc": 0.5, "seconds": 30.0}]
     for name in report.PLOTS[:1]:
-        report.save_curves(history, tmp_path / name)
+        figures.save_curves(history, tmp_path / name)
     export = report.export_model(model, tmp_path, summary(history))
     info = json.loads((export / report.TRAINING_FILE).read_text())
     assert info["val_acc"] == 0.5 and info["val_acc_flip_tta"] == 0.52 and info["recipe"] == "assignment"
@@ -81,7 +72,7 @@ def test_a_run_that_moved_between_machines_names_each_with_its_epochs(tmp_path):
     assert report.machines_of(history[3:]) == zen4
     assert [(m, [h["epoch"] for h in rows]) for m, rows in report.machine_spans(history)] == \
         [("machine not recorded", [1, 2]), (zen3, [3]), (zen4, [4, 5])]
-    report.save_time_to_accuracy(history, tmp_path / "time.png")
+    figures.save_time_to_accuracy(history, tmp_path / "time.png")
     assert (tmp_path / "time.png").stat().st_size > 1000
 
 
@@ -94,16 +85,14 @@ def test_the_machine_is_named_with_its_vector_units():
     assert ("native bf16" in machine) == loop.cpu_has_native_bf16()
 
 
-def test_distilled_curves_say_their_training_loss_is_half_the_teachers(tmp_path, monkeypatch):
-    figures = []
-    monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.append(fig))
-    history = [{"epoch": e, "lr": 5e-4, "train_loss": 2.0, "train_acc": 0.3, "val_loss": 1.9,
-                "val_acc": 0.5, "seconds": 30.0} for e in (1, 2, 3)]
-    report.save_curves(history, tmp_path / "a.png", started_after=2, distilled=True)
-    report.save_curves(history, tmp_path / "b.png", distilled=True)
-    report.save_curves(history, tmp_path / "c.png", started_after=2)
-    texts = [[t.get_text() for ax in fig.axes for t in ax.texts + ax.get_legend().get_texts()]
-             for fig in figures]
-    assert "fine-tuning, distilled (train loss half vs teacher)" in texts[0]
-    assert "train (augmented, regularized, loss half vs teacher)" in texts[1]
-    assert "fine-tuning" in texts[2] and not any("teacher" in t for t in texts[2])
+def test_the_training_time_counts_every_teacher_down_the_line():
+    grandparent = {"history": [{"epoch": 1, "seconds": 600.0}], "best_epoch": 1,
+                   "teacher": {"training_minutes": 28.0}}
+    parent = {"history": [{"epoch": 1, "seconds": 300.0}, {"epoch": 2, "seconds": 300.0}],
+              "best_epoch": 1, "epochs": 2, "recipe": "budget", "val_acc": 0.8,
+              "parent": grandparent, "teacher": {"training_minutes": 12.0}}
+    run = summary([{"epoch": 1, "seconds": 60.0}])
+    run.parent = parent
+    # 10 + 5 (the parent up to its best epoch) + 1 minutes of epochs, 28 + 12 of teachers
+    assert run.training_minutes == pytest.approx(56.0)
+    assert run.started_from.endswith("(80.00% validation, itself distilled from a CNN teacher)")

@@ -129,7 +129,7 @@ def cpu_bf16_speedup() -> float:
     without native bf16. Native units alone do not settle it: an Intel Xeon whose virtual
     machine hides its AMX tiles multiplies bf16 on AVX512-BF16 at half its float32 rate
     (family 6 model 207, 2 cores: 125 against 254 GFLOP/s, a budget-recipe step 1.37x
-    slower in bf16), where a Zen 4's AVX512-BF16 is the faster. About half a second, once
+    slower in bf16), where a Zen 4's AVX512-BF16 is the faster. About a second, once
     per process."""
     if not cpu_has_native_bf16():
         return 0.0
@@ -137,18 +137,15 @@ def cpu_bf16_speedup() -> float:
     mlp = torch.nn.Sequential(torch.nn.LayerNorm(256), torch.nn.Linear(256, 512),
                               torch.nn.GELU(), torch.nn.Linear(512, 256))
     x = torch.randn(128 * 33, 256, generator=generator)
-
-    def best_seconds(bf16: bool) -> float:
-        times = []
-        for _ in range(4):   # the first warms oneDNN's kernels up and does not count
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(6):   # in turns, so that a burst of background load hits both; the first warms up
+        for bf16 in (False, True):
             start = time.perf_counter()
             with bf16_autocast(torch.device("cpu"), bf16):
                 loss = mlp(x).float().square().mean()
             loss.backward()
-            times.append(time.perf_counter() - start)
-        return min(times[1:])
-
-    return best_seconds(False) / best_seconds(True)
+            seconds[bf16].append(time.perf_counter() - start)
+    return min(seconds[False][1:]) / min(seconds[True][1:])
 
 
 def cpu_model() -> str:

@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict:
     model = Teacher(args.widths, len(data.class_names)).to(procs.device, memory_format=torch.channels_last)
     optimizer = optimizer_for(model, args)
     history = saved["history"] if saved else []
+    if saved and not torch.allclose(torch.tensor(saved["mean"]), torch.tensor(data.mean), atol=1e-6):
+        raise SystemExit(f"error: --resume on other images than the saved teacher's "
+                         f"(--data-dir {args.data_dir}: their statistics differ)")
     if saved:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -215,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"epoch {epoch + 1:>3}/{args.epochs}  val acc {100 * val.acc:.2f}%  "
               f"({history[-1]['seconds']:.0f}s)", flush=True)
         atomic_save({"model": on_cpu(model.state_dict()), "optimizer": on_cpu(optimizer.state_dict()),
-                     "settings": {k: getattr(args, k) for k in SETTINGS}, "history": history},
+                     "settings": {k: getattr(args, k) for k in SETTINGS}, "mean": data.mean,
+                     "history": history},
                     out / CHECKPOINT)
     return finish(model, scorer.evaluate(model, val_images, val_labels, flip=True).acc,
                   data, args, history)

@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device name")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                    help="bf16 autocast; auto: on where bf16 is native (CUDA compute capability "
-                        ">= 8; CPUs with AVX512-BF16 or AMX where a measured step is faster in "
-                        "bf16), off elsewhere")
+                        ">= 8; CPUs with AVX512-BF16 or AMX where a ViT block's MLP measures "
+                        "faster in bf16), off elsewhere")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the model (backend inductor unless named)")
     p.add_argument("--init-from", metavar="MODEL_DIR", default=None,

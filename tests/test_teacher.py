@@ -82,8 +82,8 @@ def test_bad_teacher_arguments_fail_at_once(flags, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_a_stopped_teacher_resumes_to_the_same_weights(trained_teacher, shared_folder_data, tmp_path,
-                                                      monkeypatch):
+def test_a_stopped_teacher_resumes_to_the_same_weights(trained_teacher, shared_folder_data, folder_data,
+                                                      tmp_path, monkeypatch):
     out, record = trained_teacher
     flags = ["--data-dir", str(shared_folder_data), "--out", str(tmp_path / "cnn"), "--epochs", "2",
              "--widths", "8,16", "--batch-size", "32", "--val-size", "30", "--no-progress"]
@@ -103,6 +103,8 @@ def test_a_stopped_teacher_resumes_to_the_same_weights(trained_teacher, shared_f
         teacher.main(flags)
     with pytest.raises(SystemExit, match=r"other settings than the saved teacher's \(--lr 0.2\)"):
         teacher.main(flags + ["--resume", "--lr", "0.1"])
+    with pytest.raises(SystemExit, match="--resume on other images than the saved teacher's"):
+        teacher.main(flags + ["--resume", "--data-dir", str(folder_data)])
     resumed = teacher.main(flags + ["--resume"])
     assert [h["val_acc"] for h in resumed["history"]] == [h["val_acc"] for h in record["history"]]
     model, _ = teacher.load_teacher(tmp_path / "cnn")

@@ -1,5 +1,6 @@
 """Train the ViT on CIFAR-10: the command line and its recipes, the loop, evaluation,
-checkpoints and resume. Plots, the model card, the export and the Hub upload are report.py's.
+checkpoints and resume. What each recipe sets is recipes.py's; plots are figures.py's; the
+model card, the export and the Hub upload are report.py's.
 
     python train.py --epochs 160 --data-dir DATA --out runs/vit       # the assignment recipe
     python train.py --recipe budget --epochs 30 --data-dir DATA ...     # most accuracy per FLOP
@@ -28,37 +29,15 @@ import torch
 
 import figures
 import report
+from recipes import POLICIES, RECIPES, recipe_help, with_recipe
 from checkpoints import Parent, RunState, load_checkpoint
 from data import DeviceAugment, TrainingData, build_mixing, build_policy, training_data_or_exit, val_size
 from teacher import teacher_for
-from loop import (ASSIGNMENT_EPOCHS, EpochBatches, Processes, build_ema, build_optimizer,
+from loop import (EpochBatches, Processes, build_ema, build_optimizer,
                   Evaluator, build_scheduler, scaled_milestones, seed_for, start_processes,
                   train_one_epoch)
 from vit_model import ViT, count_parameters
 
-# What --recipe sets. Every entry is also a flag of its own, which wins over the recipe,
-# and the resolved values are saved with the run (last.pt, training.json, model card).
-RECIPES = {
-    # The course assignment, exactly: MultiStepLR, flip + mild crop, every dropout 0.2
-    # (nn.MultiheadAttention's dropout on the attention weights included).
-    "assignment": dict(epochs=ASSIGNMENT_EPOCHS, lr=5e-4, weight_decay=0.05, schedule="step",
-                       warmup_epochs=0, label_smoothing=0.0, policy="none", mixup_alpha=0.0,
-                       cutmix_alpha=0.0, dropout=0.2, attn_dropout=0.2, drop_path=0.0,
-                       decay_all=True, ema=0.0, patch_keep=1.0),
-    # The same architecture trained as ViT-Lite / DeiT-style recipes train small ViTs.
-    "strong": dict(epochs=200, lr=5e-4, weight_decay=0.05, schedule="cosine",
-                   warmup_epochs=10, label_smoothing=0.1, policy="autoaugment", mixup_alpha=0.8,
-                   cutmix_alpha=1.0, dropout=0.0, attn_dropout=0.1, drop_path=0.1,
-                   decay_all=False, ema=0.0, patch_keep=1.0),
-    # Most accuracy per training FLOP at a fixed --epochs (README, "The budget recipe"):
-    # warmup then linear decay to zero over exactly this run, no dropout, drop path, half
-    # the patches per training image; "auto" values follow --epochs (budget_value).
-    "budget": dict(epochs=30, lr=5e-4, weight_decay=0.05, schedule="linear",
-                   warmup_epochs="auto", label_smoothing=0.1, policy="auto", mixup_alpha=0.0,
-                   cutmix_alpha=0.0, dropout=0.0, attn_dropout=0.0, drop_path=0.1,
-                   decay_all=False, ema=0.0, patch_keep=0.5),
-}
-POLICIES = ["none", "autoaugment", "randaugment", "trivialaugment"]
 # How a resumed run may differ from its start: these come from the new command line (its
 # defaults included), --data-dir and --epochs only when given; everything else is the run's.
 RESUME_RUNTIME = {"device", "amp", "compile", "workers", "eval_batch_size", "no_progress",
@@ -67,11 +46,6 @@ RESUME_MAY_CHANGE = RESUME_RUNTIME | {"data_dir", "epochs"}
 
 
 # ---------------------------------------------------------------- arguments
-
-def recipe_help(key: str, what: str) -> str:
-    values = ", ".join(f"{name} {recipe[key]}" for name, recipe in RECIPES.items())
-    return f"{what} [recipe: {values}]"
-
 
 def add_recipe_options(p: argparse.ArgumentParser) -> None:
     """The options whose defaults come from --recipe (shown per recipe in --help)."""
@@ -160,24 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def budget_value(key: str, epochs: int) -> int | str:
-    """The budget recipe's epoch-dependent values: warmup 5% of the run (at least one
-    epoch), and a light per-image policy only for runs long enough to need regularizing."""
-    if key == "warmup_epochs":
-        return max(1, round(0.05 * epochs))
-    return "trivialaugment" if epochs >= 40 else "none"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line with the recipe's values filled in where a flag was not given."""
-    args = build_parser().parse_args(argv)
-    for key, value in RECIPES[args.recipe].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    for key in ("warmup_epochs", "policy"):
-        if getattr(args, key) == "auto":
-            setattr(args, key, budget_value(key, args.epochs))
-    return args
+    return with_recipe(build_parser().parse_args(argv))
 
 
 def explicit_flags(argv: list[str] | None) -> set[str]:

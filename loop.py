@@ -48,7 +48,7 @@ class Processes:
 
     def use_bf16(self, mode: str) -> bool:
         """bf16 autocast: asked for, or (auto) where the hardware computes bf16 natively
-        and, on a CPU, a training step measures faster in it. Elsewhere bf16 is emulated
+        and, on a CPU, a ViT block's MLP measures faster in it (cpu_bf16_speedup). Elsewhere bf16 is emulated
         and slower than float32: CUDA GPUs before compute capability 8 (T4, V100), CPUs
         without AVX512-BF16 or AMX, and MPS."""
         if mode != "auto":
@@ -125,7 +125,7 @@ def cpu_has_native_bf16() -> bool:
 @functools.cache
 def cpu_bf16_speedup() -> float:
     """How many times faster a ViT block's MLP trains (forward and backward, batch 128 of
-    33 tokens) under bf16 autocast than in float32 on this CPU, best of three each; 0.0
+    33 tokens) under bf16 autocast than in float32 on this CPU, best of five each; 0.0
     without native bf16. Native units alone do not settle it: an Intel Xeon whose virtual
     machine hides its AMX tiles multiplies bf16 on AVX512-BF16 at half its float32 rate
     (family 6 model 207, 2 cores: 125 against 254 GFLOP/s, a budget-recipe step 1.37x

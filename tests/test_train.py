@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 import os
@@ -465,9 +466,22 @@ def test_bf16_speed_is_measured_only_on_cpus_with_bf16_units(monkeypatch):
     assert not loop.Processes(0, 1, torch.device("cpu")).use_bf16("auto")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     loop.cpu_bf16_speedup.cache_clear()
-    speedup = loop.cpu_bf16_speedup()   # timed for real: x86 runs bf16 with or without the units
+    real_autocast = loop.bf16_autocast
+
+    @contextlib.contextmanager
+    def slow_bf16(device, enabled):   # bf16 made 50 ms slower a step: the probe must see it
+        with real_autocast(device, enabled):
+            yield
+        if enabled:
+            time.sleep(0.05)
+
+    monkeypatch.setattr(loop, "bf16_autocast", slow_bf16)
     loop.cpu_bf16_speedup.cache_clear()
-    assert 0.05 < speedup < 20
+    speedup = loop.cpu_bf16_speedup()
+    loop.cpu_bf16_speedup.cache_clear()
+    assert 0 < speedup < 0.9
+    assert not loop.Processes(0, 1, torch.device("cpu")).use_bf16("auto")
+    loop.cpu_bf16_speedup.cache_clear()
 
 
 def test_process_group_backend_follows_the_device(monkeypatch):

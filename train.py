@@ -43,6 +43,7 @@ from vit_model import ViT, count_parameters
 RESUME_RUNTIME = {"device", "amp", "compile", "workers", "eval_batch_size", "no_progress",
                   "push_to_hub", "resume", "out"}
 RESUME_MAY_CHANGE = RESUME_RUNTIME | {"data_dir", "epochs"}
+FOLDER_SETTINGS = ("data_dir", "out", "init_from", "teacher")
 
 
 # ---------------------------------------------------------------- arguments
@@ -304,7 +305,7 @@ def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunSta
         epochs=args.epochs, best_epoch=best["epoch"], val_acc=val.acc, val_acc_flip_tta=flipped.acc,
         val_images=len(val_labels), split_seed=args.seed, class_names=data.class_names,
         confusion=report.confusion_matrix(val_labels, val.preds, len(data.class_names)).tolist(),
-        history=state.history, settings=state.settings,
+        history=state.history, settings=shareable_settings(state.settings),
         test_acc=test.acc if test else None, test_images=len(data.test) if data.test else 0,
         parent=state.parent, teacher=teacher)
     print("drawing the plots ...", flush=True)
@@ -345,12 +346,20 @@ def run_state(args: argparse.Namespace, data: TrainingData, state: RunState | No
     return state
 
 
+def shareable_settings(settings: dict) -> dict:
+    """The settings as a model card publishes them: each folder (data, run, parent model,
+    teacher) by its own name, not by where it lay on the machine that trained it."""
+    return {key: Path(value).name if key in FOLDER_SETTINGS and value else value
+            for key, value in settings.items()}
+
+
 def run_command(settings: dict) -> str:
     """The command that trains this run again: its recipe and every setting that differs
     from it, whatever resumes and machines it took (the card shows this, not the argv)."""
+    settings = shareable_settings(settings)
     recipe = vars(parse_args(["--recipe", settings["recipe"], "--epochs", str(settings["epochs"])]))
     words = ["python train.py", f"--recipe {settings['recipe']}", f"--epochs {settings['epochs']}",
-             f"--data-dir {Path(settings['data_dir']).name}"]
+             f"--data-dir {settings['data_dir']}"]
     for key, value in settings.items():
         if key in RESUME_MAY_CHANGE | {"recipe"} or value == recipe.get(key):
             continue

@@ -348,6 +348,9 @@ def test_the_card_command_trains_the_run_again_whatever_resumed_it():
                                              "--data-dir data --policy autoaugment")
     args = train.parse_args(["--recipe", "strong", "--no-decay-all", "--decay-all"])
     assert train.run_command(vars(args)).endswith("--data-dir data --decay-all")
+    args = train.parse_args(["--recipe", "budget", "--init-from", "/work/main/weights",
+                             "--teacher", "/work/runs/teacher30"])
+    assert train.run_command(vars(args)).endswith("--init-from weights --teacher teacher30")
 
 
 def test_strong_recipe_trains_end_to_end(shared_folder_data, tmp_path, monkeypatch):

@@ -6,8 +6,6 @@ values are saved with the run (last.pt, training.json, model card).
 
 from __future__ import annotations
 
-import argparse
-
 from loop import ASSIGNMENT_EPOCHS
 
 RECIPES = {
@@ -46,13 +44,10 @@ def budget_value(key: str, epochs: int) -> int | str:
     return "trivialaugment" if epochs >= 40 else "none"
 
 
-def with_recipe(args: argparse.Namespace) -> argparse.Namespace:
-    """The parsed command line with the recipe's value wherever a flag was not given, and
-    the budget recipe's "auto" values worked out for --epochs."""
-    for key, value in RECIPES[args.recipe].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    for key in ("warmup_epochs", "policy"):
-        if getattr(args, key) == "auto":
-            setattr(args, key, budget_value(key, args.epochs))
-    return args
+def recipe_defaults(name: str, epochs: int | None) -> dict:
+    """The recipe's values as defaults of train.py's flags, the budget recipe's "auto"
+    values worked out for the run's --epochs (the recipe's own where not given)."""
+    values = dict(RECIPES[name])
+    epochs = values["epochs"] if epochs is None else epochs
+    return {key: budget_value(key, epochs) if value == "auto" else value
+            for key, value in values.items()}

@@ -29,7 +29,7 @@ import torch
 
 import figures
 import report
-from recipes import POLICIES, RECIPES, recipe_help, with_recipe
+from recipes import POLICIES, RECIPES, recipe_defaults, recipe_help
 from checkpoints import Parent, RunState, load_checkpoint
 from data import DeviceAugment, TrainingData, build_mixing, build_policy, training_data_or_exit, val_size
 from teacher import teacher_for
@@ -136,8 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line with the recipe's values filled in where a flag was not given."""
-    return with_recipe(build_parser().parse_args(argv))
+    """The command line, the recipe's values the defaults of the flags not given (a first
+    pass reads --recipe and --epochs, which those defaults depend on)."""
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    parser.set_defaults(**recipe_defaults(first.recipe, first.epochs))
+    return parser.parse_args(argv)
 
 
 def explicit_flags(argv: list[str] | None) -> set[str]:

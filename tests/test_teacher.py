@@ -58,7 +58,7 @@ def test_a_distilled_run_names_its_teacher_and_counts_its_time(trained_teacher, 
     card = (tmp_path / "run" / "export" / "README.md").read_text()
     assert "| teacher | a CNN of widths [8, 16] trained by teacher.py on the same split" in card
     assert result["distilled_from"].startswith("a CNN of widths [8, 16]")
-    assert f"--teacher {out}" in card
+    assert f"--teacher {out.name}`" in card
 
 
 def test_a_teacher_from_another_split_or_no_teacher_is_refused(trained_teacher, shared_folder_data, tmp_path):

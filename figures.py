@@ -50,28 +50,35 @@ def one_per_class(labels: torch.Tensor, count: int) -> torch.Tensor:
 
 
 
-def save_curves(history: list[dict], path: Path, started_after: int = 0, distilled: bool = False) -> None:
-    """Loss and accuracy per epoch; a run that started from another model's weights shows
-    that model's epochs too, with a line where this run began. A distilled run's training
-    loss is half against the teacher's labels, so the curves say so where it applies."""
+def save_curves(history: list[dict], path: Path, fine_tunes: Sequence[tuple[int, bool]] = (),
+                distilled: bool = False) -> None:
+    """Loss and accuracy per epoch. A model fine-tuned from others (--init-from) shows their
+    epochs too, with a line where each fine-tune began (`fine_tunes`: the epochs before it,
+    and whether it distilled). A distilled run's training loss is half against the
+    teacher's labels, so the curves say so where it applies."""
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     style = dict(marker="o", markersize=3)  # a 1-epoch run is a single point
-    label = f"train (augmented, regularized{', loss half vs teacher' if distilled and not started_after else ''})"
+    label = f"train (augmented, regularized{', loss half vs teacher' if distilled and not fine_tunes else ''})"
     ax1.plot(epochs, [h["train_loss"] for h in history], label=label, **style)
     ax1.plot(epochs, [h["val_loss"] for h in history], label="validation", **style)
     ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy"), ax1.legend(), ax1.grid(alpha=0.3)
     ax2.plot(epochs, [100 * h["train_acc"] for h in history], label=label, **style)
     ax2.plot(epochs, [100 * h["val_acc"] for h in history], label="validation", **style)
     ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy (%)"), ax2.legend(), ax2.grid(alpha=0.3)
-    if started_after:
+    for before, taught in fine_tunes:
         for ax in (ax1, ax2):
-            ax.axvline(started_after + 0.5, color="gray", linestyle="--", linewidth=1)
-        ax2.annotate("fine-tuning" + (", distilled (train loss half vs teacher)" if distilled else ""),
-                     (started_after + 0.5, 0.02), xycoords=("data", "axes fraction"),
-                     fontsize=8, color="gray", xytext=(3, 0), textcoords="offset points")
-    fig.suptitle("loss and accuracy per epoch")
+            ax.axvline(before + 0.5, color="gray", linestyle="--", linewidth=1)
+        # Upright beside its line, so that fine-tunes a few epochs apart stay legible.
+        ax2.annotate(f"fine-tuning from epoch {before + 1}" + (", distilled" if taught else ""),
+                     (before + 0.5, 0.02), xycoords=("data", "axes fraction"), fontsize=8,
+                     color="gray", xytext=(-2, 0), textcoords="offset points", rotation=90,
+                     ha="right", va="bottom")
+    title = "loss and accuracy per epoch"
+    if any(taught for _, taught in fine_tunes):
+        title += "; in a distilled fine-tune the training loss is half against the teacher's labels"
+    fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -153,7 +160,7 @@ def write_run_plots(summary: RunSummary, run_dir: Path, val_images: torch.Tensor
     """The run's PNGs: curves, time to accuracy, confusion matrix, per-class accuracy and
     a grid of validation predictions drawn from every class."""
     names = summary.class_names
-    save_curves(summary.full_history, run_dir / "curves.png", summary.earlier_epochs, bool(summary.teacher))
+    save_curves(summary.full_history, run_dir / "curves.png", summary.fine_tunes, bool(summary.teacher))
     save_time_to_accuracy(summary.full_history, run_dir / "time_to_accuracy.png")
     title = f"validation, best epoch {summary.best_epoch} ({100 * summary.val_acc:.2f}%)"
     save_confusion_matrix(torch.tensor(summary.confusion), names, run_dir / "confusion_matrix.png", title)

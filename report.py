@@ -49,6 +49,16 @@ def lineage(training: dict | None, upto: float = float("inf")) -> list[dict]:
     return earlier + [{**h, "epoch": h["epoch"] + offset} for h in training["history"] if h["epoch"] <= upto]
 
 
+def fine_tune_starts(training: dict | None) -> list[tuple[int, bool]]:
+    """Where each run of a model's line after the first began (the epochs before it, as
+    `lineage` numbers them) and whether it distilled from a teacher, oldest first."""
+    parent = training and training.get("parent")
+    if not parent:
+        return []
+    before = lineage(parent, parent.get("best_epoch", float("inf")))
+    return fine_tune_starts(parent) + [(before[-1]["epoch"] if before else 0, bool(training.get("teacher")))]
+
+
 def teacher_minutes(training: dict | None) -> float:
     """Minutes of the teachers a model and the models it started from distilled from."""
     if not training:
@@ -114,6 +124,11 @@ class RunSummary:
     def earlier_epochs(self) -> int:
         """Epochs of the models this run started from (0 for a run from scratch)."""
         return len(self.full_history) - len(self.history)
+
+    @property
+    def fine_tunes(self) -> list[tuple[int, bool]]:
+        """Where each fine-tune in these weights' line began, and whether it distilled."""
+        return fine_tune_starts({"parent": self.parent, "teacher": self.teacher, "history": self.history})
 
     @property
     def per_class_acc(self) -> list[float]:

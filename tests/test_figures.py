@@ -20,11 +20,16 @@ def test_distilled_curves_say_their_training_loss_is_half_the_teachers(tmp_path,
     monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig))
     history = [{"epoch": e, "lr": 5e-4, "train_loss": 2.0, "train_acc": 0.3, "val_loss": 1.9,
                 "val_acc": 0.5, "seconds": 30.0} for e in (1, 2, 3)]
-    figures.save_curves(history, tmp_path / "a.png", started_after=2, distilled=True)
+    figures.save_curves(history, tmp_path / "a.png", [(2, True)], distilled=True)
     figures.save_curves(history, tmp_path / "b.png", distilled=True)
-    figures.save_curves(history, tmp_path / "c.png", started_after=2)
+    figures.save_curves(history, tmp_path / "c.png", [(1, True), (2, False)])
     texts = [[t.get_text() for ax in fig.axes for t in ax.texts + ax.get_legend().get_texts()]
              for fig in drawn]
-    assert "fine-tuning, distilled (train loss half vs teacher)" in texts[0]
+    assert "fine-tuning from epoch 3, distilled" in texts[0]
+    assert drawn[0].get_suptitle().endswith("the training loss is half against the teacher's labels")
     assert "train (augmented, regularized, loss half vs teacher)" in texts[1]
-    assert "fine-tuning" in texts[2] and not any("teacher" in t for t in texts[2])
+    # every fine-tune marked, each in its own words
+    assert [t for t in texts[2] if t.startswith("fine")] == [
+        "fine-tuning from epoch 2, distilled", "fine-tuning from epoch 3"]
+    lines = [line.get_xdata()[0] for line in drawn[2].axes[1].lines[2:]]
+    assert lines == [1.5, 2.5]

@@ -96,3 +96,15 @@ def test_the_training_time_counts_every_teacher_down_the_line():
     # 10 + 5 (the parent up to its best epoch) + 1 minutes of epochs, 28 + 12 of teachers
     assert run.training_minutes == pytest.approx(56.0)
     assert run.started_from.endswith("(80.00% validation, itself distilled from a CNN teacher)")
+
+
+def test_every_fine_tune_down_the_line_is_marked_where_it_began():
+    grandparent = {"history": [{"epoch": e} for e in (1, 2, 3)], "best_epoch": 3}
+    parent = {"history": [{"epoch": e} for e in (1, 2, 3, 4)], "best_epoch": 2,
+              "parent": grandparent, "teacher": {"training_minutes": 12.0}}
+    run = summary([{"epoch": 1}, {"epoch": 2}])
+    assert run.fine_tunes == []
+    run.parent = parent
+    # the parent began after the grandparent's 3 epochs, distilled; this run after 3 + 2
+    assert run.fine_tunes == [(3, True), (5, False)]
+    assert [h["epoch"] for h in run.full_history] == [1, 2, 3, 4, 5, 6, 7]

@@ -25,7 +25,8 @@ from torchvision import transforms
 
 import loop
 import train
-from data import CROP_RATIO, CROP_SCALE, DeviceAugment, ImageTensorDataset, train_transform
+from data import CROP_RATIO, CROP_SCALE, ImageTensorDataset, train_transform
+from device_augment import DeviceAugment
 from vit_model import CIFAR10_CLASSES, ViT
 
 # ---------------------------------------------------------------- the naive baseline

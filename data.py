@@ -6,10 +6,10 @@ Two sources sit behind one data folder:
     tensor cache under `<root>/.cache/`;
   * otherwise the official CIFAR-10 through torchvision, downloaded into the folder.
 
-Augmentation exists twice, on purpose. `train_transform` is the assignment's chain in
-torchvision.transforms.v2, the readable reference, attached to a Dataset as torchvision
-expects. `DeviceAugment` draws the same distribution for a whole uint8 batch at once on
-the training device, which is what train.py uses: tests check one against the other.
+`train_transform` is the assignment's augmentation chain in torchvision.transforms.v2,
+the readable reference, attached to a Dataset as torchvision expects; device_augment.py
+draws the same distribution for a whole batch on the training device (tests check one
+against the other).
 
     python data.py --data-dir DIR --out FIG_DIR    # statistics and the two figures
 """
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -318,77 +317,6 @@ class ImageTensorDataset(Dataset):
     def __getitem__(self, i: int):
         image = self.images[i]
         return (self.transform(image) if self.transform else image), self.labels[i]
-
-
-# ---------------------------------------------------------------- batched device augmentation
-
-def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.Generator,
-                              scale: tuple[float, float] = CROP_SCALE, ratio: tuple[float, float] = CROP_RATIO,
-                              tries: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(top, left, h, w) int tensors for n crops, drawn as RandomResizedCrop.get_params draws them: area
-    U(scale) of the image, log-uniform aspect ratio, the first of 10 tries that fits, else a centre crop."""
-    device = generator.device
-    area = height * width * torch.empty(n, tries, device=device).uniform_(*scale, generator=generator)
-    log_r = torch.empty(n, tries, device=device).uniform_(
-        math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    aspect = log_r.exp()
-    w = (area * aspect).sqrt().round()
-    h = (area / aspect).sqrt().round()
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
-    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
-    # Fallback, as torchvision: the whole image, clipped to the nearest allowed ratio.
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        fw, fh = round(height * max(ratio)), height
-    else:
-        fw, fh = width, height
-    found = fits.any(dim=1)
-    w = torch.where(found, w, torch.full_like(w, fw))
-    h = torch.where(found, h, torch.full_like(h, fh))
-    u = torch.rand(2, n, device=device, generator=generator)
-    top = torch.where(found, (u[0] * (height - h + 1)).floor(), ((height - h) // 2))
-    left = torch.where(found, (u[1] * (width - w + 1)).floor(), ((width - w) // 2))
-    return top.long(), left.long(), h.long(), w.long()
-
-
-def _source_coords(start: torch.Tensor, length: torch.Tensor, out: int) -> torch.Tensor:
-    """Pixel coordinates that bilinear resizing (align_corners=False) of the span
-    [start, start+length) to `out` pixels reads from, as torch.nn.functional.interpolate."""
-    i = torch.arange(out, device=start.device, dtype=torch.float32) + 0.5
-    src = i * (length[:, None].float() / out) - 0.5
-    return start[:, None] + src.clamp(min=0).minimum(length[:, None] - 1)
-
-
-class DeviceAugment:
-    """RandomHorizontalFlip -> RandomResizedCrop -> Normalize for a uint8 batch on its
-    device, one independent draw per image, with one grid_sample for the whole batch."""
-
-    def __init__(self, mean, std, size: int = 32, flip_p: float = 0.5,
-                 scale=CROP_SCALE, ratio=CROP_RATIO):
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
-        self.size, self.flip_p, self.scale, self.ratio = size, flip_p, scale, ratio
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.mean.device != images.device:
-            # Once, not per batch: a host-to-device copy would stall the step on a GPU.
-            self.mean, self.std = self.mean.to(images.device), self.std.to(images.device)
-        n, _, height, width = images.shape
-        top, left, h, w = random_resized_crop_boxes(n, height, width, generator, self.scale, self.ratio)
-        xs = _source_coords(left, w, self.size)
-        ys = _source_coords(top, h, self.size)
-        # Flipping then cropping at `left` reads the mirrored columns of the original.
-        flip = torch.rand(n, device=images.device, generator=generator) < self.flip_p
-        xs = torch.where(flip[:, None], (width - 1) - xs, xs)
-        grid = torch.stack([
-            ((2 * xs + 1) / width - 1)[:, None, :].expand(n, self.size, self.size),
-            ((2 * ys + 1) / height - 1)[:, :, None].expand(n, self.size, self.size),
-        ], dim=-1)
-        x = F.grid_sample(images.float(), grid, mode="bilinear", align_corners=False)
-        return (x / 255 - self.mean) / self.std
 
 
 def to_normalized(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

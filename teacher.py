@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 
 from checkpoints import on_cpu
-from data import (DeviceAugment, TrainingData, atomic_save, atomic_write, json_text,
+from device_augment import DeviceAugment
+from data import (TrainingData, atomic_save, atomic_write, json_text,
                   training_data_or_exit, val_size)
 from loop import Evaluator, Processes, bf16_autocast, lr_factor, seed_for, start_processes
 from report import machines_of

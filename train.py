@@ -29,9 +29,11 @@ import torch
 
 import figures
 import report
-from recipes import POLICIES, RECIPES, recipe_defaults, recipe_help
+from recipes import MODELS, POLICIES, RECIPES, recipe_defaults, recipe_help
 from checkpoints import Parent, RunState, load_checkpoint
-from data import DeviceAugment, TrainingData, build_mixing, build_policy, training_data_or_exit, val_size
+from cnn_model import CNN
+from data import TrainingData, build_mixing, build_policy, to_normalized, training_data_or_exit, val_size
+from device_augment import DeviceAugment, DeviceTranslate
 from teacher import teacher_for
 from loop import (EpochBatches, Processes, build_ema, build_optimizer,
                   Evaluator, build_scheduler, scaled_milestones, seed_for, start_processes,
@@ -41,9 +43,13 @@ from vit_model import ViT, count_parameters
 # How a resumed run may differ from its start: these come from the new command line (its
 # defaults included), --data-dir and --epochs only when given; everything else is the run's.
 RESUME_RUNTIME = {"device", "amp", "compile", "workers", "eval_batch_size", "no_progress",
-                  "push_to_hub", "resume", "out"}
+                  "push_to_hub", "resume", "overwrite", "out"}
 RESUME_MAY_CHANGE = RESUME_RUNTIME | {"data_dir", "epochs"}
 FOLDER_SETTINGS = ("data_dir", "out", "init_from", "teacher")
+# Flags that shape only one of the two models; giving one to the other is refused.
+MODEL_ONLY = {"vit": {"patch_size", "dim", "depth", "heads", "mlp_dim", "dropout", "attn_dropout",
+                      "drop_path", "patch_keep", "init_from"},
+              "cnn": {"widths", "bias_lr_scale"}}
 
 
 # ---------------------------------------------------------------- arguments
@@ -52,8 +58,16 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     """The options whose defaults come from --recipe (shown per recipe in --help)."""
     p.add_argument("--epochs", type=int, help=recipe_help("epochs", "epochs; the step schedule's "
                    "milestones (100, 150 of 160) scale in proportion"))
-    p.add_argument("--lr", type=float, help=recipe_help("lr", "AdamW peak learning rate"))
-    p.add_argument("--weight-decay", type=float, help=recipe_help("weight_decay", "AdamW weight decay"))
+    p.add_argument("--batch-size", type=int, help=recipe_help("batch_size", "global batch size"))
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], help=recipe_help(
+        "optimizer", "AdamW, or SGD with Nesterov momentum"))
+    p.add_argument("--lr", type=float, help=recipe_help("lr", "peak learning rate"))
+    p.add_argument("--momentum", type=float, help=recipe_help(
+        "momentum", "SGD's momentum, or AdamW's first beta"))
+    p.add_argument("--bias-lr-scale", type=float, help=recipe_help(
+        "bias_lr_scale", "the CNN's BatchNorm shifts train at this multiple of --lr (their "
+        "decay per step unchanged)", ("cnn",)))
+    p.add_argument("--weight-decay", type=float, help=recipe_help("weight_decay", "weight decay"))
     p.add_argument("--decay-all", action=argparse.BooleanOptionalAction, help=recipe_help(
         "decay_all", "weight decay on every parameter; --no-decay-all spares norms, biases "
         "and the position/class embeddings"))
@@ -62,6 +76,9 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
         "end of the run"))
     p.add_argument("--warmup-epochs", type=float, help=recipe_help("warmup_epochs", "linear warmup"))
     p.add_argument("--label-smoothing", type=float, help=recipe_help("label_smoothing", "label smoothing"))
+    p.add_argument("--augment", choices=["crop", "translate"], help=recipe_help(
+        "augment", "crop: flip + RandomResizedCrop (scale 0.8-1, ratio 0.9-1.1); translate: "
+        "flip + a shift of up to 2 pixels over a reflected border"))
     p.add_argument("--policy", choices=POLICIES, help=recipe_help(
         "policy", "per-image augmentation policy before flip and crop (AutoAugment's CIFAR-10 "
         "policy, RandAugment, TrivialAugmentWide)"))
@@ -81,6 +98,17 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
         "subset per image (PatchDropout); evaluation sees them all"))
 
 
+def width_list(text: str) -> list[int]:
+    """--widths: one or more positive whole numbers, comma-separated."""
+    try:
+        values = [int(w) for w in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive whole numbers, comma-separated, got {text}")
+    return values
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where there is one: recipe options list theirs per recipe."""
 
@@ -94,11 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class-folder copy (<dir>/train/<class>/*.jpg) or a folder that "
                         "holds or receives the official CIFAR-10 download")
     p.add_argument("--out", default="runs/vit", help="run folder for checkpoints, metrics, plots, export")
-    p.add_argument("--recipe", choices=list(RECIPES), default="assignment",
-                   help="defaults for the options marked [recipe]; the budget recipe's "
-                        "'auto' warmup is 5%% of the epochs (at least 1) and its 'auto' policy "
-                        "trivialaugment from 40 epochs on, none below")
-    p.add_argument("--batch-size", type=int, default=128, help="global batch size")
+    p.add_argument("--model", choices=MODELS, default=None,
+                   help="vit (vit_model.py) or cnn (cnn_model.py); default: the recipe's")
+    p.add_argument("--recipe", choices=list(RECIPES), default=None,
+                   help="defaults for the options marked [recipe] (default: assignment for "
+                        "the ViT, cnn for the CNN); the budget recipe's 'auto' warmup is 5%% "
+                        "of the epochs (at least 1) and its 'auto' policy trivialaugment from "
+                        "40 epochs on, none below")
     add_recipe_options(p)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="DataLoader processes for a per-image --policy (unused without one)")
@@ -111,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=6, help="number of transformer blocks")
     p.add_argument("--heads", type=int, default=8, help="attention heads (must divide --dim)")
     p.add_argument("--mlp-dim", type=int, default=512, help="hidden width of each block's MLP")
+    p.add_argument("--widths", type=width_list, default="128,384,384",
+                   help="the CNN's width per stage (after its whitening stem)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the init, shuffling and augmentation")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device name")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
@@ -128,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.pt with the settings it was "
                         "started with (--epochs may grow; the schedule is re-planned)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds a run, replacing it")
     p.add_argument("--push-to-hub", metavar="USER/REPO", default=None,
                    help="upload the export to this Hub model repo (uses your huggingface_hub login)")
     p.add_argument("--eval-batch-size", type=int, default=256, help="batch size for evaluation")
@@ -137,11 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, the recipe's values the defaults of the flags not given (a first
-    pass reads --recipe and --epochs, which those defaults depend on)."""
+    pass reads --model, --recipe and --epochs, which those defaults depend on)."""
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
-    parser.set_defaults(**recipe_defaults(first.recipe, first.epochs))
-    return parser.parse_args(argv)
+    recipe = first.recipe or ("cnn" if first.model == "cnn" else "assignment")
+    model = RECIPES[recipe]["model"]
+    if first.model and first.model != model:
+        parser.error(f"--recipe {recipe} trains the {model.upper()}; the "
+                     f"{first.model.upper()}'s recipes: " + ", ".join(
+                         name for name, r in RECIPES.items() if r["model"] == first.model))
+    parser.set_defaults(recipe=recipe, **recipe_defaults(recipe, first.epochs))
+    args = parser.parse_args(argv)
+    other = explicit_flags(argv) & MODEL_ONLY["cnn" if model == "vit" else "vit"]
+    if other:
+        parser.error(f"{', '.join('--' + k.replace('_', '-') for k in sorted(other))} "
+                     f"{'does' if len(other) == 1 else 'do'} not apply to the {model.upper()}")
+    return args
 
 
 def explicit_flags(argv: list[str] | None) -> set[str]:
@@ -203,7 +248,7 @@ def check_data_fits(args: argparse.Namespace, data: TrainingData, world: int,
                     parent: Parent | None) -> None:
     """Checks that need the data: the patch grid, the batch size, the --init-from model."""
     size = data.image_size
-    if size % args.patch_size:
+    if args.model == "vit" and size % args.patch_size:
         divisors = ", ".join(str(p) for p in range(1, size + 1) if size % p == 0)
         raise SystemExit(f"error: --patch-size {args.patch_size} does not divide the "
                          f"{size}x{size} images (use one of {divisors})")
@@ -220,11 +265,21 @@ def check_data_fits(args: argparse.Namespace, data: TrainingData, world: int,
 # ---------------------------------------------------------------- model, optimizer, schedule
 
 def build_model(args: argparse.Namespace, class_names: list[str], mean: list[float], std: list[float],
-                image_size: int = 32) -> ViT:
+                image_size: int = 32) -> ViT | CNN:
+    if args.model == "cnn":
+        return CNN(image_size=image_size, num_classes=len(class_names), widths=args.widths,
+                   class_names=class_names, mean=mean, std=std)
     return ViT(image_size=image_size, patch_size=args.patch_size, num_classes=len(class_names),
                dim=args.dim, depth=args.depth, heads=args.heads, mlp_dim=args.mlp_dim,
                dropout=args.dropout, attn_dropout=args.attn_dropout, drop_path=args.drop_path,
                class_names=class_names, mean=mean, std=std)
+
+
+def build_augment(args: argparse.Namespace, mean: list[float], std: list[float],
+                  image_size: int) -> DeviceAugment | DeviceTranslate:
+    if args.augment == "translate":
+        return DeviceTranslate(mean, std, pad=2)
+    return DeviceAugment(mean, std, size=image_size)
 
 
 # ---------------------------------------------------------------- the run
@@ -233,13 +288,13 @@ def build_model(args: argparse.Namespace, class_names: list[str], mean: list[flo
 class Trainer:
     """What trains, built once per process: the model (wrapped for DDP and compile as
     asked), its optimizer, schedule and weight average, and the data pipeline."""
-    model: ViT
+    model: ViT | CNN
     train_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: torch.nn.Module | None
     batches: EpochBatches
-    augment: DeviceAugment
+    augment: DeviceAugment | DeviceTranslate
     mixing: object
     teacher: torch.nn.Module | None
     teacher_record: dict | None   # teacher.json: its widths, split and figures
@@ -248,7 +303,12 @@ class Trainer:
     def build(cls, args: argparse.Namespace, data: TrainingData, state: RunState, saved: dict | None,
               parent: Parent | None, procs: Processes) -> Trainer:
         torch.manual_seed(args.seed)
-        model = build_model(args, data.class_names, state.mean, state.std, data.image_size).to(procs.device)
+        model = build_model(args, data.class_names, state.mean, state.std, data.image_size)
+        if isinstance(model, CNN) and not saved:
+            # Every k-th training image (the split is sorted by class): enough for the patches' covariance.
+            sample = data.train_idx[::max(1, len(data.train_idx) // 5000)]
+            model.whiten(to_normalized(data.images[sample], state.mean, state.std))
+        model = model.to(procs.device)
         batches = EpochBatches(data.images[data.train_idx], data.labels[data.train_idx],
                                batch_size=args.batch_size, seed=args.seed, procs=procs,
                                policy=build_policy(args.policy), workers=args.workers)
@@ -267,7 +327,7 @@ class Trainer:
         if args.compile:
             train_model = torch.compile(train_model, backend=args.compile)
         return cls(model, train_model, optimizer, scheduler, ema, batches,
-                   DeviceAugment(state.mean, state.std, size=data.image_size),
+                   build_augment(args, state.mean, state.std, data.image_size),
                    build_mixing(args, len(data.class_names)), teacher, record)
 
     @property
@@ -326,6 +386,9 @@ def prepare_run(args: argparse.Namespace,
     """The settings, the saved checkpoint (or None) and the run state (or None)."""
     if not args.resume:
         check_args(args)
+        if (Path(args.out) / "last.pt").exists() and not args.overwrite:
+            raise SystemExit(f"error: {args.out} holds a run (its last.pt): add --resume to "
+                             "continue it, --overwrite to replace it, or choose another --out")
         return args, None, None
     run_dir = Path(args.out)
     saved = load_checkpoint(run_dir / "last.pt", resume_hint=True)

@@ -16,6 +16,10 @@ alike and the ratios stay meaningful even when the absolute numbers do not:
   naive    what a first attempt looks like: PIL images, classic torchvision.transforms
            per image in a DataLoader, a patchify written as a Python loop, float32.
 
+Beside them, train.py's other model: the cnn recipe's CNN (cnn_model.py) in the same
+loop, on the same images, batch size and autocast rule, so that the two models' costs
+per image read side by side.
+
 Training throughput counts data loading and augmentation (images/s); warm-up steps are
 not timed. Inference is eval-mode forward passes on normalized batches already on the
 device. Synthetic images by default: speed does not depend on what the pixels show.
@@ -35,7 +39,7 @@ from contenders import Contender, build_contenders, sync
 from data import atomic_write, channel_stats, json_text, training_data_or_exit
 from vit_model import CIFAR10_CLASSES, count_parameters, forward_flops
 
-CONTENDERS = ("project", "timm", "naive")
+CONTENDERS = ("project", "timm", "naive", "cnn")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,10 +1,12 @@
-"""The three contenders that bench.py times, each a model and a training loop.
+"""The contenders that bench.py times, each a model and a training loop.
 
   project  train.py's own loop and model (from_train_py: the one function that knows
            train.py's internals);
   timm     timm's VisionTransformer of the same size in the usual DataLoader loop;
   naive    a first attempt: PIL images, classic transforms, a Python-loop patchify and
-           torch's stock dropout and attention, float32.
+           torch's stock dropout and attention, float32;
+  cnn      train.py's loop with its other model: the cnn recipe's CNN, optimizer and
+           augmentation, on the same images and under the same autocast.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from torchvision import transforms
 import loop
 import train
 from data import CROP_RATIO, CROP_SCALE, ImageTensorDataset, train_transform
-from device_augment import DeviceAugment
 from vit_model import CIFAR10_CLASSES, ViT
 
 # ---------------------------------------------------------------- the naive baseline
@@ -120,18 +121,20 @@ class TrainPy:
     """What bench takes from train.py, built by `from_train_py`, the only function that
     knows train.py's internals."""
     settings: argparse.Namespace  # the recipe's resolved values (dropout, lr, dim, ...)
-    model: ViT                    # as train.py builds it, on the device
+    model: nn.Module              # as train.py builds it, on the device
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]   # train.py's optimizer
     epoch: Callable[[nn.Module, int], None]   # train.py's loop: this many steps of the model
     attention_context: Callable[[], AbstractContextManager]   # train.py's kernel choice
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]   # train.py's, per recipe
 
 
 def from_train_py(images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float],
-                  batch_size: int, seed: int, device: torch.device, bf16: bool) -> TrainPy:
-    """train.py's assignment recipe, model, optimizer and epoch loop, unchanged: an epoch
-    is one loop.train_one_epoch over the first steps x batch images, which ends with the
-    epoch's single host synchronization."""
-    cfg = train.parse_args(["--recipe", "assignment", "--batch-size", str(batch_size),
+                  batch_size: int, seed: int, device: torch.device, bf16: bool,
+                  recipe: str = "assignment") -> TrainPy:
+    """train.py's recipe, model, optimizer, augmentation and epoch loop, unchanged: an
+    epoch is one loop.train_one_epoch over the first steps x batch images, which ends
+    with the epoch's single host synchronization."""
+    cfg = train.parse_args(["--recipe", recipe, "--batch-size", str(batch_size),
                             "--epochs", "1", "--seed", str(seed)])
     procs = loop.Processes(0, 1, device)
     model = train.build_model(cfg, CIFAR10_CLASSES, mean, std, images.shape[-1]).to(device)
@@ -139,7 +142,7 @@ def from_train_py(images: torch.Tensor, labels: torch.Tensor, mean: list[float],
     batches = loop.EpochBatches(images, labels, batch_size=cfg.batch_size, seed=cfg.seed,
                                 procs=procs, policy=train.build_policy(cfg.policy))
     scheduler = loop.build_scheduler(optimizer, cfg, batches.steps)
-    augment = DeviceAugment(mean, std, size=images.shape[-1])
+    augment = train.build_augment(cfg, mean, std, images.shape[-1])
     mixing = train.build_mixing(cfg, len(CIFAR10_CLASSES))
     generator = procs.generator(cfg.seed)
 
@@ -149,10 +152,11 @@ def from_train_py(images: torch.Tensor, labels: torch.Tensor, mean: list[float],
                              label_smoothing=cfg.label_smoothing, bf16=bf16, procs=procs)
 
     return TrainPy(cfg, model, lambda m: loop.build_optimizer(m, cfg, device), epoch,
-                   procs.attention_context)
+                   procs.attention_context, augment)
 
 
-def project_contender(tp: TrainPy, device: torch.device, bf16: bool, compile_model: bool) -> Contender:
+def project_contender(tp: TrainPy, device: torch.device, bf16: bool, compile_model: bool,
+                      name: str = "project") -> Contender:
     """train.py's own loop, timed from the first step to its final synchronization."""
     fast = torch.compile(tp.model) if compile_model else tp.model
 
@@ -164,9 +168,9 @@ def project_contender(tp: TrainPy, device: torch.device, bf16: bool, compile_mod
             sync(device)
         return time.perf_counter() - start
 
-    return Contender("project", tp.model, fast, run, bf16,
-                     {"data": "uint8 tensor on the device, data.DeviceAugment",
-                      "attention": "vit_model.attention, in train.py's sdpa_kernel context",
+    return Contender(name, tp.model, fast, run, bf16,
+                     {"data": f"uint8 tensor on the device, {type(tp.augment).__name__}",
+                      "model": f"{tp.settings.model} ({tp.settings.recipe} recipe)",
                       "optimizer": "train.py's", "compile": compile_model})
 
 
@@ -238,4 +242,7 @@ def build_contenders(images: torch.Tensor, labels: torch.Tensor, mean: list[floa
         {"data": "DataLoader, PIL images, classic torchvision.transforms per image",
          "optimizer": "torch.optim.AdamW defaults", "patchify": "Python loop",
          "dropout": "torch's nn.Dropout and nn.MultiheadAttention"})
-    return [project, timm, naive]
+    cnn = project_contender(from_train_py(images, labels, mean, std, args.batch_size, args.seed,
+                                          device, bf16, recipe="cnn"),
+                            device, bf16, args.compile, name="cnn")
+    return [project, timm, naive, cnn]

@@ -13,10 +13,24 @@ from pathlib import Path
 import torch
 
 from data import atomic_write, json_text
-from vit_model import ViT, count_parameters
+from vit_model import count_parameters
 
 PLOTS = ["curves.png", "time_to_accuracy.png", "confusion_matrix.png",
          "per_class_accuracy.png", "predictions.png"]
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """How a card names a model and the file that defines it."""
+    short: str
+    long: str
+    module: str
+    tag: str
+
+
+MODEL_KINDS = {"vit": ModelKind("ViT", "Vision Transformer", "vit_model", "vision-transformer"),
+               "cnn": ModelKind("CNN", "convolutional network (global average pooling head, "
+                                "exact class activation maps)", "cnn_model", "cnn")}
 # What travels with the weights besides config.json: the app reads it to tell a visitor
 # what the model was trained with and how accurate it is.
 TRAINING_FILE = "training.json"
@@ -113,7 +127,7 @@ class RunSummary:
     test_acc: float | None = None
     test_images: int = 0
     parent: dict | None = None   # training.json of the model this run started from
-    teacher: dict | None = None  # teacher.json of the CNN it distilled from
+    teacher: dict | None = None  # the record of the CNN it distilled from (distillation.RECORD_KEYS)
 
     @property
     def full_history(self) -> list[dict]:
@@ -152,10 +166,10 @@ class RunSummary:
     def distilled_from(self) -> str | None:
         """The teacher, in words (None without one)."""
         t = self.teacher
-        return t and (f"a CNN of widths {t['widths']} trained by teacher.py on the same split for "
-                      f"{t['epochs']} epochs ({100 * t['val_acc']:.2f}% validation, "
-                      f"{t['training_minutes']} min): half the loss against its predicted classes "
-                      "(hard distillation)")
+        return t and (f"a CNN of widths {t['widths']} trained on the same split for {t['epochs']} "
+                      f"epoch{'s' if t['epochs'] != 1 else ''} ({t.get('recipe') or 'teacher.py'} recipe, {100 * t['val_acc']:.2f}% "
+                      f"validation, {t['training_minutes']} min): half the loss against its "
+                      "predicted classes (hard distillation)")
 
     def as_json(self) -> dict:
         return {"recipe": self.recipe, "recipe_description": self.recipe_description,
@@ -197,18 +211,19 @@ def model_card(summary: RunSummary, params: int) -> str:
         table["notes"] = "; ".join(notes)
     rows = "\n".join(f"| {k} | {v} |" for k, v in table.items())
     plots = "\n\n".join(f"![{p[:-4]}]({p})" for p in PLOTS)
+    kind = MODEL_KINDS[summary.settings.get("model", "vit")]
     return f"""---
 library_name: vit-cifar
 license: mit
 pipeline_tag: image-classification
-tags: [image-classification, vision-transformer, cifar10, pytorch, pytorch_model_hub_mixin]
+tags: [image-classification, {kind.tag}, cifar10, pytorch, pytorch_model_hub_mixin]
 datasets: [cifar10]
 metrics: [accuracy]
 ---
 
-# ViT for CIFAR-10 ({params / 1e6:.2f}M parameters)
+# {kind.short} for CIFAR-10 ({params / 1e6:.2f}M parameters)
 
-A Vision Transformer trained from scratch by `train.py` of vit-cifar ({summary.recipe}
+A {kind.long} trained from scratch by `train.py` of vit-cifar ({summary.recipe}
 recipe, {epochs}). Data: {summary.data}.
 
 | | |
@@ -218,8 +233,8 @@ recipe, {epochs}). Data: {summary.data}.
 Command: `{summary.command}`
 
 ```python
-from vit_model import ViT   # vit-cifar's vit_model.py
-model = ViT.from_pretrained("<this repo or folder>")   # config.json has class_names, mean, std
+from {kind.module} import {kind.short}   # vit-cifar's {kind.module}.py
+model = {kind.short}.from_pretrained("<this repo or folder>")   # config.json has class_names, mean, std
 ```
 
 `{TRAINING_FILE}` holds these figures, the settings and the per-epoch history.
@@ -241,7 +256,7 @@ def started_from(summary: RunSummary) -> dict[str, str]:
     }
 
 
-def export_model(model: ViT, run_dir: Path, summary: RunSummary) -> Path:
+def export_model(model: torch.nn.Module, run_dir: Path, summary: RunSummary) -> Path:
     """Write run_dir/export (weights, config, model card, training.json, plots) via a
     temporary folder, so a reader never sees half an export."""
     final = run_dir / "export"
@@ -300,12 +315,22 @@ def describe_recipe(settings: argparse.Namespace, milestones: list[int]) -> str:
     """The run's recipe in words, every ingredient named with its value."""
     s = settings
     epochs = f"{s.epochs} epoch{'s' if s.epochs != 1 else ''}"
-    return (f"{s.recipe} recipe, {epochs}: AdamW lr {s.lr:g}, batch {s.batch_size}, weight decay "
-            f"{s.weight_decay:g} ({'on all parameters' if s.decay_all else 'not on norms, biases, embeddings'}), "
-            f"{describe_schedule(s, milestones)}, label smoothing {s.label_smoothing:g}, policy "
-            f"{s.policy}, flip + RandomResizedCrop, MixUp {s.mixup_alpha:g}, CutMix "
-            f"{s.cutmix_alpha:g}, dropout {s.dropout:g}, attention dropout {s.attn_dropout:g}, "
-            f"drop path {s.drop_path:g}, patches kept {s.patch_keep:g}, EMA "
+    cnn = getattr(s, "model", "vit") == "cnn"
+    optimizer = (f"SGD (Nesterov, momentum {s.momentum:g})" if getattr(s, "optimizer", "adamw") == "sgd"
+                 else "AdamW")
+    if cnn:
+        decay = f"on all parameters, BatchNorm shifts at {s.bias_lr_scale:g}x the rate"
+    else:
+        decay = "on all parameters" if s.decay_all else "not on norms, biases, embeddings"
+    augment = ("flip + translation by up to 2 pixels" if getattr(s, "augment", "crop") == "translate"
+               else "flip + RandomResizedCrop")
+    model = (f"widths {list(s.widths)}" if cnn else
+             f"dropout {s.dropout:g}, attention dropout {s.attn_dropout:g}, drop path "
+             f"{s.drop_path:g}, patches kept {s.patch_keep:g}")
+    return (f"{s.recipe} recipe, {epochs}: {optimizer} lr {s.lr:g}, batch {s.batch_size}, weight "
+            f"decay {s.weight_decay:g} ({decay}), {describe_schedule(s, milestones)}, label "
+            f"smoothing {s.label_smoothing:g}, policy {s.policy}, {augment}, MixUp "
+            f"{s.mixup_alpha:g}, CutMix {s.cutmix_alpha:g}, {model}, EMA "
             + (f"{s.ema:g}" if s.ema else "off"))
 
 

@@ -34,7 +34,7 @@ from checkpoints import Parent, RunState, load_checkpoint
 from cnn_model import CNN
 from data import TrainingData, build_mixing, build_policy, to_normalized, training_data_or_exit, val_size
 from device_augment import DeviceAugment, DeviceTranslate
-from teacher import teacher_for
+from distillation import TeacherError, load_teacher
 from loop import (EpochBatches, Processes, build_ema, build_optimizer,
                   Evaluator, build_scheduler, scaled_milestones, seed_for, start_processes,
                   train_one_epoch)
@@ -154,9 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="MODEL_DIR", default=None,
                    help="start from an exported model's weights (weights/, a run's export/) "
                         "with a new optimizer and schedule: fine-tuning on the same split")
-    p.add_argument("--teacher", metavar="TEACHER_DIR", default=None,
-                   help="distill from a CNN that teacher.py trained on this split: half the "
-                        "loss against its predicted classes (hard distillation, as DeiT)")
+    p.add_argument("--teacher", metavar="CNN_DIR", default=None,
+                   help="distill from an exported CNN (`--model cnn` on this split: its "
+                        "export/, or weights/cnn): half the loss against its predicted "
+                        "classes (hard distillation, as DeiT)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.pt with the settings it was "
                         "started with (--epochs may grow; the schedule is re-planned)")
@@ -297,7 +298,7 @@ class Trainer:
     augment: DeviceAugment | DeviceTranslate
     mixing: object
     teacher: torch.nn.Module | None
-    teacher_record: dict | None   # teacher.json: its widths, split and figures
+    teacher_record: dict | None   # the teacher's recipe, widths, split and figures
 
     @classmethod
     def build(cls, args: argparse.Namespace, data: TrainingData, state: RunState, saved: dict | None,
@@ -321,8 +322,13 @@ class Trainer:
             if ema is not None:
                 ema.module.load_state_dict(parent.weights)
         scheduler = build_scheduler(optimizer, args, batches.steps, state.epoch * batches.steps)
-        teacher, record = teacher_for(args.teacher, len(data.val_idx), args.seed, data.mean,
-                                      procs.device) if args.teacher else (None, None)
+        teacher, record = None, None
+        if args.teacher:
+            try:
+                teacher, record = load_teacher(args.teacher, len(data.val_idx), args.seed, data.mean)
+            except TeacherError as err:
+                raise SystemExit(f"error: --teacher {err}") from None
+            teacher = teacher.to(procs.device)
         train_model = procs.wrap(model)
         if args.compile:
             train_model = torch.compile(train_model, backend=args.compile)

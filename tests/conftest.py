@@ -1,12 +1,16 @@
 """Shared fixtures: small class-folder datasets that the tests make themselves, and the app
 served from this process with the bundled weights."""
 
+import json
 import socket
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+
+import checkpoints
+import train
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck"]
@@ -39,6 +43,37 @@ def shared_folder_data(tmp_path_factory) -> Path:
     """One read-only dataset with train and test splits for the slower training tests."""
     return make_folder_dataset(tmp_path_factory.mktemp("data") / "cifar", per_class=16,
                                splits=("train", "test"))
+
+
+# ---------------------------------------------------------------- training runs
+
+def run_args(data_dir, out, *extra):
+    """A quick run: a narrow two-block ViT, so that the suite stays fast on 2 cores."""
+    return ["--data-dir", str(data_dir), "--out", str(out), "--val-size", "30",
+            "--batch-size", "64", "--dim", "64", "--depth", "2", "--heads", "4",
+            "--mlp-dim", "128", "--no-progress", *extra]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def interrupted_then_resumed(argv: list[str], monkeypatch) -> dict:
+    """train.main(argv) killed right after its first epoch's checkpoint, then --resume'd."""
+    out = Path(argv[argv.index("--out") + 1])
+    real_end = checkpoints.RunState.end_epoch
+
+    def stop_after_first_epoch(self, *args):
+        real_end(self, *args)
+        if len(self.history) == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(checkpoints.RunState, "end_epoch", stop_after_first_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            train.main(argv)
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    return train.main(["--out", str(out), "--resume", "--no-progress"])
 
 
 # ---------------------------------------------------------------- the app

@@ -38,14 +38,16 @@ def test_tiny_run_writes_complete_json(tmp_path, capsys):
                 "--warmup", "1", "--repeats", "1", "--infer-batch", "4", "--infer-reps", "1",
                 "--latency-reps", "1", "--json", str(out)])
     result = json.loads(out.read_text())
-    assert set(result) == {"project", "timm", "naive", "setup"}
+    assert set(result) == {"project", "timm", "naive", "cnn", "setup"}
     for name in bench.CONTENDERS:
         entry = result[name]
         for key in ("train_img_per_s", "train_ms_per_step", "infer_ms_per_img", "infer_ms_batch1",
                     "gflops_per_img_forward", "train_tflops", "train_speed_vs_project",
                     "peak_tflops", "train_fraction_of_matmul_peak"):
             assert math.isfinite(entry[key]) and entry[key] > 0, (name, key, entry[key])
-        assert entry["params"] == 3_195_146
+        # The ViT's size in three of them; the cnn recipe's CNN (trainable: the whitening
+        # stem's filters and BatchNorm's scales stay fixed) in the fourth.
+        assert entry["params"] == (4_604_450 if name == "cnn" else 3_195_146)
     assert result["project"]["train_speed_vs_project"] == 1.0
     assert result["naive"]["bf16"] is False
     # Each contender is measured against the peak of its own dtype.
@@ -53,10 +55,11 @@ def test_tiny_run_writes_complete_json(tmp_path, capsys):
     assert result["naive"]["peak_tflops"] == peaks["float32"]
     project_dtype = "bfloat16" if result["project"]["bf16"] else "float32"
     assert result["project"]["peak_tflops"] == result["timm"]["peak_tflops"] == peaks[project_dtype]
+    assert result["cnn"]["bf16"] == result["project"]["bf16"] and "CNN" in result["cnn"]["model"].upper()
     for entry in (result["project"], result["timm"], result["naive"]):
         assert entry["train_fraction_of_matmul_peak"] == pytest.approx(entry["train_tflops"] / entry["peak_tflops"])
     printed = capsys.readouterr().out
-    assert "timm: training" in printed and "naive: training" in printed
+    assert "timm: training" in printed and "naive: training" in printed and "cnn: training" in printed
 
 
 def test_bad_settings_fail_with_one_message():

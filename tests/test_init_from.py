@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 import train
-from test_train import interrupted_then_resumed, read_metrics, run_args
+from conftest import interrupted_then_resumed, read_metrics, run_args
 
 
 @pytest.fixture(scope="module")

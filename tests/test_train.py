@@ -15,20 +15,10 @@ import checkpoints
 import loop
 import report
 import train
+from conftest import interrupted_then_resumed, read_metrics, run_args
 from vit_model import ViT
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_args(data_dir, out, *extra):
-    """A quick run: a narrow two-block ViT, so that the suite stays fast on 2 cores."""
-    return ["--data-dir", str(data_dir), "--out", str(out), "--val-size", "30",
-            "--batch-size", "64", "--dim", "64", "--depth", "2", "--heads", "4",
-            "--mlp-dim", "128", "--no-progress", *extra]
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_milestones_scale_with_epochs():
@@ -82,24 +72,6 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
     card = (export / "README.md").read_text()
     assert f"{100 * result['val_acc']:.2f}%" in card and "pipeline_tag: image-classification" in card
     assert not list(out.glob(".*tmp*"))
-
-
-def interrupted_then_resumed(argv: list[str], monkeypatch) -> dict:
-    """train.main(argv) killed right after its first epoch's checkpoint, then --resume'd."""
-    out = Path(argv[argv.index("--out") + 1])
-    real_end = checkpoints.RunState.end_epoch
-
-    def stop_after_first_epoch(self, *args):
-        real_end(self, *args)
-        if len(self.history) == 1:
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as patched:
-        patched.setattr(checkpoints.RunState, "end_epoch", stop_after_first_epoch)
-        with pytest.raises(KeyboardInterrupt):
-            train.main(argv)
-    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
-    return train.main(["--out", str(out), "--resume", "--no-progress"])
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shared_folder_data, tmp_path, monkeypatch):
@@ -512,7 +484,7 @@ def test_progress_bar_shows_the_last_step_of_a_short_epoch(capsys):
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     batches = loop.EpochBatches(images, torch.arange(64) % 10, batch_size=16, seed=0, procs=procs)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    from data import DeviceAugment
+    from device_augment import DeviceAugment
     row = loop.train_one_epoch(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
                                batches.epoch(0), steps=batches.steps,
                                augment=DeviceAugment([0.5] * 3, [0.25] * 3), generator=procs.generator(0),

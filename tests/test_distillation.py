@@ -1,0 +1,97 @@
+"""distillation.py and train.py --teacher: an exported CNN teaches the ViT (hard-label
+distillation), and every folder that cannot teach is refused before training starts."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+import loop
+import train
+from conftest import run_args
+
+
+@pytest.fixture(scope="module")
+def cnn_teacher(shared_folder_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher") / "cnn"
+    result = train.main(["--model", "cnn", "--data-dir", str(shared_folder_data), "--out", str(out),
+                         "--val-size", "30", "--batch-size", "32", "--widths", "8,16", "--epochs", "1",
+                         "--warmup-epochs", "1", "--no-progress"])
+    return out / "export", result
+
+
+def test_distillation_loss_is_half_labels_half_teacher():
+    torch.manual_seed(0)
+    student, x = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10)), torch.randn(8, 3, 2, 2)
+    y = torch.randint(0, 10, (8,))
+    always_seven = lambda images: F.one_hot(torch.full((len(images),), 7), 10).float()
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    row = loop.train_one_epoch(student, optimizer, scheduler, [(x, y)], steps=1,
+                               augment=lambda b, g: b, generator=torch.Generator(), mixing=None,
+                               label_smoothing=0.0, bf16=False,
+                               procs=loop.Processes(0, 1, torch.device("cpu")), teacher=always_seven)
+    logits = student(x)
+    expected = (F.cross_entropy(logits, y) + F.cross_entropy(logits, torch.full((8,), 7))) / 2
+    assert row["train_loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_distilled_run_names_its_teacher_and_counts_its_time(cnn_teacher, shared_folder_data, tmp_path):
+    folder, teacher = cnn_teacher
+    result = train.main(run_args(shared_folder_data, tmp_path / "run", "--epochs", "1",
+                                 "--teacher", str(folder)))
+    assert result["teacher"]["val_acc"] == pytest.approx(teacher["val_acc"])
+    assert result["teacher"]["widths"] == [8, 16] and "history" not in result["teacher"]
+    own = result["history"][0]["seconds"] / 60
+    assert result["training_minutes"] == pytest.approx(own + teacher["training_minutes"], abs=0.06)
+    card = (tmp_path / "run" / "export" / "README.md").read_text()
+    assert "| teacher | a CNN of widths [8, 16] trained on the same split for 1 epoch (cnn recipe" in card
+    assert f"--teacher {folder.name}`" in card
+
+
+def broken_copy(folder, tmp_path, name):
+    copy = tmp_path / name
+    shutil.copytree(folder, copy)
+    return copy
+
+
+def nan_weights(copy):
+    weights = load_file(copy / "model.safetensors")
+    weights["head.bias"][0] = float("nan")
+    save_file(weights, copy / "model.safetensors")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (None, "was trained on another split .*this run: 30, seed 4"),
+    (lambda c: (c / "config.json").unlink(), "lacks config.json: pass the export/ folder"),
+    (nan_weights, "its weights hold NaN or infinite values"),
+    (lambda c: (c / "model.safetensors").write_bytes(b"not a model"), "do not load into the CNN"),
+])
+def test_a_folder_that_cannot_teach_is_refused(cnn_teacher, shared_folder_data, tmp_path, damage, message):
+    folder, _ = cnn_teacher
+    if damage:
+        folder = broken_copy(folder, tmp_path, "teacher")
+        damage(folder)
+    seed = ["--seed", "4"] if damage is None else []
+    with pytest.raises(SystemExit, match=message):
+        train.main(run_args(shared_folder_data, tmp_path / "run", "--epochs", "1",
+                            "--teacher", str(folder), *seed))
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_old_teacher_folders_a_vit_and_a_missing_folder_are_named(shared_folder_data, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "teacher.json").write_text(json.dumps({"widths": [8, 16]}))
+    vit = tmp_path / "vit"
+    vit.mkdir()
+    for name, text in (("config.json", '{"dim": 64}'), ("model.safetensors", ""), ("training.json", "{}")):
+        (vit / name).write_text(text)
+    for folder, message in ((old, "written by the old teacher.py, which is gone: train a CNN"),
+                            (vit, "holds no CNN"), (tmp_path / "nowhere", "nowhere does not exist")):
+        with pytest.raises(SystemExit, match=message):
+            train.main(run_args(shared_folder_data, tmp_path / "run", "--epochs", "1",
+                                "--teacher", str(folder)))

@@ -444,11 +444,11 @@ def test_bf16_speed_is_measured_only_on_cpus_with_bf16_units(monkeypatch):
     real_autocast = loop.bf16_autocast
 
     @contextlib.contextmanager
-    def slow_bf16(device, enabled):   # bf16 made 50 ms slower a step: the probe must see it
-        with real_autocast(device, enabled):
+    def slow_bf16(device, enabled):   # bf16 made 0.5 s slower a step, more than a whole step
+        with real_autocast(device, enabled):   # takes on a loaded machine: the probe must see it
             yield
         if enabled:
-            time.sleep(0.05)
+            time.sleep(0.5)
 
     monkeypatch.setattr(loop, "bf16_autocast", slow_bf16)
     loop.cpu_bf16_speedup.cache_clear()

@@ -192,7 +192,7 @@ def val_size(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a fraction nor a count") from None
-    if value <= 0 or (value >= 1 and not value.is_integer()):
+    if not math.isfinite(value) or value <= 0 or (value >= 1 and not value.is_integer()):
         raise argparse.ArgumentTypeError(f"{text} must be a fraction between 0 and 1 or a "
                                          "whole number of images")
     return value

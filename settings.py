@@ -5,6 +5,7 @@ that trains a run again, as its model card prints it."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -194,7 +195,14 @@ def resumed_args(args: argparse.Namespace, argv: list[str] | None, saved: dict,
 
 def check_args(args: argparse.Namespace) -> None:
     """Fail at once, with one clear message, on arguments that cannot work."""
-    problems = []
+    problems = [f"--{name.replace('_', '-')} must be a finite number, got {value}"
+                for name, value in sorted(vars(args).items())
+                if isinstance(value, float) and not math.isfinite(value)]
+    if problems:   # nan passes every comparison below unnoticed
+        raise SystemExit("error: " + "; ".join(problems))
+    if not 0 <= args.momentum < 1 or args.bias_lr_scale <= 0:
+        problems.append(f"--momentum must be in [0, 1) and --bias-lr-scale positive, got "
+                        f"{args.momentum:g} and {args.bias_lr_scale:g}")
     for name in ("epochs", "batch_size", "lr", "eval_batch_size", "patch_size", "dim", "depth",
                  "heads", "mlp_dim"):
         if getattr(args, name) <= 0:

@@ -20,6 +20,7 @@ plots and export/ (model.safetensors, config.json, training.json, README.md mode
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -212,6 +213,14 @@ def run_state(args: argparse.Namespace, data: TrainingData, state: RunState | No
     return state
 
 
+def diverged_message(args: argparse.Namespace, epoch: int, lr: float) -> str:
+    """What to say when the loss stops being a number: nothing of that epoch is kept."""
+    kept = f"last.pt keeps epoch {epoch - 1}" if epoch > 1 else "nothing was saved"
+    return (f"error: the training loss became NaN or infinite in epoch {epoch} (learning rate "
+            f"{lr:.3g} at its start): the run diverged, and {kept}. Lower --lr or lengthen "
+            f"--warmup-epochs, then start again (--overwrite) in {args.out}")
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     args, saved, state = prepare_run(parse_args(argv), argv)
     run_dir = Path(args.out)
@@ -239,6 +248,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     while state.epoch < args.epochs:
         start, lr = time.time(), trainer.optimizer.param_groups[0]["lr"]
         row = trainer.train_epoch(args, state.epoch, procs, bf16)
+        if not math.isfinite(row["train_loss"]):   # every process sees the reduced loss
+            raise SystemExit(diverged_message(args, state.epoch + 1, lr))
         state.epoch += 1
         if procs.main:
             val = scorer.evaluate(trainer.scored, val_images, val_labels)

@@ -240,10 +240,14 @@ class EpochBatches:
         if policy is not None:
             from torch.utils.data import DataLoader
 
+            # A generator of its own: the loader's first iterator (the first epoch of this
+            # process, a resumed one included) would otherwise draw its workers' base seed
+            # from torch's global generator and shift that epoch's dropout draws.
             self.loader = DataLoader(PolicyDataset(self.images, self.labels, policy, seed),
                                      batch_size=self.per_process, sampler=self, num_workers=workers,
                                      persistent_workers=workers > 0,
-                                     pin_memory=procs.device.type == "cuda")
+                                     pin_memory=procs.device.type == "cuda",
+                                     generator=torch.Generator().manual_seed(seed_for(seed, "loader")))
 
     def __iter__(self):   # the DataLoader's sampler: this epoch's (epoch, index) items
         return iter(self.items)

@@ -184,7 +184,8 @@ def resumed_args(args: argparse.Namespace, argv: list[str] | None, saved: dict,
         raise SystemExit("error: --resume continues a run with the settings it was started "
                          f"with; cannot change {', '.join(conflicts)}. Use a new --out to train "
                          "with other settings.")
-    merged.update({k: getattr(args, k) for k in RESUME_RUNTIME | (given & {"data_dir"})})
+    # --amp changes the numbers a step computes: the run keeps its own unless one is given.
+    merged.update({k: getattr(args, k) for k in RESUME_RUNTIME - {"amp"} | (given & {"data_dir", "amp"})})
     if "epochs" in given and args.epochs != merged["epochs"]:
         if args.epochs < done:
             raise SystemExit(f"error: --epochs {args.epochs}, but the run in {args.out} has "

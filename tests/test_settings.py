@@ -28,3 +28,28 @@ def test_a_diverged_run_stops_at_once_and_writes_no_model(shared_folder_data, tm
         train.main(run_args(shared_folder_data, out, "--epochs", "2", "--lr", "1e6"))
     assert not (out / "best.pt").exists() and not (out / "export").exists()
     assert not (out / "last.pt").exists()
+
+
+def test_a_resumed_run_with_policy_workers_trains_what_an_unbroken_one_does(
+        shared_folder_data, tmp_path, monkeypatch):
+    import torch
+
+    from conftest import interrupted_then_resumed
+
+    flags = ("--epochs", "2", "--policy", "trivialaugment", "--workers", "1", "--seed", "2")
+    train.main(run_args(shared_folder_data, tmp_path / "a", *flags))
+    interrupted_then_resumed(run_args(shared_folder_data, tmp_path / "b", *flags), monkeypatch)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_keeps_the_runs_own_amp_unless_another_is_given(shared_folder_data, tmp_path):
+    import torch
+
+    out = tmp_path / "run"
+    train.main(run_args(shared_folder_data, out, "--epochs", "1", "--amp", "off"))
+    train.main(["--out", str(out), "--resume", "--epochs", "2", "--no-progress"])
+    assert torch.load(out / "last.pt", weights_only=True)["args"]["amp"] == "off"
+    train.main(["--out", str(out), "--resume", "--epochs", "3", "--amp", "on", "--no-progress"])
+    assert torch.load(out / "last.pt", weights_only=True)["args"]["amp"] == "on"

@@ -222,8 +222,20 @@ def check_args(args: argparse.Namespace) -> None:
     if not Path(args.data_dir).is_dir():
         problems.append(f"data folder {args.data_dir} does not exist (make it, and "
                         "CIFAR-10 is downloaded into it)")
+    problems += out_problems(Path(args.out))
     if problems:
         raise SystemExit("error: " + "; ".join(problems))
+
+
+def out_problems(out: Path) -> list[str]:
+    """Why a run could not write into --out (it, or a folder above it, is a file; the
+    nearest existing folder is not writable), found before an epoch is spent on it."""
+    existing = next(p for p in (out, *out.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        return [f"--out {out}: {existing} is a file, not a folder"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"--out {out}: {existing} is not writable (choose another --out)"]
+    return []
 
 
 def shareable_settings(settings: dict) -> dict:

@@ -276,4 +276,8 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: the run's last.pt holds its last finished epoch; "
+                         "continue it with --resume") from None

@@ -53,3 +53,31 @@ def test_a_resume_keeps_the_runs_own_amp_unless_another_is_given(shared_folder_d
     assert torch.load(out / "last.pt", weights_only=True)["args"]["amp"] == "off"
     train.main(["--out", str(out), "--resume", "--epochs", "3", "--amp", "on", "--no-progress"])
     assert torch.load(out / "last.pt", weights_only=True)["args"]["amp"] == "on"
+
+
+@pytest.mark.parametrize("under", ["", "inside"])
+def test_an_out_that_is_a_file_or_under_one_is_refused_before_training(under, folder_data, tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit, match=f"--out .*: {blocker} is a file, not a folder"):
+        train.main(run_args(folder_data, blocker / under if under else blocker))
+
+
+def test_ctrl_c_says_how_to_continue_instead_of_a_traceback(shared_folder_data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train.py", *run_args(shared_folder_data, out, "--epochs", "50")],
+                            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "Traceback" not in err and "continue it with --resume" in err

@@ -12,9 +12,12 @@ batch (hard distillation; DeiT, Touvron et al. 2021).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from cnn_model import CNN
 
@@ -73,3 +76,24 @@ def load_teacher(folder: str | Path, val_images: int, seed: int, mean: list[floa
     record = {k: training.get(k) for k in RECORD_KEYS}
     record["widths"] = config["widths"]
     return model.eval(), record
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """A teacher in eval mode and how its answers enter the student's loss."""
+    teacher: nn.Module
+    soft: bool = False
+    temperature: float = 1.0
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, label_loss: torch.Tensor,
+             label_smoothing: float) -> torch.Tensor:
+        """Half `label_loss`, half the student's logits against the teacher's on x."""
+        with torch.no_grad():
+            taught = self.teacher(x).float()
+        if not self.soft:
+            return (label_loss + F.cross_entropy(logits, taught.argmax(dim=1),
+                                                 label_smoothing=label_smoothing)) / 2
+        t = self.temperature   # t^2 keeps the gradient's size independent of t (Hinton et al.)
+        kl = F.kl_div(F.log_softmax(logits.float() / t, dim=1), F.log_softmax(taught / t, dim=1),
+                      reduction="batchmean", log_target=True)
+        return (label_loss + t * t * kl) / 2

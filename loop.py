@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from data import ImageTensorDataset, to_normalized
+from distillation import Distillation
 from vit_model import tta_logits
 
 # How often the progress bar reads the running loss back from the device: each read
@@ -377,12 +378,11 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     mixing: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
                     label_smoothing: float, bf16: bool, procs: Processes, patch_keep: float = 1.0,
                     ema: torch.optim.swa_utils.AveragedModel | None = None,
-                    teacher: torch.nn.Module | None = None,
+                    distill: Distillation | None = None,
                     description: str = "", show_progress: bool = False) -> dict:
     """One pass over this process's batches; returns mean loss and accuracy over all
-    processes (against the dominant label when batches are mixed). With a teacher, half
-    the loss is against the teacher's predicted class on the same augmented batch (hard
-    distillation; DeiT, Touvron et al. 2021, found it beats soft distillation)."""
+    processes (against the dominant label when batches are mixed). With `distill`, half
+    the loss is against the teacher's answer on the same augmented, mixed batch."""
     from tqdm import tqdm
 
     model.train()
@@ -401,10 +401,8 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         with autocast:
             logits = model(x, patch_keep=patch_keep) if patch_keep < 1 else model(x)
             loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-            if teacher is not None:
-                with torch.no_grad():
-                    taught = teacher(x).argmax(dim=1)
-                loss = (loss + F.cross_entropy(logits, taught, label_smoothing=label_smoothing)) / 2
+            if distill is not None:
+                loss = distill.loss(logits, x, loss, label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

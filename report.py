@@ -168,8 +168,11 @@ class RunSummary:
         t = self.teacher
         return t and (f"a CNN of widths {t['widths']} trained on the same split for {t['epochs']} "
                       f"epoch{'s' if t['epochs'] != 1 else ''} ({t.get('recipe') or 'teacher.py'} recipe, {100 * t['val_acc']:.2f}% "
-                      f"validation, {t['training_minutes']} min): half the loss against its "
-                      "predicted classes (hard distillation)")
+                      f"validation, {t['training_minutes']} min): half the loss "
+                      + (f"the KL divergence to its probabilities at temperature "
+                         f"{self.settings.get('temperature', 1):g} (soft distillation)"
+                         if self.settings.get("distill") == "soft"
+                         else "against its predicted classes (hard distillation)"))
 
     def as_json(self) -> dict:
         return {"recipe": self.recipe, "recipe_description": self.recipe_description,

@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distill from an exported CNN (`--model cnn` on this split: its "
                         "export/, or weights/cnn): half the loss against its predicted "
                         "classes (hard distillation, as DeiT)")
+    p.add_argument("--distill", choices=["hard", "soft"], default="hard",
+                   help="with --teacher: hard, its predicted class; soft, the KL divergence to "
+                        "its probabilities at --temperature")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="soft distillation's temperature (both models' logits divided by it)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.pt with the settings it was "
                         "started with (--epochs may grow; the schedule is re-planned)")
@@ -205,7 +210,7 @@ def check_args(args: argparse.Namespace) -> None:
         problems.append(f"--momentum must be in [0, 1) and --bias-lr-scale positive, got "
                         f"{args.momentum:g} and {args.bias_lr_scale:g}")
     for name in ("epochs", "batch_size", "lr", "eval_batch_size", "patch_size", "dim", "depth",
-                 "heads", "mlp_dim"):
+                 "heads", "mlp_dim", "temperature"):
         if getattr(args, name) <= 0:
             problems.append(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if min(args.dim, args.heads) > 0 and args.dim % args.heads:

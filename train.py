@@ -34,7 +34,7 @@ from checkpoints import Parent, RunState, load_checkpoint
 from cnn_model import CNN
 from data import TrainingData, build_mixing, build_policy, to_normalized, training_data_or_exit
 from device_augment import DeviceAugment, DeviceTranslate
-from distillation import TeacherError, load_teacher
+from distillation import Distillation, TeacherError, load_teacher
 from loop import (EpochBatches, Evaluator, Processes, build_ema, build_optimizer, build_scheduler,
                   scaled_milestones, seed_for, start_processes, train_one_epoch)
 from settings import check_args, parse_args, resumed_args, run_command, shareable_settings
@@ -91,7 +91,7 @@ class Trainer:
     batches: EpochBatches
     augment: DeviceAugment | DeviceTranslate
     mixing: object
-    teacher: torch.nn.Module | None
+    distill: Distillation | None
     teacher_record: dict | None   # the teacher's recipe, widths, split and figures
 
     @classmethod
@@ -122,7 +122,7 @@ class Trainer:
                 teacher, record = load_teacher(args.teacher, len(data.val_idx), args.seed, data.mean)
             except TeacherError as err:
                 raise SystemExit(f"error: --teacher {err}") from None
-            teacher = teacher.to(procs.device)
+            teacher = Distillation(teacher.to(procs.device), args.distill == "soft", args.temperature)
         train_model = procs.wrap(model)
         if args.compile:
             train_model = torch.compile(train_model, backend=args.compile)
@@ -145,7 +145,7 @@ class Trainer:
                 steps=self.batches.steps, augment=self.augment,
                 generator=procs.generator(seed_for(args.seed, "augment", epoch, procs.rank)),
                 mixing=self.mixing, label_smoothing=args.label_smoothing, bf16=bf16,
-                procs=procs, patch_keep=args.patch_keep, ema=self.ema, teacher=self.teacher,
+                procs=procs, patch_keep=args.patch_keep, ema=self.ema, distill=self.distill,
                 description=f"epoch {epoch + 1}/{args.epochs}",
                 show_progress=procs.main and not args.no_progress)
 

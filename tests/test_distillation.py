@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import loop
 import train
+from distillation import Distillation
 from conftest import run_args
 
 
@@ -23,20 +24,46 @@ def cnn_teacher(shared_folder_data, tmp_path_factory):
     return out / "export", result
 
 
-def test_distillation_loss_is_half_labels_half_teacher():
+def one_step_loss(distill, mixing=None) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss train_one_epoch reports for one step of a linear student, with its inputs."""
     torch.manual_seed(0)
     student, x = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10)), torch.randn(8, 3, 2, 2)
     y = torch.randint(0, 10, (8,))
-    always_seven = lambda images: F.one_hot(torch.full((len(images),), 7), 10).float()
     optimizer = torch.optim.SGD(student.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     row = loop.train_one_epoch(student, optimizer, scheduler, [(x, y)], steps=1,
-                               augment=lambda b, g: b, generator=torch.Generator(), mixing=None,
+                               augment=lambda b, g: b, generator=torch.Generator(), mixing=mixing,
                                label_smoothing=0.0, bf16=False,
-                               procs=loop.Processes(0, 1, torch.device("cpu")), teacher=always_seven)
-    logits = student(x)
+                               procs=loop.Processes(0, 1, torch.device("cpu")), distill=distill)
+    return row["train_loss"], student(x), x, y
+
+
+def test_hard_distillation_is_half_labels_half_the_teachers_class():
+    always_seven = lambda images: F.one_hot(torch.full((len(images),), 7), 10).float()
+    loss, logits, _, y = one_step_loss(Distillation(always_seven))
     expected = (F.cross_entropy(logits, y) + F.cross_entropy(logits, torch.full((8,), 7))) / 2
-    assert row["train_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_soft_distillation_is_half_labels_half_kl_at_the_temperature():
+    teacher_logits = torch.randn(8, 10, generator=torch.Generator().manual_seed(1))
+    teacher = lambda images: teacher_logits
+    loss, logits, _, y = one_step_loss(Distillation(teacher, soft=True, temperature=2.0))
+    p = F.softmax(teacher_logits / 2, dim=1)
+    kl = (p * (p.log() - F.log_softmax(logits / 2, dim=1))).sum(dim=1).mean()
+    assert loss == pytest.approx(((F.cross_entropy(logits, y) + 4 * kl) / 2).item(), rel=1e-5)
+
+
+def test_the_teacher_sees_the_batch_the_student_sees_mixed():
+    seen = []
+
+    def teacher(images):
+        seen.append(images.clone())
+        return torch.zeros(len(images), 10)
+
+    mixed = lambda x, y: (x.flip(0) * 0.5 + x * 0.5, F.one_hot(y, 10).float())
+    _, _, x, _ = one_step_loss(Distillation(teacher, soft=True), mixing=mixed)
+    assert torch.equal(seen[0], x.flip(0) * 0.5 + x * 0.5)
 
 
 def test_a_distilled_run_names_its_teacher_and_counts_its_time(cnn_teacher, shared_folder_data, tmp_path):
@@ -95,3 +122,12 @@ def test_old_teacher_folders_a_vit_and_a_missing_folder_are_named(shared_folder_
         with pytest.raises(SystemExit, match=message):
             train.main(run_args(shared_folder_data, tmp_path / "run", "--epochs", "1",
                                 "--teacher", str(folder)))
+
+
+def test_a_soft_distilled_run_says_so_in_its_card(cnn_teacher, shared_folder_data, tmp_path):
+    folder, _ = cnn_teacher
+    result = train.main(run_args(shared_folder_data, tmp_path / "run", "--epochs", "1", "--teacher",
+                                 str(folder), "--distill", "soft", "--temperature", "2"))
+    assert result["distilled_from"].endswith(
+        "half the loss the KL divergence to its probabilities at temperature 2 (soft distillation)")
+    assert "--distill soft --temperature 2" in result["command"]

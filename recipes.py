@@ -12,13 +12,15 @@ RECIPES = {
     # The course assignment, exactly: MultiStepLR, flip + mild crop, every dropout 0.2
     # (nn.MultiheadAttention's dropout on the attention weights included).
     "assignment": dict(model="vit", epochs=ASSIGNMENT_EPOCHS, batch_size=128, optimizer="adamw",
-                       momentum=0.9, bias_lr_scale=1.0, augment="crop", lr=5e-4, weight_decay=0.05, schedule="step",
+                       momentum=0.9, bias_lr_scale=1.0, augment="crop", translate=0, lr=5e-4,
+                       weight_decay=0.05, schedule="step",
                        warmup_epochs=0, label_smoothing=0.0, policy="none", mixup_alpha=0.0,
                        cutmix_alpha=0.0, dropout=0.2, attn_dropout=0.2, drop_path=0.0,
                        decay_all=True, ema=0.0, patch_keep=1.0),
     # The same architecture trained as ViT-Lite / DeiT-style recipes train small ViTs.
     "strong": dict(model="vit", epochs=200, batch_size=128, optimizer="adamw", momentum=0.9,
-                   bias_lr_scale=1.0, augment="crop", lr=5e-4, weight_decay=0.05, schedule="cosine",
+                   bias_lr_scale=1.0, augment="crop", translate=0, lr=5e-4, weight_decay=0.05,
+                   schedule="cosine",
                    warmup_epochs=10, label_smoothing=0.1, policy="autoaugment", mixup_alpha=0.8,
                    cutmix_alpha=1.0, dropout=0.0, attn_dropout=0.1, drop_path=0.1,
                    decay_all=False, ema=0.0, patch_keep=1.0),
@@ -26,7 +28,8 @@ RECIPES = {
     # warmup then linear decay to zero over exactly this run, no dropout, drop path, half
     # the patches per training image; "auto" values follow --epochs (budget_value).
     "budget": dict(model="vit", epochs=30, batch_size=128, optimizer="adamw", momentum=0.9,
-                   bias_lr_scale=1.0, augment="crop", lr=5e-4, weight_decay=0.05, schedule="linear",
+                   bias_lr_scale=1.0, augment="crop", translate=0, lr=5e-4, weight_decay=0.05,
+                   schedule="linear",
                    warmup_epochs="auto", label_smoothing=0.1, policy="auto", mixup_alpha=0.0,
                    cutmix_alpha=0.0, dropout=0.0, attn_dropout=0.0, drop_path=0.1,
                    decay_all=False, ema=0.0, patch_keep=0.5),
@@ -37,7 +40,7 @@ RECIPES = {
     # its 95% widths, decay 0.0153) are here per mean loss at batch 1024: 10 / (1 + 1 /
     # (1 - 0.85)) = 1.30, decay 0.0153 / 10 per unit of rate.
     "cnn": dict(model="cnn", epochs=18, batch_size=1024, optimizer="sgd", momentum=0.85,
-                bias_lr_scale=64.0, augment="translate", lr=1.3, weight_decay=1.53e-3,
+                bias_lr_scale=64.0, augment="translate", translate=2, lr=1.3, weight_decay=1.53e-3,
                 schedule="linear", warmup_epochs=4, label_smoothing=0.2, policy="none",
                 mixup_alpha=0.0, cutmix_alpha=0.0, dropout=0.0, attn_dropout=0.0, drop_path=0.0,
                 decay_all=True, ema=0.0, patch_keep=1.0),

@@ -325,7 +325,7 @@ def describe_recipe(settings: argparse.Namespace, milestones: list[int]) -> str:
         decay = f"on all parameters, BatchNorm shifts at {s.bias_lr_scale:g}x the rate"
     else:
         decay = "on all parameters" if s.decay_all else "not on norms, biases, embeddings"
-    augment = ("flip + translation by up to 2 pixels" if getattr(s, "augment", "crop") == "translate"
+    augment = (f"flip + translation by up to {s.translate} pixels" if getattr(s, "augment", "crop") == "translate"
                else "flip + RandomResizedCrop")
     model = (f"widths {list(s.widths)}" if cnn else
              f"dropout {s.dropout:g}, attention dropout {s.attn_dropout:g}, drop path "

@@ -50,7 +50,9 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, help=recipe_help("label_smoothing", "label smoothing"))
     p.add_argument("--augment", choices=["crop", "translate"], help=recipe_help(
         "augment", "crop: flip + RandomResizedCrop (scale 0.8-1, ratio 0.9-1.1); translate: "
-        "flip + a shift of up to 2 pixels over a reflected border"))
+        "flip + a shift of up to --translate pixels over a reflected border"))
+    p.add_argument("--translate", type=int, help=recipe_help(
+        "translate", "the largest shift of --augment translate, in pixels"))
     p.add_argument("--policy", choices=POLICIES, help=recipe_help(
         "policy", "per-image augmentation policy before flip and crop (AutoAugment's CIFAR-10 "
         "policy, RandAugment, TrivialAugmentWide)"))
@@ -221,9 +223,9 @@ def check_args(args: argparse.Namespace) -> None:
     if not 0 < args.patch_keep <= 1:
         problems.append(f"--patch-keep must be in (0, 1], got {args.patch_keep}")
     if min(args.mixup_alpha, args.cutmix_alpha, args.warmup_epochs, args.weight_decay,
-           args.train_subset, args.workers) < 0:
+           args.train_subset, args.workers, args.translate) < 0:
         problems.append("--mixup-alpha, --cutmix-alpha, --warmup-epochs, --weight-decay, "
-                        "--train-subset and --workers must not be negative")
+                        "--train-subset, --workers and --translate must not be negative")
     if not Path(args.data_dir).is_dir():
         problems.append(f"data folder {args.data_dir} does not exist (make it, and "
                         "CIFAR-10 is downloaded into it)")

@@ -73,7 +73,7 @@ def build_model(args: argparse.Namespace, class_names: list[str], mean: list[flo
 def build_augment(args: argparse.Namespace, mean: list[float], std: list[float],
                   image_size: int) -> DeviceAugment | DeviceTranslate:
     if args.augment == "translate":
-        return DeviceTranslate(mean, std, pad=2)
+        return DeviceTranslate(mean, std, pad=args.translate)
     return DeviceAugment(mean, std, size=image_size)
 
 

@@ -269,6 +269,7 @@ def export_model(model: torch.nn.Module, run_dir: Path, summary: RunSummary) -> 
     (tmp / "README.md").write_text(model_card(summary, count_parameters(model)))
     write_json_atomic(summary.as_json(), tmp / TRAINING_FILE)
     model.save_pretrained(tmp)
+    (tmp / "model.safetensors").chmod(0o644)   # written 0600; every other export file is 0644
     for name in PLOTS:
         if (run_dir / name).exists():
             shutil.copy(run_dir / name, tmp / name)

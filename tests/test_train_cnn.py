@@ -68,6 +68,7 @@ def test_cnn_run_exports_a_cnn_that_predicts_as_its_best_checkpoint(shared_folde
     # The stem was set from the data (not its zero-free random init) and never trained.
     first = torch.load(out / "last.pt", weights_only=True)["model"]["stem.weight"]
     assert torch.equal(first, best["model"]["stem.weight"]) and first.abs().sum() > 0
+    assert {p.name: p.stat().st_mode & 0o777 for p in (out / "export").iterdir()}["model.safetensors"] == 0o644
     card = (out / "export" / "README.md").read_text()
     assert "# CNN for CIFAR-10" in card and "from cnn_model import CNN" in card
     assert "SGD (Nesterov, momentum 0.85) lr 1.3, batch 32" in card and "widths [8, 16]" in card

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 import loop
+import optimization
 import train
 from data import CROP_RATIO, CROP_SCALE, ImageTensorDataset, train_transform
 from vit_model import CIFAR10_CLASSES, ViT
@@ -138,10 +139,10 @@ def from_train_py(images: torch.Tensor, labels: torch.Tensor, mean: list[float],
                             "--epochs", "1", "--seed", str(seed)])
     procs = loop.Processes(0, 1, device)
     model = train.build_model(cfg, CIFAR10_CLASSES, mean, std, images.shape[-1]).to(device)
-    optimizer = loop.build_optimizer(model, cfg, device)
+    optimizer = optimization.build_optimizer(model, cfg, device)
     batches = loop.EpochBatches(images, labels, batch_size=cfg.batch_size, seed=cfg.seed,
                                 procs=procs, policy=train.build_policy(cfg.policy))
-    scheduler = loop.build_scheduler(optimizer, cfg, batches.steps)
+    scheduler = optimization.build_scheduler(optimizer, cfg, batches.steps)
     augment = train.build_augment(cfg, mean, std, images.shape[-1])
     mixing = train.build_mixing(cfg, len(CIFAR10_CLASSES))
     generator = procs.generator(cfg.seed)
@@ -151,7 +152,7 @@ def from_train_py(images: torch.Tensor, labels: torch.Tensor, mean: list[float],
                              steps=steps, augment=augment, generator=generator, mixing=mixing,
                              label_smoothing=cfg.label_smoothing, bf16=bf16, procs=procs)
 
-    return TrainPy(cfg, model, lambda m: loop.build_optimizer(m, cfg, device), epoch,
+    return TrainPy(cfg, model, lambda m: optimization.build_optimizer(m, cfg, device), epoch,
                    procs.attention_context, augment)
 
 

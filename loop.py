@@ -1,17 +1,15 @@
 """The machinery under train.py: the processes and device of a run, an epoch's batches,
-one training epoch, the optimizer and schedule, and evaluation (the run's resumable state
-and its checkpoints are checkpoints.py's).
+one training epoch, and evaluation (the optimizer and schedule are optimization.py's; the
+run's resumable state and its checkpoints are checkpoints.py's).
 
-Kept apart from train.py so that train.py reads as the story of a run (its command line,
-recipes and main) and bench.py can time exactly the epoch that train.py runs.
+Kept apart from train.py so that train.py reads as the story of a run and bench.py can
+time exactly the epoch that train.py runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -272,100 +270,9 @@ class EpochBatches:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-# ---------------------------------------------------------------- optimization
-
-ASSIGNMENT_EPOCHS = 160
-ASSIGNMENT_MILESTONES = (100, 150)
-
-
-def scaled_milestones(epochs: int) -> list[int]:
-    """The assignment's LR milestones (100 and 150 of 160 epochs) at another epoch count."""
-    return [max(1, round(m * epochs / ASSIGNMENT_EPOCHS)) for m in ASSIGNMENT_MILESTONES]
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
-    """One group with weight decay on everything, or two: matrices decayed; norms, biases
-    and the position/class embeddings not (decaying those only pulls them towards 0)."""
-    if decay_all:
-        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
-    decay, keep = [], []
-    for name, param in model.named_parameters():
-        exempt = param.ndim <= 1 or name.split(".")[-1] in ("pos_embed", "cls_token")
-        (keep if exempt else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
-
-
-def scaled_groups(model: torch.nn.Module, weight_decay: float, scale: float) -> list[dict]:
-    """Every trainable parameter decayed; BatchNorm shifts at `scale` times the rate, with
-    the decay divided by `scale` so that their decay per step stays the others'."""
-    shifts = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
-    train = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in train if id(p) not in shifts], "weight_decay": weight_decay},
-            {"params": [p for p in train if id(p) in shifts], "weight_decay": weight_decay / scale,
-             "lr_scale": scale}]
-
-
-def build_optimizer(model: torch.nn.Module, args: argparse.Namespace,
-                    device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, or SGD with Nesterov momentum; fused kernels where the device has them
-    (AdamW's: 3.6x faster step() on one CPU thread)."""
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-    fused = device.type in _get_fused_kernels_supported_devices()
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(scaled_groups(model, args.weight_decay, args.bias_lr_scale), lr=args.lr,
-                               momentum=args.momentum, nesterov=True, fused=fused)
-    return torch.optim.AdamW(param_groups(model, args.weight_decay, args.decay_all), lr=args.lr,
-                             betas=(args.momentum, 0.999), fused=fused)
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: list[int]) -> float:
-    """Multiplier of the peak learning rate at an optimizer step."""
-    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
-    if schedule == "step":
-        return ramp * 0.1 ** sum(step >= m for m in milestones)
-    progress = min(1.0, max(0.0, step - warmup) / max(1, total - warmup))
-    if schedule == "linear":  # Li, Yumer & Ramanan 2020: linear decay to zero over the budget
-        return ramp * (1 - progress)
-    return ramp * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, steps_per_epoch: int,
-                    done_steps: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped after every optimizer step, and fast-forwarded past `done_steps` on a
-    resume, so it follows the plan of the (possibly extended) run. The assignment's
-    schedule is MultiStepLR itself; warmup, cosine or linear go through one LambdaLR."""
-    import warnings
-
-    for group in optimizer.param_groups:   # a resumed optimizer holds the decayed rate
-        group["lr"] = args.lr * group.get("lr_scale", 1.0)
-        group.pop("initial_lr", None)
-    milestones = [m * steps_per_epoch for m in scaled_milestones(args.epochs)]
-    if args.schedule == "step" and not args.warmup_epochs:
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-    else:
-        total, warmup = args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, total, warmup, args.schedule, milestones))
-    with warnings.catch_warnings():  # stepping without optimizer.step() is the point here
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(done_steps):
-            scheduler.step()
-    return scheduler
-
-
 def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """The one autocast every training, evaluation and benchmark step runs under."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def build_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
-    """An exponential moving average of the weights (buffers included), or None."""
-    if not decay:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 # ---------------------------------------------------------------- training and evaluation

@@ -35,8 +35,8 @@ from cnn_model import CNN
 from data import TrainingData, build_mixing, build_policy, to_normalized, training_data_or_exit
 from device_augment import DeviceAugment, DeviceTranslate
 from distillation import Distillation, TeacherError, load_teacher
-from loop import (EpochBatches, Evaluator, Processes, build_ema, build_optimizer, build_scheduler,
-                  scaled_milestones, seed_for, start_processes, train_one_epoch)
+from loop import EpochBatches, Evaluator, Processes, seed_for, start_processes, train_one_epoch
+from optimization import build_ema, build_optimizer, build_scheduler, scaled_milestones
 from settings import check_args, parse_args, resumed_args, run_command, shareable_settings
 from vit_model import ViT, count_parameters
 

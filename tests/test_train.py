@@ -13,6 +13,7 @@ import torch
 
 import checkpoints
 import loop
+import optimization
 import report
 import train
 from conftest import interrupted_then_resumed, read_metrics, run_args
@@ -22,16 +23,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_milestones_scale_with_epochs():
-    assert loop.scaled_milestones(160) == [100, 150]
-    assert loop.scaled_milestones(16) == [10, 15]
-    assert loop.scaled_milestones(2) == [1, 2]
+    assert optimization.scaled_milestones(160) == [100, 150]
+    assert optimization.scaled_milestones(16) == [10, 15]
+    assert optimization.scaled_milestones(2) == [1, 2]
 
 
 def test_scheduler_follows_the_assignment():
     args = train.parse_args(["--epochs", "160", "--lr", "1e-3"])
     model = torch.nn.Linear(2, 2)
-    opt = loop.build_optimizer(model, args, torch.device("cpu"))
-    sched = loop.build_scheduler(opt, args, steps_per_epoch=3)
+    opt = optimization.build_optimizer(model, args, torch.device("cpu"))
+    sched = optimization.build_scheduler(opt, args, steps_per_epoch=3)
     assert isinstance(sched, torch.optim.lr_scheduler.MultiStepLR)
     lrs = stepped_lrs(opt, sched, 160 * 3)
     epoch_lr = lrs[::3]
@@ -203,13 +204,13 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
     from vit_model import ViT
 
     model = ViT(depth=2)
-    decay, keep = loop.param_groups(model, 0.05, decay_all=False)
+    decay, keep = optimization.param_groups(model, 0.05, decay_all=False)
     assert decay["weight_decay"] == 0.05 and keep["weight_decay"] == 0.0
     kept = {id(p) for p in keep["params"]}
     for name, p in model.named_parameters():
         exempt = ("bias" in name or "norm" in name or name in ("pos_embed", "cls_token"))
         assert (id(p) in kept) == exempt, name
-    assert len(loop.param_groups(model, 0.05, decay_all=True)) == 1
+    assert len(optimization.param_groups(model, 0.05, decay_all=True)) == 1
 
 
 def stepped_lrs(optimizer, scheduler, steps: int) -> list[float]:
@@ -224,8 +225,8 @@ def stepped_lrs(optimizer, scheduler, steps: int) -> list[float]:
 
 def test_warmup_cosine_learning_rate_at_chosen_steps():
     args = train.parse_args(["--recipe", "strong", "--lr", "1e-3"])  # 200 epochs, 10 warmup
-    opt = loop.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
-    lrs = stepped_lrs(opt, loop.build_scheduler(opt, args, steps_per_epoch=10), 2000)
+    opt = optimization.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+    lrs = stepped_lrs(opt, optimization.build_scheduler(opt, args, steps_per_epoch=10), 2000)
     assert lrs[0] == pytest.approx(1e-5)             # first warmup step: 1/100 of the peak
     assert lrs[49] == pytest.approx(0.5e-3)          # halfway through warmup
     assert lrs[99] == pytest.approx(1e-3)            # end of warmup: the peak
@@ -411,9 +412,9 @@ def test_resume_honours_more_epochs_and_refuses_other_changes(shared_folder_data
 
 def test_extended_schedule_continues_from_the_new_plan():
     args = train.parse_args(["--epochs", "16"])
-    opt = loop.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+    opt = optimization.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
     opt.param_groups[0]["lr"] = 5e-6   # as a resumed optimizer holds it after both drops
-    loop.build_scheduler(opt, args, steps_per_epoch=2, done_steps=2 * 12)
+    optimization.build_scheduler(opt, args, steps_per_epoch=2, done_steps=2 * 12)
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-5)   # milestones 10 and 15: one drop
 
 
@@ -474,7 +475,7 @@ def test_process_group_backend_follows_the_device(monkeypatch):
 
 def test_fused_adamw_on_the_cpu():
     args = train.parse_args([])
-    opt = loop.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+    opt = optimization.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
     assert opt.defaults["fused"]
 
 
@@ -530,7 +531,7 @@ def test_one_epoch_run_says_what_it_does_after_the_last_epoch(shared_folder_data
 
 def test_linear_schedule_factor_by_hand():
     # 100 steps, the first 10 of them warmup: the decay runs over the other 90.
-    factor = lambda step: loop.lr_factor(step, total=100, warmup=10, schedule="linear", milestones=[])
+    factor = lambda step: optimization.lr_factor(step, total=100, warmup=10, schedule="linear", milestones=[])
     warmup = [factor(s) for s in range(10)]
     assert warmup == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     assert factor(9) == factor(10) == 1.0              # the peak at the end of warmup
@@ -543,13 +544,13 @@ def test_linear_schedule_factor_by_hand():
     steps = [a - b for a, b in zip(decay, decay[1:])]
     assert steps == pytest.approx([1 / 90] * 90)       # a straight line from 1 to 0
     # Without warmup the line starts at the peak on the very first step.
-    no_warmup = [loop.lr_factor(s, 4, 0, "linear", []) for s in range(5)]
+    no_warmup = [optimization.lr_factor(s, 4, 0, "linear", []) for s in range(5)]
     assert no_warmup == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
 
 
 def budget_optimizer(*flags):
     args = train.parse_args(["--recipe", "budget", "--lr", "1e-3", *flags])
-    return args, loop.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+    return args, optimization.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
 
 
 def test_linear_schedule_learning_rates_and_fast_forward():
@@ -557,7 +558,7 @@ def test_linear_schedule_learning_rates_and_fast_forward():
     flags = ["--epochs", "10", "--warmup-epochs", "1"]
     args, opt = budget_optimizer(*flags)
     assert args.schedule == "linear"
-    lrs = stepped_lrs(opt, loop.build_scheduler(opt, args, steps_per_epoch=10), 100)
+    lrs = stepped_lrs(opt, optimization.build_scheduler(opt, args, steps_per_epoch=10), 100)
     after = opt.param_groups[0]["lr"]
     assert lrs[0] == pytest.approx(1e-4) and lrs[4] == pytest.approx(5e-4)
     assert lrs[9] == pytest.approx(1e-3) and lrs[10] == pytest.approx(1e-3)
@@ -569,12 +570,12 @@ def test_linear_schedule_learning_rates_and_fast_forward():
     for done in (0, 5, 10, 37, 55, 99):
         args, opt = budget_optimizer(*flags)
         opt.param_groups[0]["lr"] = 1e-7
-        resumed = stepped_lrs(opt, loop.build_scheduler(opt, args, steps_per_epoch=10, done_steps=done),
+        resumed = stepped_lrs(opt, optimization.build_scheduler(opt, args, steps_per_epoch=10, done_steps=done),
                               100 - done)
         assert resumed == pytest.approx(lrs[done:], rel=1e-12, abs=0), done
         assert opt.param_groups[0]["lr"] == 0.0
     args, opt = budget_optimizer(*flags)
-    loop.build_scheduler(opt, args, steps_per_epoch=10, done_steps=100)
+    optimization.build_scheduler(opt, args, steps_per_epoch=10, done_steps=100)
     assert opt.param_groups[0]["lr"] == 0.0
 
 

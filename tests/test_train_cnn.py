@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-import loop
+import optimization
 import train
 from cnn_model import CNN
 from conftest import interrupted_then_resumed, read_metrics
@@ -42,8 +42,8 @@ def test_flags_of_the_other_model_are_refused(argv, message, capsys):
 def test_sgd_trains_batchnorm_shifts_faster_with_the_same_decay_per_step():
     args = train.parse_args(["--model", "cnn", "--lr", "0.5"])
     model = CNN(widths=[8, 16])
-    optimizer = loop.build_optimizer(model, args, torch.device("cpu"))
-    scheduler = loop.build_scheduler(optimizer, args, steps_per_epoch=10)
+    optimizer = optimization.build_optimizer(model, args, torch.device("cpu"))
+    scheduler = optimization.build_scheduler(optimizer, args, steps_per_epoch=10)
     body, shifts = optimizer.param_groups
     assert isinstance(optimizer, torch.optim.SGD) and body["nesterov"] and body["momentum"] == 0.85
     assert {id(p) for p in shifts["params"]} == {id(m.bias) for m in model.modules()

@@ -69,8 +69,29 @@ def load_split(data_dir: str | os.PathLike, split: str = "train") -> ImageSet | 
     return _load_torchvision_split(root, split)
 
 
+# What torchvision's CIFAR-10 leaves in its folder: only these may be there before a download.
+CIFAR10_FILES = {"cifar-10-python.tar.gz", "cifar-10-batches-py", ".cache"}
+
+
+def _misplaced_hint(root: Path) -> str:
+    """Why a folder with other things in it is not a data folder, naming the likely one."""
+    below = sorted(p.parent for p in root.glob("*/train") if p.is_dir())
+    if below:
+        return f"its subfolder {below[0]} has train/<class>/ images: pass that as --data-dir"
+    if any(p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())
+           for p in root.iterdir()):
+        return (f"it holds class folders itself: it looks like a train/ folder, so pass "
+                f"its parent {root.parent}")
+    return "pass the folder that holds train/<class>/*.jpg, or an empty folder to download CIFAR-10 into"
+
+
 def _load_torchvision_split(root: Path, split: str) -> ImageSet:
     from torchvision.datasets import CIFAR10
+
+    other = {p.name for p in root.iterdir()} - CIFAR10_FILES
+    if other:   # a folder one level off must not start a 170 MB download, nor train on it
+        raise DataError(f"data folder {root} has no train/<class>/ images and is not an empty "
+                        f"folder for CIFAR-10's download: {_misplaced_hint(root)}")
 
     try:
         ds = CIFAR10(str(root), train=split == "train", download=True)

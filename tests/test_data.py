@@ -232,3 +232,17 @@ def test_tile_patches_puts_gaps_between_patches():
     assert (grid[:, 4:6, :] == -1).all() and (grid[:, :, 4:6] == -1).all()
     wrapped = data.tile_patches(patches[:3], columns=2, gap=1, fill=0)
     assert wrapped.shape == (2, 9, 9) and (wrapped[:, 5:, 5:] == 0).all()  # last row half full
+
+
+def test_a_data_folder_one_level_off_is_named_instead_of_downloading_into(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("must not download")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_download)
+    root = make_folder_dataset(tmp_path / "above" / "cifar10-jpeg", per_class=1)
+    with pytest.raises(data.DataError, match="subfolder .*cifar10-jpeg has train/<class>/ images: pass that"):
+        data.load_split(tmp_path / "above")
+    with pytest.raises(data.DataError, match="looks like a train/ folder, so pass its parent .*cifar10-jpeg"):
+        data.load_split(root / "train")

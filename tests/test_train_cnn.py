@@ -9,6 +9,7 @@ import torch
 import optimization
 import train
 from cnn_model import CNN
+from data import load_training_data, to_normalized
 from conftest import interrupted_then_resumed, read_metrics
 
 
@@ -65,9 +66,13 @@ def test_cnn_run_exports_a_cnn_that_predicts_as_its_best_checkpoint(shared_folde
     reference.load_state_dict(best["model"])
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(loaded(x), reference.eval()(x))
-    # The stem was set from the data (not its zero-free random init) and never trained.
-    first = torch.load(out / "last.pt", weights_only=True)["model"]["stem.weight"]
-    assert torch.equal(first, best["model"]["stem.weight"]) and first.abs().sum() > 0
+    # The stem was whitened on the run's own training images, and never trained after.
+    data = load_training_data(shared_folder_data, 30, 0)
+    whitened = CNN(widths=[8, 16])
+    whitened.whiten(to_normalized(data.images[data.train_idx], data.mean, data.std))
+    last = torch.load(out / "last.pt", weights_only=True)["model"]["stem.weight"]
+    assert torch.allclose(best["model"]["stem.weight"], whitened.stem.weight, atol=1e-5)
+    assert torch.equal(last, best["model"]["stem.weight"])
     assert {p.name: p.stat().st_mode & 0o777 for p in (out / "export").iterdir()}["model.safetensors"] == 0o644
     card = (out / "export" / "README.md").read_text()
     assert "# CNN for CIFAR-10" in card and "from cnn_model import CNN" in card

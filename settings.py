@@ -229,6 +229,8 @@ def check_args(args: argparse.Namespace) -> None:
     if not Path(args.data_dir).is_dir():
         problems.append(f"data folder {args.data_dir} does not exist (make it, and "
                         "CIFAR-10 is downloaded into it)")
+    if not args.teacher and (args.distill != "hard" or args.temperature != 1.0):
+        problems.append("--distill and --temperature shape distillation: give a --teacher too")
     problems += out_problems(Path(args.out))
     if problems:
         raise SystemExit("error: " + "; ".join(problems))

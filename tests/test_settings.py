@@ -81,3 +81,8 @@ def test_ctrl_c_says_how_to_continue_instead_of_a_traceback(shared_folder_data, 
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "Traceback" not in err and "continue it with --resume" in err
+
+
+def test_distillation_flags_without_a_teacher_are_refused_not_ignored(folder_data, tmp_path):
+    with pytest.raises(SystemExit, match="--distill and --temperature shape distillation: give a --teacher"):
+        train.main(run_args(folder_data, tmp_path / "run", "--distill", "soft"))

@@ -22,6 +22,9 @@ from model_files import ModelError, load_folder
 
 ARCHITECTURE = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", "num_classes")
 
+# How the note of the first epoch after a resume that changed --epochs begins.
+REPLANNED = "resumed with --epochs"
+
 CHECKPOINT_KEYS = {"model", "optimizer", "args", "mean", "std", "epoch", "best_val_acc",
                    "best_epoch", "history"}
 
@@ -103,7 +106,7 @@ class RunState:
         """The note of the first epoch after a resume that changed --epochs (the card prints it)."""
         if self.settings["epochs"] == args.epochs:
             return None
-        return (f"resumed with --epochs {args.epochs} instead of {self.settings['epochs']}: the "
+        return (f"{REPLANNED} {args.epochs} instead of {self.settings['epochs']}: the "
                 f"learning-rate schedule was re-planned for {args.epochs} epochs from here on "
                 f"(warmup {args.warmup_epochs:g} epochs and policy {args.policy} kept from the start)")
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
+from checkpoints import REPLANNED
 from data import atomic_write, json_text
+from settings import FOLDER_SETTINGS, shareable_settings
 from vit_model import count_parameters
 
 PLOTS = ["curves.png", "time_to_accuracy.png", "confusion_matrix.png",
@@ -79,6 +81,44 @@ def teacher_minutes(training: dict | None) -> float:
         return 0.0
     teacher = training.get("teacher")
     return (teacher["training_minutes"] if teacher else 0.0) + teacher_minutes(training.get("parent"))
+
+
+def public_record(training: dict | None) -> dict | None:
+    """A training record (training.json, a teacher's record) as a card may publish it:
+    at every level of its lineage each folder named by its own name, not by where it lay
+    on the machine that trained it (settings and the command line alike), and no command
+    where none replays that level (see `replayable`)."""
+    if not training:
+        return training
+    flags = {"--" + key.replace("_", "-") for key in FOLDER_SETTINGS}
+    record = dict(training)
+    if record.get("command") and not replayable(record.get("history", [])):
+        record["command"] = None
+    if record.get("command"):
+        words = record["command"].split()
+        record["command"] = " ".join(Path(w).name if i and words[i - 1] in flags else w
+                                     for i, w in enumerate(words))
+    if "settings" in record:
+        record["settings"] = shareable_settings(record["settings"])
+    for key in ("parent", "teacher"):
+        if isinstance(record.get(key), dict):
+            record[key] = public_record(record[key])
+    return record
+
+
+def replayable(history: list[dict]) -> bool:
+    """Whether one command trains this history again: not after a resume that changed
+    --epochs, which re-planned the schedule part-way."""
+    return not any(h.get("note", "").startswith(REPLANNED) for h in history)
+
+
+def command_text(command: str | None, history: list[dict]) -> str:
+    """How a card shows the command that trained a run: the command itself, or why no
+    single command trains it again."""
+    if command and replayable(history):
+        return f"`{command}`"
+    return ("no single command: it was resumed with a different --epochs part-way (see the "
+            "notes), which re-planned its learning-rate schedule; training.json has its settings")
 
 
 def machine_spans(history: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -181,7 +221,8 @@ class RunSummary:
                 "split_seed": self.split_seed, "test_acc": self.test_acc,
                 "test_images": self.test_images, "data": self.data,
                 "machine": self.machine, "training_minutes": round(self.training_minutes, 1),
-                "command": self.command, "settings": self.settings,
+                "command": self.command if replayable(self.history) else None,
+                "settings": self.settings,
                 "class_names": self.class_names, "per_class_acc": self.per_class_acc,
                 "confusion_matrix": self.confusion, "history": self.history, "parent": self.parent,
                 "teacher": {k: v for k, v in self.teacher.items() if k != "history"} if self.teacher else None,
@@ -233,7 +274,7 @@ recipe, {epochs}). Data: {summary.data}.
 |---|---|
 {rows}
 
-Command: `{summary.command}`
+Command: {command_text(summary.command, summary.history)}
 
 ```python
 from {kind.module} import {kind.short}   # vit-cifar's {kind.module}.py
@@ -251,7 +292,8 @@ def started_from(summary: RunSummary) -> dict[str, str]:
     earlier = summary.earlier_epochs
     own = sum(h["seconds"] for h in summary.history) / 60
     return {
-        "started from": f"{summary.started_from}: `{summary.parent.get('command')}`",
+        "started from": f"{summary.started_from}: "
+                        + command_text(summary.parent.get("command"), summary.parent.get("history", [])),
         "best epoch": f"{summary.best_epoch} of this run's {summary.epochs} "
                       f"(epoch {earlier + summary.best_epoch} counting the {earlier} before it)",
         "training time": f"{summary.training_minutes:.1f} min in all for {earlier + summary.epochs} "

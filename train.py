@@ -171,7 +171,7 @@ def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunSta
         confusion=report.confusion_matrix(val_labels, val.preds, len(data.class_names)).tolist(),
         history=state.history, settings=shareable_settings(state.settings),
         test_acc=test.acc if test else None, test_images=len(data.test) if data.test else 0,
-        parent=state.parent, teacher=teacher)
+        parent=report.public_record(state.parent), teacher=report.public_record(teacher))
     print("drawing the plots ...", flush=True)
     figures.write_run_plots(summary, run_dir, val_images, val_labels, val.preds)
     print("writing the export ...", flush=True)

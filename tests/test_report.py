@@ -108,3 +108,43 @@ def test_every_fine_tune_down_the_line_is_marked_where_it_began():
     # the parent began after the grandparent's 3 epochs, distilled; this run after 3 + 2
     assert run.fine_tunes == [(3, True), (5, False)]
     assert [h["epoch"] for h in run.full_history] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_published_record_names_no_folder_of_the_training_machine_at_any_level():
+    machine_paths = {"data_dir": "/work/data/cifar10-jpeg", "out": "/work/runs/distill",
+                     "init_from": "/home/me/weights", "teacher": "/work/runs/teacher"}
+    grandparent = {"command": "python train.py --data-dir /work/data/cifar10-jpeg --epochs 150",
+                   "settings": dict(machine_paths), "history": []}
+    parent = {"command": "python train.py --init-from /home/me/weights --teacher /work/runs/teacher",
+              "settings": dict(machine_paths), "parent": grandparent, "history": [],
+              "teacher": {"command": "python train.py --out /work/runs/teacher", "val_acc": 0.9}}
+    public = report.public_record({"parent": parent, "history": []})
+    assert "/work" not in json.dumps(public) and "/home" not in json.dumps(public)
+    assert public["parent"]["command"] == "python train.py --init-from weights --teacher teacher"
+    assert public["parent"]["parent"]["settings"]["data_dir"] == "cifar10-jpeg"
+    assert public["parent"]["teacher"] == {"command": "python train.py --out teacher", "val_acc": 0.9}
+    assert parent["settings"]["out"] == "/work/runs/distill"   # the original is left alone
+    assert report.public_record(None) is None
+
+
+def test_the_bundled_models_published_record_names_no_machine_folder():
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent / "weights"
+    for path in (root / "training.json", root / "cnn" / "training.json"):
+        assert "/work/" not in json.dumps(report.public_record(json.loads(path.read_text())))
+
+
+def test_a_card_shows_no_command_for_a_run_whose_epochs_grew_on_a_resume():
+    grown = [{"epoch": 1, "seconds": 60.0},
+             {"epoch": 2, "seconds": 60.0, "note": "resumed with --epochs 2 instead of 1: ..."}]
+    assert report.replayable(grown[:1]) and not report.replayable(grown)
+    card = report.model_card(summary(grown[:1]), 1000)
+    assert "Command: `python train.py`" in card
+    card = report.model_card(summary(grown, epochs=2), 1000)
+    assert "Command: no single command" in card and "`python train.py`" not in card
+    assert summary(grown, epochs=2).as_json()["command"] is None
+    run = summary([{"epoch": 1, "seconds": 60.0}])
+    run.parent = {"command": "python train.py --epochs 150", "history": grown, "best_epoch": 2,
+                  "epochs": 2, "recipe": "budget", "val_acc": 0.8}
+    assert "started from | the best epoch (2 of 2) of a run with the budget recipe (80.00% " \
+           "validation): no single command" in report.model_card(run, 1000)

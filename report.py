@@ -239,6 +239,7 @@ def model_card(summary: RunSummary, params: int) -> str:
         "validation accuracy, flip TTA": f"{100 * summary.val_acc_flip_tta:.2f}% (mean of the "
                                           "logits of the image and its mirror image)",
         "best epoch": f"{summary.best_epoch} of {summary.epochs}",
+        **ema_row(summary),
         "training time": f"{summary.training_minutes:.1f} min for {epochs} on {summary.machine}",
         "per-class validation accuracy": ", ".join(
             f"{n} {100 * a:.1f}" for n, a in zip(summary.class_names, summary.per_class_acc)),
@@ -285,6 +286,16 @@ model = {kind.short}.from_pretrained("<this repo or folder>")   # config.json ha
 
 {plots}
 """
+
+
+def ema_row(summary: RunSummary) -> dict[str, str]:
+    """The card's row comparing the exported weight average with the weights as trained."""
+    best = next((h for h in summary.history if h["epoch"] == summary.best_epoch), {})
+    if "val_acc_without_ema" not in best:
+        return {}
+    return {"EMA": f"the exported weights are the EMA (decay {summary.settings.get('ema'):g}) of "
+                   f"the trained ones, which scored {100 * best['val_acc_without_ema']:.2f}% at "
+                   f"that epoch against the EMA's {100 * best['val_acc']:.2f}%"}
 
 
 def started_from(summary: RunSummary) -> dict[str, str]:
@@ -384,7 +395,9 @@ def print_epoch(epoch: int, row: dict, epochs: int, first: bool) -> None:
     """An epoch's line of the training log; after the first, what the whole run will take."""
     print(f"epoch {epoch:>3}/{epochs}  lr {row['lr']:.2e}  train loss "
           f"{row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  val loss "
-          f"{row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  ({row['seconds']:.0f}s)", flush=True)
+          f"{row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%"
+          + (f" (without EMA {100 * row['val_acc_without_ema']:.2f}%)" if "val_acc_without_ema" in row else "")
+          + f"  ({row['seconds']:.0f}s)", flush=True)
     if first and epoch < epochs:   # so a CPU user can size --epochs
         s = row["seconds"]
         print(f"epoch {epoch}: {s:.0f} s; {epochs} epochs ≈ {format_duration(s * epochs)} "

@@ -253,8 +253,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         state.epoch += 1
         if procs.main:
             val = scorer.evaluate(trainer.scored, val_images, val_labels)
-            row = {"epoch": state.epoch, "lr": lr, **row, "val_loss": val.loss,
-                   "val_acc": val.acc, "seconds": time.time() - start, "machine": procs.machine()}
+            row = {"epoch": state.epoch, "lr": lr, **row, "val_loss": val.loss, "val_acc": val.acc}
+            if trainer.ema is not None:   # the weights as trained, beside their average
+                row["val_acc_without_ema"] = scorer.evaluate(trainer.model, val_images, val_labels).acc
+            row.update(seconds=time.time() - start, machine=procs.machine())
             if note:
                 row["note"], note = note, None
             state.end_epoch(row, run_dir, trainer.model, trainer.optimizer, trainer.scored, trainer.ema)

@@ -17,6 +17,7 @@ import optimization
 import report
 import train
 from conftest import interrupted_then_resumed, read_metrics, run_args
+from data import load_training_data
 from vit_model import ViT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -695,7 +696,7 @@ def test_budget_run_trains_on_half_the_patches_and_resume_replans_grown_epochs(
 
 
 def test_budget_run_with_ema_resumes_bit_identically(shared_folder_data, tmp_path, monkeypatch):
-    flags = ("--recipe", "budget", "--epochs", "2", "--ema", "0.9", "--seed", "3")
+    flags = ("--recipe", "budget", "--epochs", "2", "--ema", "0.9", "--seed", "3", "--amp", "off")
     result_a = train.main(run_args(shared_folder_data, tmp_path / "a", *flags))
 
     result_b = interrupted_then_resumed(run_args(shared_folder_data, tmp_path / "b", *flags), monkeypatch)
@@ -717,3 +718,17 @@ def test_budget_run_with_ema_resumes_bit_identically(shared_folder_data, tmp_pat
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
     assert strip(read_metrics(tmp_path / "a")) == strip(read_metrics(tmp_path / "b"))
     assert result_a["val_acc"] == result_b["val_acc"]
+    # Each epoch scores the trained weights beside their average; the card compares the two.
+    data = load_training_data(shared_folder_data, 30, 3)
+    scorer = loop.Evaluator(a["mean"], a["std"], 64, torch.device("cpu"), False)
+    for part, key in (("model", "val_acc_without_ema"), ("ema", "val_acc")):
+        model = ViT(dim=64, depth=2, heads=4, mlp_dim=128)
+        model.load_state_dict({k.removeprefix("module."): v for k, v in a[part].items()
+                               if k != "n_averaged"})
+        scored = scorer.evaluate(model, data.images[data.val_idx], data.labels[data.val_idx])
+        assert scored.acc == pytest.approx(read_metrics(tmp_path / "a")[-1][key]), part
+    best = read_metrics(tmp_path / "a")[result_a["best_epoch"] - 1]
+    card = (tmp_path / "a" / "export" / "README.md").read_text()
+    assert f"| EMA | the exported weights are the EMA (decay 0.9) of the trained ones, which scored " \
+           f"{100 * best['val_acc_without_ema']:.2f}% at that epoch against the EMA's " \
+           f"{100 * best['val_acc']:.2f}% |" in card

@@ -33,6 +33,11 @@ MAX_DECODED_PIXELS = 25_000_000
 # A JPEG's own size is bounded too: at 1/8 scale 400 MP still decodes to 6 MP, while a
 # few-kilobyte file that claims 60000x60000 pixels is a decompression bomb.
 MAX_JPEG_PIXELS = 400_000_000
+# A progressive JPEG is different: libjpeg holds all its coefficients at full size whatever
+# the draft scale, and each scan is one more pass over them. So its pixels are held to
+# MAX_DECODED_PIXELS and its scans counted (encoders write about 10; a crafted file
+# repeats them by the hundred to make every request take minutes).
+MAX_JPEG_SCANS = 40
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # EXIF orientation -> how to turn the stored pixels upright (as ImageOps.exif_transpose).
 UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -115,6 +120,8 @@ def _check_size(image: Image.Image, size: int) -> None:
     if image.format == "JPEG":
         if width * height > MAX_JPEG_PIXELS:
             raise UserError(TOO_MANY_PIXELS)
+        if image.info.get("progressive"):
+            _check_progressive(image, width * height)
         # Decode at the smallest 1/2^k scale that is still 4x the target size.
         image.draft(None, (4 * size, 4 * size))
     if image.width * image.height > MAX_DECODED_PIXELS:
@@ -122,6 +129,23 @@ def _check_size(image: Image.Image, size: int) -> None:
             f"The image is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than "
             f"the {MAX_DECODED_PIXELS // 1_000_000} megapixels this app decodes; save it smaller "
             "or as a JPEG.")
+
+
+def _check_progressive(image: Image.Image, pixels: int) -> None:
+    if pixels > MAX_DECODED_PIXELS:
+        raise UserError(
+            f"The image is a progressive JPEG of {pixels / 1e6:.0f} megapixels; progressive "
+            f"JPEGs are decoded at full size, so this app reads them up to "
+            f"{MAX_DECODED_PIXELS // 1_000_000} megapixels: save it smaller or as a baseline JPEG.")
+    position = image.fp.tell()
+    image.fp.seek(0)
+    # Inside the compressed data a 0xFF byte is always followed by 0x00, so each FF DA is
+    # a start-of-scan marker.
+    scans = image.fp.read(MAX_FILE_BYTES + 1).count(b"\xff\xda")
+    image.fp.seek(position)
+    if scans > MAX_JPEG_SCANS:
+        raise UserError(f"The JPEG has {scans} progressive scans, more than the "
+                        f"{MAX_JPEG_SCANS} this app decodes; save it again as a baseline JPEG.")
 
 
 def _square(image: Image.Image, size: int) -> Image.Image:

@@ -209,3 +209,35 @@ def test_oversized_or_malformed_data_urls_are_refused_before_decoding(monkeypatc
     monkeypatch.undo()
     with pytest.raises(photo.UserError, match="not valid base64"):
         photo.read_data_url("data:image/png;base64,@@@@")
+
+
+def progressive_jpeg(size: tuple[int, int], repeat_last_scan: int = 0) -> io.BytesIO:
+    """A progressive JPEG, its last scan repeated (a scan-count bomb's shape)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (90, 140, 200)).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    last = data.rfind(b"\xff\xda")
+    scan = data[last:-2]   # the last scan, up to the end-of-image marker
+    return io.BytesIO(data[:-2] + scan * repeat_last_scan + data[-2:])
+
+
+def test_a_progressive_jpeg_with_hundreds_of_scans_is_refused_before_decoding(monkeypatch):
+    ordinary = progressive_jpeg((64, 48))
+    assert Image.open(ordinary).info.get("progressive")
+    assert near(read(ordinary)[0, 0], (90, 140, 200))
+    bomb = progressive_jpeg((64, 48), repeat_last_scan=200)
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or None)
+    with pytest.raises(photo.UserError, match=r"has 2\d\d progressive scans, more than the 40 .*baseline"):
+        photo.load_photo(bomb, 32)
+    assert decoded == []
+
+
+def test_a_progressive_jpeg_is_held_to_the_pixels_decoded_in_full():
+    # 30 MP: a baseline JPEG of it decodes at 1/8 scale; a progressive one cannot.
+    width, height = 6000, 5000
+    baseline = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 140, 200)).save(baseline, "JPEG")
+    assert near(read(baseline)[5, 5], (90, 140, 200))
+    with pytest.raises(photo.UserError, match=r"progressive JPEG of 30 megapixels.*up to 25 megapixels"):
+        photo.load_photo(progressive_jpeg((width, height)), 32)

@@ -24,8 +24,10 @@ from data import atomic_write
 
 # A 20 MB image inline as base64 is 26.7 MB of JSON; nothing else the app takes is big.
 MAX_BODY_BYTES = 28_000_000
-# Routes with their own limit: uploads stream to disk under gradio's max_file_size.
-UNLIMITED_SUFFIXES = ("/upload",)
+# The one route with its own limit: Gradio's upload (gradio.route_utils.API_PREFIX +
+# "/upload") streams to disk under max_file_size. Exactly that path: any other route whose
+# name ends in /upload (a /call/upload, say) is read into memory like the rest.
+UPLOAD_ROUTE = "/gradio_api/upload"
 
 
 class BodyLimit:
@@ -36,7 +38,7 @@ class BodyLimit:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"].rstrip("/").endswith(UNLIMITED_SUFFIXES):
+        if scope["type"] != "http" or _route(scope) == UPLOAD_ROUTE:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
@@ -59,6 +61,12 @@ class BodyLimit:
                     "headers": [(b"content-type", b"text/plain"),
                                 (b"content-length", str(len(text)).encode())]})
         await send({"type": "http.response.body", "body": text})
+
+
+def _route(scope) -> str:
+    """The request's path below the app's mount point (a proxy may mount it under one)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return (path[len(root):] if root and path.startswith(root) else path).rstrip("/")
 
 
 def _replay(messages, then=None):

@@ -164,6 +164,11 @@ def test_routes_around_the_queue_are_closed(app_url):
     big = httpx.post(f"{app_url}gradio_api/queue/join", content=b"{" + b" " * 29_000_000,
                      headers={"content-type": "application/json"}, timeout=60)
     assert big.status_code == 413 and "send images as file uploads" in big.text
+    # Only Gradio's own upload route streams to disk; a name that merely ends in /upload
+    # is held to the limit like every other route.
+    for route in ("call/upload", "queue/upload", "upload/x/upload"):
+        big = httpx.post(f"{app_url}gradio_api/{route}", content=b" " * 29_000_000, timeout=60)
+        assert big.status_code == 413 and "send images as file uploads" in big.text, route
 
 
 def test_32_concurrent_predictions_all_succeed(app_url):

@@ -339,7 +339,7 @@ def serve(demo: gr.Blocks, host: str, port: int,
     return demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE,
                        prevent_thread_lock=not block, show_error=True, quiet=not block, css=CSS,
                        enable_monitoring=False, state_session_capacity=STATE_SESSIONS,
-                       app_kwargs={"middleware": [space.body_limit()]})
+                       app_kwargs={"middleware": [space.request_guard()]})
 
 
 def load_model(source: str) -> Loaded:

@@ -84,6 +84,20 @@ def read_data_url(url: str) -> BinaryIO:
         raise UserError("The inline image is not valid base64.") from None
 
 
+def _check_bytes(source: str | os.PathLike | BinaryIO) -> None:
+    """Refuse an empty file, or one over the upload limit that reached here another way."""
+    if hasattr(source, "seek"):
+        size = source.seek(0, os.SEEK_END)
+        source.seek(0)
+    else:
+        size = os.stat(source).st_size
+    if size == 0:
+        raise UserError("The image file is empty (0 bytes): upload it again.")
+    if size > MAX_FILE_BYTES:
+        raise UserError(f"The image file is {size / 1e6:.1f} MB; images up to "
+                        f"{MAX_FILE_BYTES // 1_000_000} MB are accepted.")
+
+
 def _open(source: str | os.PathLike | BinaryIO) -> Image.Image:
     """Open (headers only) one of FORMATS, or say why not."""
     try:
@@ -177,6 +191,7 @@ def load_photo(source: str | os.PathLike | BinaryIO | None, size: int) -> torch.
     if source is None:
         raise UserError(NO_IMAGE)
     try:
+        _check_bytes(source)
         with _open(source) as image:
             _check_size(image, size)
             image.load()

@@ -1,5 +1,5 @@
 """Serving limits for app.py that Gradio does not set itself: a bound on request bodies,
-output files written whole, and memory handed back after a large decode."""
+no images fetched from web addresses, output files written whole, and memory handed back after a large decode."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import ctypes.util
 import functools
 import hashlib
 import io
+import json
 import os
 import threading
 import time
@@ -30,9 +31,11 @@ MAX_BODY_BYTES = 28_000_000
 UPLOAD_ROUTE = "/gradio_api/upload"
 
 
-class BodyLimit:
-    """ASGI middleware: answer 413 to any request body over MAX_BODY_BYTES (uploads
-    excepted) before the application reads it into memory."""
+class RequestGuard:
+    """ASGI middleware that reads a request's body before the application does: 413 for
+    a body over MAX_BODY_BYTES (Gradio's uploads excepted), 400 for an image given by an
+    http(s) address, which Gradio would download, with no size limit, before any
+    check of the app's ran."""
 
     def __init__(self, app, limit: int = MAX_BODY_BYTES):
         self.app, self.limit = app, limit
@@ -53,14 +56,43 @@ class BodyLimit:
                 return await self._refuse(send)
             chunks.append(message)
             more = message.get("more_body", False)
+        if names_a_web_address(b"".join(m.get("body", b"") for m in chunks)):
+            return await self._refuse(send, 400, WEB_ADDRESS)
         return await self.app(scope, _replay(chunks, receive), send)
 
-    async def _refuse(self, send):
-        text = f"Request body over {self.limit // 1_000_000} MB: send images as file uploads.".encode()
-        await send({"type": "http.response.start", "status": 413,
+    async def _refuse(self, send, status: int = 413, text: str = "") -> None:
+        body = (text or f"Request body over {self.limit // 1_000_000} MB: send images as "
+                        "file uploads.").encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"text/plain"),
-                                (b"content-length", str(len(text)).encode())]})
-        await send({"type": "http.response.body", "body": text})
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+WEB_ADDRESS = ("Images are not fetched from web addresses: download the image and upload "
+               "the file (gradio_client.handle_file(path)) or send it as a base64 data: URL.")
+
+
+def names_a_web_address(body: bytes) -> bool:
+    """Whether a JSON body holds a file whose path is an http(s) address, however the
+    JSON spells it (escaped slashes and \\u escapes included)."""
+    if b"http" not in body.lower() and b"\\u" not in body:
+        return False
+    try:
+        payload = json.loads(body)
+    except ValueError:   # not JSON: Gradio refuses it itself
+        return False
+    stack = [payload]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            path = item.get("path")
+            if isinstance(path, str) and path.lstrip().lower().startswith(("http://", "https://")):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _route(scope) -> str:
@@ -157,6 +189,6 @@ def release_memory() -> None:
         trim(0)
 
 
-def body_limit(limit: int = MAX_BODY_BYTES) -> Middleware:
-    """BodyLimit as a FastAPI middleware entry (launch's app_kwargs)."""
-    return Middleware(BodyLimit, limit=limit)
+def request_guard(limit: int = MAX_BODY_BYTES) -> Middleware:
+    """RequestGuard as a FastAPI middleware entry (launch's app_kwargs)."""
+    return Middleware(RequestGuard, limit=limit)

@@ -3,10 +3,12 @@ arguments, closed routes, inline data: images, concurrent calls, files that expi
 under large uploads, and `python app.py` started without weights."""
 
 import base64
+import http.server
 import io
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -292,3 +294,38 @@ def test_app_without_weights_starts_and_says_what_to_do(tmp_path):
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
     assert f"No trained model is loaded (no usable weights in {tmp_path / 'empty'}" in output
+
+
+def test_an_image_given_by_web_address_is_refused_before_anything_fetches_it(app_url):
+    fetched = []
+
+    class Server(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            fetched.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(Path(CAT).read_bytes())
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"http://127.0.0.1:{server.server_port}/cat.jpg"
+    meta = '"meta": {"_type": "gradio.FileData"}'
+    # Plain, with JSON's escaped slashes, and with a \u escape: the same address to Gradio.
+    bodies = [f'{{"data": [{{"path": "{address}", {meta}}}]}}',
+              f'{{"data": [{{"path": "{address.replace("/", chr(92) + "/")}", {meta}}}]}}',
+              f'{{"data": [{{"path": "\\u0068{address[1:]}", {meta}}}], "fn_index": 0}}']
+    try:
+        for body in bodies:
+            for route in ("call/view", "call/predict", "queue/join"):
+                response = httpx.post(f"{app_url}gradio_api/{route}", content=body,
+                                      headers={"content-type": "application/json"}, timeout=30)
+                assert response.status_code == 400, (route, body, response.text)
+                assert "not fetched from web addresses" in response.text
+    finally:
+        server.shutdown()
+    assert fetched == []

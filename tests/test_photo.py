@@ -241,3 +241,16 @@ def test_a_progressive_jpeg_is_held_to_the_pixels_decoded_in_full():
     assert near(read(baseline)[5, 5], (90, 140, 200))
     with pytest.raises(photo.UserError, match=r"progressive JPEG of 30 megapixels.*up to 25 megapixels"):
         photo.load_photo(progressive_jpeg((width, height)), 32)
+
+
+def test_an_empty_or_oversized_file_is_refused_by_its_size(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(photo.UserError, match=r"empty \(0 bytes\)"):
+        photo.load_photo(empty, 32)
+    big = tmp_path / "big.jpg"
+    big.write_bytes(EXAMPLE.read_bytes() + b"\0" * photo.MAX_FILE_BYTES)
+    with pytest.raises(photo.UserError, match=r"is 20.0 MB; images up to 20 MB are accepted"):
+        photo.load_photo(big, 32)
+    with pytest.raises(photo.UserError, match="images up to 20 MB are accepted"):
+        photo.load_photo(io.BytesIO(big.read_bytes()), 32)

@@ -39,7 +39,6 @@ BUNDLED_WEIGHTS = HERE / "weights"
 EXAMPLES_DIR = HERE / "examples"
 MODEL_ENV = "VIT_CIFAR_MODEL"
 TOP_K = 5
-MAX_FILE_SIZE = f"{photo.MAX_FILE_BYTES // 1_000_000}mb"
 # Every event shares one concurrency group on a 2-core CPU Space: two requests run at a
 # time, each with one torch thread (set in main), so they use both cores without
 # oversubscribing them, and at most two photos are being decoded at once. Requests are
@@ -269,7 +268,7 @@ def build_demo(loaded: Loaded, out: Path | None = None,
                delete_cache: tuple[int, int] = DELETE_CACHE, warm: bool = False) -> gr.Blocks:
     """The page for a loaded model (or none: the model's parts then say why); `warm`
     starts finding the model's mistakes at once, in the background (the server does)."""
-    out = Path(out or Path(gr.utils.get_upload_folder()) / "vit-cifar")
+    out = Path(out or picture_folder())
     ends = Endpoints(loaded, out)
     if warm:
         ends.find_mistakes_now()
@@ -333,13 +332,20 @@ def once_shown(fn: Callable[..., _T]) -> Callable[..., _T]:
     return endpoint
 
 
+def picture_folder() -> Path:
+    """Where the app writes the pictures it shows: beside the uploads, so that the cache
+    expires them alike."""
+    return Path(gr.utils.get_upload_folder()) / "vit-cifar"
+
+
 def serve(demo: gr.Blocks, host: str, port: int,
           block: bool = True) -> tuple[gr.routes.App, str, str | None]:
     """Launch with the app's limits; block=False returns at once (for tests)."""
-    return demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE,
+    uploads = space.UploadBudget(gr.utils.get_upload_folder(), keep=(picture_folder(),))
+    return demo.launch(server_name=host, server_port=port, max_file_size=photo.MAX_FILE_BYTES,
                        prevent_thread_lock=not block, show_error=True, quiet=not block, css=CSS,
                        enable_monitoring=False, state_session_capacity=STATE_SESSIONS,
-                       app_kwargs={"middleware": [space.request_guard()]})
+                       app_kwargs={"middleware": [space.request_guard(uploads)]})
 
 
 def load_model(source: str) -> Loaded:

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 # Pillow's names, and how the page names them.
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 FORMAT_NAMES = "JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF"
-MAX_FILE_BYTES = 20_000_000  # what gradio's max_file_size="20mb" means: 20 * 1000 * 1000
+MAX_FILE_BYTES = 20_000_000  # also Gradio's upload limit (launch(max_file_size=) in bytes)
 MIN_SIDE = 8
 # Decoding cost is what bounds memory: a JPEG is decoded at 1/2 to 1/8 scale (draft
 # mode), so a photo of any camera is cheap; other formats are decoded in full and are

@@ -3,6 +3,7 @@ no images fetched from web addresses, output files written whole, and memory han
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -31,18 +32,72 @@ MAX_BODY_BYTES = 28_000_000
 UPLOAD_ROUTE = "/gradio_api/upload"
 
 
+# Uploads live until the cache deletes them (app.DELETE_CACHE), so what they may occupy is
+# bounded twice: each client's bytes over the last minute (ten photos at the 20 MB limit),
+# and the upload folder's total.
+UPLOAD_BYTES_PER_MINUTE = 200_000_000
+UPLOAD_FOLDER_BYTES = 2_000_000_000
+EMPTY_FOLDER_AGE = 60.0
+BUSY = "The server holds too many uploads right now; try again in a few minutes."
+
+
+class UploadBudget:
+    """What uploads may still add: per client over the last `window` seconds, and to the
+    folder (its size measured at most every `rescan` seconds, when empty folders that
+    the cache left behind are removed too)."""
+
+    def __init__(self, folder: str | os.PathLike, per_client: int = UPLOAD_BYTES_PER_MINUTE,
+                 in_folder: int = UPLOAD_FOLDER_BYTES, keep: tuple[str | os.PathLike, ...] = (),
+                 window: float = 60.0, rescan: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.folder, self.keep = Path(folder), {Path(k).resolve() for k in keep}
+        self.per_client, self.in_folder, self.window, self.rescan = per_client, in_folder, window, rescan
+        self.clock, self.sent, self.stored, self.scanned = clock, {}, 0, -float("inf")
+
+    def refusal(self, client: str, size: int) -> str | None:
+        """None, counting `size` against the budgets, or why the upload is refused."""
+        now = self.clock()
+        if now - self.scanned >= self.rescan:
+            self.stored, self.scanned = self.sweep(), now
+        recent = [(t, n) for t, n in self.sent.get(client, []) if now - t < self.window]
+        if sum(n for _, n in recent) + size > self.per_client:
+            self.sent[client] = recent
+            return (f"Uploads are limited to {self.per_client // 1_000_000} MB a minute per "
+                    "visitor; wait a minute and upload again.")
+        if self.stored + size > self.in_folder:
+            return BUSY
+        self.sent[client], self.stored = [*recent, (now, size)], self.stored + size
+        return None
+
+    def sweep(self) -> int:
+        """The folder's size in bytes, after removing the empty folders in it."""
+        total = 0
+        for root, dirs, files in os.walk(self.folder, topdown=False):
+            for name in files:
+                with contextlib.suppress(OSError):   # deleted meanwhile
+                    total += os.stat(os.path.join(root, name)).st_size
+            here = Path(root)
+            if not dirs and not files and here != self.folder and here.resolve() not in self.keep:
+                with contextlib.suppress(OSError):   # refilled or removed meanwhile
+                    # A folder younger than a minute may be an upload's, about to be filled.
+                    if time.time() - here.stat().st_mtime > EMPTY_FOLDER_AGE:
+                        here.rmdir()
+        return total
+
+
 class RequestGuard:
     """ASGI middleware that reads a request's body before the application does: 413 for
     a body over MAX_BODY_BYTES (Gradio's uploads excepted), 400 for an image given by an
     http(s) address, which Gradio would download, with no size limit, before any
-    check of the app's ran."""
+    check of the app's ran; uploads are held to an UploadBudget."""
 
-    def __init__(self, app, limit: int = MAX_BODY_BYTES):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int = MAX_BODY_BYTES, uploads: UploadBudget | None = None):
+        self.app, self.limit, self.uploads = app, limit, uploads
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or _route(scope) == UPLOAD_ROUTE:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if _route(scope) == UPLOAD_ROUTE:
+            return await self._upload(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await self._refuse(send)
@@ -59,6 +114,17 @@ class RequestGuard:
         if names_a_web_address(b"".join(m.get("body", b"") for m in chunks)):
             return await self._refuse(send, 400, WEB_ADDRESS)
         return await self.app(scope, _replay(chunks, receive), send)
+
+    async def _upload(self, scope, receive, send):
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if self.uploads is not None:
+            if not declared.isdigit():
+                return await self._refuse(send, 411, "An upload must declare its size "
+                                                     "(Content-Length).")
+            refusal = self.uploads.refusal(_client(scope), int(declared))
+            if refusal:
+                return await self._refuse(send, 507 if refusal == BUSY else 429, refusal)
+        return await self.app(scope, receive, send)
 
     async def _refuse(self, send, status: int = 413, text: str = "") -> None:
         body = (text or f"Request body over {self.limit // 1_000_000} MB: send images as "
@@ -99,6 +165,15 @@ def _route(scope) -> str:
     """The request's path below the app's mount point (a proxy may mount it under one)."""
     path, root = scope["path"], scope.get("root_path", "")
     return (path[len(root):] if root and path.startswith(root) else path).rstrip("/")
+
+
+def _client(scope) -> str:
+    """Who sent a request: behind a proxy (a Space's) the address it saw, the last of
+    X-Forwarded-For; otherwise the connection's own."""
+    forwarded = dict(scope["headers"]).get(b"x-forwarded-for")
+    if forwarded:
+        return forwarded.decode("latin-1").split(",")[-1].strip()
+    return (scope.get("client") or ("unknown",))[0]
 
 
 def _replay(messages, then=None):
@@ -189,6 +264,6 @@ def release_memory() -> None:
         trim(0)
 
 
-def request_guard(limit: int = MAX_BODY_BYTES) -> Middleware:
+def request_guard(uploads: UploadBudget | None = None, limit: int = MAX_BODY_BYTES) -> Middleware:
     """RequestGuard as a FastAPI middleware entry (launch's app_kwargs)."""
-    return Middleware(RequestGuard, limit=limit)
+    return Middleware(RequestGuard, limit=limit, uploads=uploads)

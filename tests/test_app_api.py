@@ -20,6 +20,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+import photo
 from conftest import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -329,3 +330,10 @@ def test_an_image_given_by_web_address_is_refused_before_anything_fetches_it(app
     finally:
         server.shutdown()
     assert fetched == []
+
+
+def test_the_upload_limit_is_the_apps_to_the_byte(app_url):
+    for size, accepted in ((photo.MAX_FILE_BYTES, True), (photo.MAX_FILE_BYTES + 1, False)):
+        response = httpx.post(f"{app_url}gradio_api/upload",
+                              files={"files": ("x.jpg", b"\xff" * size, "image/jpeg")}, timeout=60)
+        assert (response.status_code == 200) == accepted, (size, response.status_code, response.text)

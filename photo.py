@@ -25,6 +25,9 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 FORMAT_NAMES = "JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF"
 MAX_FILE_BYTES = 20_000_000  # also Gradio's upload limit (launch(max_file_size=) in bytes)
+# Gradio keeps each session's last inputs in memory (app.STATE_SESSIONS of them), an inline
+# image's base64 among them: at 20 MB each, a burst of them held 1.8 GB; at 2 MB, 180 MB.
+MAX_INLINE_BYTES = 2_000_000
 MIN_SIDE = 8
 # Decoding cost is what bounds memory: a JPEG is decoded at 1/2 to 1/8 scale (draft
 # mode), so a photo of any camera is cheap; other formats are decoded in full and are
@@ -70,14 +73,15 @@ def rules(size: int) -> str:
 
 
 def read_data_url(url: str) -> BinaryIO:
-    """The bytes of an inline `data:[type];base64,...` image, held to the upload limit
+    """The bytes of an inline `data:[type];base64,...` image, held to MAX_INLINE_BYTES
     before they are decoded from base64 (and never decoded as an image here)."""
     header, comma, body = url.partition(",")
     if not comma or ";base64" not in header:
         raise UserError("An inline image must be a base64 `data:` URL (data:image/png;base64,...).")
-    if len(body) > (MAX_FILE_BYTES + 2) // 3 * 4:
-        raise UserError(f"The inline image is about {len(body) * 3 // 4 / 1e6:.0f} MB; images "
-                        f"up to {MAX_FILE_BYTES // 1_000_000} MB are accepted.")
+    if len(body) > (MAX_INLINE_BYTES + 2) // 3 * 4:
+        raise UserError(f"The inline image is about {len(body) * 3 // 4 / 1e6:.1f} MB; inline "
+                        f"images up to {MAX_INLINE_BYTES // 1_000_000} MB are accepted: upload "
+                        f"bigger ones as files (up to {MAX_FILE_BYTES // 1_000_000} MB).")
     try:
         return io.BytesIO(base64.b64decode(body, validate=True))
     except (binascii.Error, ValueError):

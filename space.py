@@ -24,8 +24,9 @@ from starlette.middleware import Middleware
 
 from data import atomic_write
 
-# A 20 MB image inline as base64 is 26.7 MB of JSON; nothing else the app takes is big.
-MAX_BODY_BYTES = 28_000_000
+# A 2 MB image inline as base64 (photo.MAX_INLINE_BYTES) is 2.7 MB of JSON; nothing else
+# the app takes is big.
+MAX_BODY_BYTES = 3_000_000
 # The one route with its own limit: Gradio's upload (gradio.route_utils.API_PREFIX +
 # "/upload") streams to disk under max_file_size. Exactly that path: any other route whose
 # name ends in /upload (a /call/upload, say) is read into memory like the rest.

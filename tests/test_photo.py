@@ -202,11 +202,13 @@ def test_data_urls_meet_the_upload_limits(monkeypatch):
 
 def test_oversized_or_malformed_data_urls_are_refused_before_decoding(monkeypatch):
     monkeypatch.setattr(base64, "b64decode", lambda *a, **k: pytest.fail("decoded"))
-    with pytest.raises(photo.UserError, match="about 21 MB; images up to 20 MB"):
-        photo.read_data_url("data:image/png;base64," + "A" * 28_000_000)
+    with pytest.raises(photo.UserError, match=r"about 2.1 MB; inline images up to 2 MB .* files "
+                                               r"\(up to 20 MB\)"):
+        photo.read_data_url("data:image/png;base64," + "A" * 2_800_000)
     with pytest.raises(photo.UserError, match="must be a base64 `data:` URL"):
         photo.read_data_url("data:image/png,rawbytes")
     monkeypatch.undo()
+    assert len(photo.read_data_url("data:image/png;base64," + "A" * 2_666_664).getvalue()) == 1_999_998
     with pytest.raises(photo.UserError, match="not valid base64"):
         photo.read_data_url("data:image/png;base64,@@@@")
 

@@ -41,6 +41,8 @@ MAX_JPEG_PIXELS = 400_000_000
 # MAX_DECODED_PIXELS and its scans counted (encoders write about 10; a crafted file
 # repeats them by the hundred to make every request take minutes).
 MAX_JPEG_SCANS = 40
+# A phone's multi-picture file (MPO) is a JPEG with more pictures after the first.
+JPEG_FORMATS = ("JPEG", "MPO")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # EXIF orientation -> how to turn the stored pixels upright (as ImageOps.exif_transpose).
 UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -135,7 +137,7 @@ def _check_size(image: Image.Image, size: int) -> None:
     if min(width, height) < MIN_SIDE:
         raise UserError(f"The image is {width}x{height} pixels; it needs at least "
                         f"{MIN_SIDE}x{MIN_SIDE} to show anything.")
-    if image.format == "JPEG":
+    if image.format in JPEG_FORMATS:
         if width * height > MAX_JPEG_PIXELS:
             raise UserError(TOO_MANY_PIXELS)
         if image.info.get("progressive"):
@@ -174,19 +176,33 @@ def _square(image: Image.Image, size: int) -> Image.Image:
     orientation = image.getexif().get(0x0112, 1)
     transparent = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if image.mode in SIXTEEN_BIT_MODES:
-        small = ImageOps.fit(image.convert("I"), (size, size), Image.Resampling.BICUBIC)
-        # Pillow's own conversion to 8 bits clips at 255; 16-bit values scale by 255/65535.
-        levels = np.asarray(small, dtype=np.float64) / 257
-        small = Image.fromarray(levels.round().clip(0, 255).astype(np.uint8))
+        small = _wide_gray_to_eight_bits(image, size)
     else:
         mode = "RGBA" if transparent else ("L" if image.mode in ("1", "L") else "RGB")
         small = ImageOps.fit(image.convert(mode) if image.mode != mode else image, (size, size),
                              Image.Resampling.BICUBIC)
     if orientation in UPRIGHT:
         small = small.transpose(UPRIGHT[orientation])
-    if small.mode == "RGBA":
-        return Image.alpha_composite(Image.new("RGBA", small.size, "white"), small).convert("RGB")
+    if small.mode in ("RGBA", "LA"):
+        return Image.alpha_composite(Image.new("RGBA", small.size, "white"),
+                                     small.convert("RGBA")).convert("RGB")
     return small.convert("RGB")
+
+
+def _wide_gray_to_eight_bits(image: Image.Image, size: int) -> Image.Image:
+    """16- or 32-bit grayscale -> its center square at size x size, 8-bit "L" (or "LA"
+    with its transparent level as alpha). 16-bit values scale by 255/65535 (Pillow's own
+    conversion clips at 255 instead); a 32-bit image whose values fit in 8 bits keeps them."""
+    wide = image.convert("I")
+    divisor = 257 if image.mode != "I" or wide.getextrema()[1] > 255 else 1
+    small = ImageOps.fit(wide, (size, size), Image.Resampling.BICUBIC)
+    levels = np.asarray(small, dtype=np.float64) / divisor
+    gray = Image.fromarray(levels.round().clip(0, 255).astype(np.uint8))
+    if "transparency" not in image.info:
+        return gray
+    opaque = (np.asarray(wide) != image.info["transparency"]).astype(np.uint8) * 255
+    alpha = ImageOps.fit(Image.fromarray(opaque), (size, size), Image.Resampling.BICUBIC)
+    return Image.merge("LA", (gray, alpha))
 
 
 def load_photo(source: str | os.PathLike | BinaryIO | None, size: int) -> torch.Tensor:

@@ -256,3 +256,27 @@ def test_an_empty_or_oversized_file_is_refused_by_its_size(tmp_path):
         photo.load_photo(big, 32)
     with pytest.raises(photo.UserError, match="images up to 20 MB are accepted"):
         photo.load_photo(io.BytesIO(big.read_bytes()), 32)
+
+
+def test_a_phones_multi_picture_jpeg_is_decoded_at_reduced_scale_like_any_jpeg(tmp_path):
+    # 30 MP: over the 25 MP decoded in full, fine for a JPEG decoded at 1/8.
+    first, second = Image.new("RGB", (6000, 5000), RED), Image.new("RGB", (64, 64), BLUE)
+    first.save(tmp_path / "phone.mpo", "MPO", save_all=True, append_images=[second])
+    assert Image.open(tmp_path / "phone.mpo").format == "MPO"
+    assert near(read(tmp_path / "phone.mpo")[5, 5], RED)
+
+
+def test_a_32_bit_image_of_8_bit_values_keeps_them(tmp_path):
+    levels = np.full((40, 40), 200, np.int32)
+    Image.fromarray(levels, "I").save(tmp_path / "int32.tif")
+    assert Image.open(tmp_path / "int32.tif").mode == "I"
+    assert near(read(tmp_path / "int32.tif")[5, 5], (200, 200, 200), 1)
+
+
+def test_a_sixteen_bit_pngs_transparent_level_becomes_white(tmp_path):
+    levels = np.full((64, 64), 0, np.uint16)
+    levels[:, 32:] = 1000           # transparent: the tRNS level
+    Image.fromarray(levels).save(tmp_path / "gray16t.png", transparency=1000)
+    assert Image.open(tmp_path / "gray16t.png").info["transparency"] == 1000
+    image = read(tmp_path / "gray16t.png")
+    assert near(image[5, 2], (0, 0, 0), 1) and near(image[5, 30], WHITE, 1)

@@ -275,7 +275,7 @@ def build_demo(loaded: Loaded, out: Path | None = None,
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.jpg"))
     figures = [(loaded.folder / f, t) for f, t in FIGURES.items()
                if loaded.folder is not None and (loaded.folder / f).is_file()]
-    with gr.Blocks(title="ViT on CIFAR-10", delete_cache=delete_cache) as demo:
+    with gr.Blocks(title="ViT on CIFAR-10", delete_cache=delete_cache, analytics_enabled=False) as demo:
         gr.Markdown(f"# A Vision Transformer trained from scratch on CIFAR-10\n{header(loaded)}"
                     f"\n\n{loaded.status}")
         image, seen, label, flip, heatmap, caption = answer_row(ends.size)
@@ -342,10 +342,11 @@ def serve(demo: gr.Blocks, host: str, port: int,
           block: bool = True) -> tuple[gr.routes.App, str, str | None]:
     """Launch with the app's limits; block=False returns at once (for tests)."""
     uploads = space.UploadBudget(gr.utils.get_upload_folder(), keep=(picture_folder(),))
+    endpoints = tuple(sorted(fn.api_name for fn in demo.fns.values() if fn.api_name))
     return demo.launch(server_name=host, server_port=port, max_file_size=photo.MAX_FILE_BYTES,
                        prevent_thread_lock=not block, show_error=True, quiet=not block, css=CSS,
                        enable_monitoring=False, state_session_capacity=STATE_SESSIONS,
-                       app_kwargs={"middleware": [space.request_guard(uploads)]})
+                       app_kwargs={"middleware": [space.request_guard(uploads, endpoints)]})
 
 
 def load_model(source: str) -> Loaded:

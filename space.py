@@ -31,6 +31,7 @@ MAX_BODY_BYTES = 3_000_000
 # "/upload") streams to disk under max_file_size. Exactly that path: any other route whose
 # name ends in /upload (a /call/upload, say) is read into memory like the rest.
 UPLOAD_ROUTE = "/gradio_api/upload"
+CALL_ROUTE = "/gradio_api/call/"
 
 
 # Uploads live until the cache deletes them (app.DELETE_CACHE), so what they may occupy is
@@ -91,14 +92,21 @@ class RequestGuard:
     http(s) address, which Gradio would download, with no size limit, before any
     check of the app's ran; uploads are held to an UploadBudget."""
 
-    def __init__(self, app, limit: int = MAX_BODY_BYTES, uploads: UploadBudget | None = None):
-        self.app, self.limit, self.uploads = app, limit, uploads
+    def __init__(self, app, limit: int = MAX_BODY_BYTES, uploads: UploadBudget | None = None,
+                 endpoints: tuple[str, ...] = ()):
+        self.app, self.limit, self.uploads, self.endpoints = app, limit, uploads, endpoints
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if _route(scope) == UPLOAD_ROUTE:
+        route = _route(scope)
+        if route == UPLOAD_ROUTE:
             return await self._upload(scope, receive, send)
+        called = route.removeprefix(CALL_ROUTE).split("/")[0] if route.startswith(CALL_ROUTE) else None
+        if self.endpoints and called is not None and called not in self.endpoints:
+            # Gradio answers an unknown name with a 500 and a traceback in the log.
+            return await self._refuse(send, 404, f"No endpoint named {called[:80]!r}: this app's "
+                                      f"are {', '.join('/' + e for e in self.endpoints)}.")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await self._refuse(send)
@@ -265,6 +273,7 @@ def release_memory() -> None:
         trim(0)
 
 
-def request_guard(uploads: UploadBudget | None = None, limit: int = MAX_BODY_BYTES) -> Middleware:
+def request_guard(uploads: UploadBudget | None = None, endpoints: tuple[str, ...] = (),
+                  limit: int = MAX_BODY_BYTES) -> Middleware:
     """RequestGuard as a FastAPI middleware entry (launch's app_kwargs)."""
-    return Middleware(RequestGuard, limit=limit, uploads=uploads)
+    return Middleware(RequestGuard, limit=limit, uploads=uploads, endpoints=endpoints)

@@ -169,10 +169,12 @@ def test_routes_around_the_queue_are_closed(app_url):
                      headers={"content-type": "application/json"}, timeout=60)
     assert big.status_code == 413 and "send images as file uploads" in big.text
     # Only Gradio's own upload route streams to disk; a name that merely ends in /upload
-    # is held to the limit like every other route.
-    for route in ("call/upload", "queue/upload", "upload/x/upload"):
+    # is held to the limit like every other route (or is no endpoint at all).
+    for route in ("queue/upload", "upload/x/upload"):
         big = httpx.post(f"{app_url}gradio_api/{route}", content=b" " * 3_100_000, timeout=60)
         assert big.status_code == 413 and "send images as file uploads" in big.text, route
+    big = httpx.post(f"{app_url}gradio_api/call/upload", content=b" " * 3_100_000, timeout=60)
+    assert big.status_code == 404 and "No endpoint named 'upload'" in big.text
 
 
 def test_32_concurrent_predictions_all_succeed(app_url):
@@ -338,3 +340,11 @@ def test_the_upload_limit_is_the_apps_to_the_byte(app_url):
         response = httpx.post(f"{app_url}gradio_api/upload",
                               files={"files": ("x.jpg", b"\xff" * size, "image/jpeg")}, timeout=60)
         assert (response.status_code == 200) == accepted, (size, response.status_code, response.text)
+
+
+def test_an_unknown_endpoint_is_named_in_a_404(app_url):
+    response = httpx.post(f"{app_url}gradio_api/call/predcit", json={"data": []}, timeout=30)
+    assert response.status_code == 404
+    assert response.text.startswith("No endpoint named 'predcit': this app's are /augment, ")
+    assert "/predict" in response.text
+    assert httpx.get(f"{app_url}gradio_api/call/predcit/123", timeout=30).status_code == 404

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +50,10 @@ def load_checkpoint(path: Path, resume_hint: bool = False) -> dict:
                          else f"error: checkpoint {path} does not exist")
     advice = (f"delete {path.parent} (or use another --out) to start the run afresh"
               if resume_hint else "train again to rewrite it")
+    damaged = damaged_member(path)
+    if damaged:
+        raise SystemExit(f"error: {path} is damaged: its {damaged} fails its checksum (a disk or "
+                         f"copy error changed it); {advice}")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -62,6 +68,29 @@ def load_checkpoint(path: Path, resume_hint: bool = False) -> dict:
         raise SystemExit(f"error: {path} was not written by this version of train.py (it "
                          f"lacks {', '.join(sorted(missing))}): {advice}")
     return saved
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete the temporary files and folders a killed process left in its run folder
+    (atomic writes' `.NAME.*.tmp`, an export's `.export.tmp` and `.export.old`)."""
+    for leftover in [*run_dir.glob(".*.tmp"), run_dir / ".export.old"]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def damaged_member(path: Path) -> str | None:
+    """The first file in a checkpoint's zip archive whose bytes fail its CRC-32 (torch.load
+    itself reads a flipped bit as a changed weight), or None; a file that is no zip
+    archive is torch.load's to judge."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        return f"archive ({err})"
 
 
 @dataclass
@@ -95,8 +124,13 @@ class RunState:
     def restore(self, saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 ema: torch.nn.Module | None) -> None:
         """Load the tensors that save() wrote into freshly built objects."""
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise SystemExit(f"error: the run's last.pt does not fit the model its settings build "
+                             f"({' '.join(str(err).split())[:300]}); it was written by another "
+                             "version of train.py or changed since: start the run afresh in a new --out") from None
         if ema is not None:
             if saved.get("ema") is None:
                 raise SystemExit("error: the checkpoint has no EMA weights to continue")

@@ -53,20 +53,27 @@ class ImageSet:
 
 # ---------------------------------------------------------------- loading and caching
 
-def load_split(data_dir: str | os.PathLike, split: str = "train") -> ImageSet | None:
-    """The images of one split ("train" or "test") as uint8 tensors.
+def load_split(data_dir: str | os.PathLike, split: str = "train",
+               download: bool = False) -> ImageSet | None:
+    """The images of one split ("train" or "test") as uint8 tensors: a class-folder copy,
+    or the official CIFAR-10 in torchvision's layout, downloaded into an empty or missing
+    folder only when `download` says so.
 
     Returns None when a class-folder source has no such split (the JPEG copy has no test
     split). Raises DataError naming the cause for anything unusable.
     """
     root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist (or is not a folder)")
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data folder {root} is a file, not a folder")
     if (root / "train").is_dir():
         if not (root / split).is_dir():
             return None
         return _load_folder_split(root, split)
-    return _load_torchvision_split(root, split)
+    if not root.exists() and not download:
+        raise DataError(f"data folder {root} does not exist: pass --data-dir a folder with "
+                        f"train/<class>/ images, or add --download to fetch the official "
+                        f"CIFAR-10 (170 MB) into {root}")
+    return _load_torchvision_split(root, split, download)
 
 
 # What torchvision's CIFAR-10 leaves in its folder: only these may be there before a download.
@@ -85,16 +92,19 @@ def _misplaced_hint(root: Path) -> str:
     return "pass the folder that holds train/<class>/*.jpg, or an empty folder to download CIFAR-10 into"
 
 
-def _load_torchvision_split(root: Path, split: str) -> ImageSet:
+def _load_torchvision_split(root: Path, split: str, download: bool) -> ImageSet:
     from torchvision.datasets import CIFAR10
 
-    other = {p.name for p in root.iterdir()} - CIFAR10_FILES
+    other = {p.name for p in root.iterdir()} - CIFAR10_FILES if root.exists() else set()
     if other:   # a folder one level off must not start a 170 MB download, nor train on it
         raise DataError(f"data folder {root} has no train/<class>/ images and is not an empty "
                         f"folder for CIFAR-10's download: {_misplaced_hint(root)}")
-
+    if not download and not (root / "cifar-10-batches-py").is_dir():
+        raise DataError(f"data folder {root} holds no images: pass --data-dir a folder with "
+                        f"train/<class>/ images, or add --download to fetch the official "
+                        f"CIFAR-10 (170 MB) into it")
     try:
-        ds = CIFAR10(str(root), train=split == "train", download=True)
+        ds = CIFAR10(str(root), train=split == "train", download=download)
     except Exception as err:  # no network, a broken archive, a full disk, ...
         raise DataError(
             f"data folder {root} has no train/<class>/ images, and CIFAR-10 could not be "
@@ -108,6 +118,9 @@ def _list_folder_split(split_dir: Path) -> tuple[list[str], list[tuple[Path, int
     class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/*.jpg")
+    if len(class_dirs) == 1:   # every image "right": a 100% model that has learned nothing
+        raise DataError(f"{split_dir} has one class folder ({class_dirs[0].name}): a classifier "
+                        f"needs images of at least two classes, one folder each")
     files = []
     for label, class_dir in enumerate(class_dirs):
         found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -145,8 +158,13 @@ def _load_folder_split(root: Path, split: str) -> ImageSet:
     class_names, files = _list_folder_split(root / split)
     cache = root / ".cache" / f"{split}-{_fingerprint(root, files)}.pt"
     if cache.exists():
-        state = torch.load(cache, weights_only=True)
-        return ImageSet(state["images"], state["labels"], state["class_names"])
+        try:
+            state = torch.load(cache, weights_only=True)
+            return ImageSet(state["images"], state["labels"], state["class_names"])
+        except Exception as err:   # truncated by a full disk or a copy: decode again
+            print(f"note: the decode cache {cache} is unreadable ({type(err).__name__}); "
+                  "decoding the images again", file=sys.stderr)
+            cache.unlink(missing_ok=True)
     images = []
     for path, _ in tqdm(files, desc=f"decoding {split} images (once)", unit="img",
                         mininterval=1.0, leave=False):
@@ -175,19 +193,36 @@ def _check_size(images: list[torch.Tensor], files: list[tuple[Path, int]]) -> No
                         f"{images[0].shape[1]} but {files[k][0]} is {w}x{h}; resize them to one size")
 
 
+class WriteError(OSError):
+    """A file that could not be written (a full disk, a folder without write permission);
+    the file that was there before is unchanged."""
+
+    def __init__(self, path: Path, cause: BaseException):
+        reason = getattr(cause, "strerror", None) or str(cause).splitlines()[-1].strip()
+        super().__init__(f"could not write {path}: {reason}")
+        self.path = path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """`write(file)` into a temporary file next to `path`, then rename: never half a file, no
-    temporary file left when writing fails; mode 644 (mkstemp's 600 hides an export from others)."""
+    temporary file left when writing fails; mode 644 (mkstemp's 600 hides an export from
+    others). A failed write is a WriteError (torch.save reports a full disk as a RuntimeError)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        raise WriteError(path, err) from err
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -264,11 +299,12 @@ class TrainingData:
 
 
 def load_training_data(data_dir: str | os.PathLike, val_size: float = 0.1, seed: int = 0,
-                       train_subset: int = 0) -> TrainingData:
-    """Load a data folder, split it with `seed`, keep `train_subset` training images (0:
-    all) and compute mean/std on the images trained on. Raises DataError."""
-    train_set = load_split(data_dir, "train")
-    test_set = load_split(data_dir, "test")
+                       train_subset: int = 0, download: bool = False) -> TrainingData:
+    """Load a data folder (CIFAR-10 downloaded into it if `download`), split it with
+    `seed`, keep `train_subset` training images (0: all) and compute mean/std on the
+    images trained on. Raises DataError."""
+    train_set = load_split(data_dir, "train", download)
+    test_set = load_split(data_dir, "test", download)
     train_idx, val_idx = split_indices(len(train_set), val_size, seed)
     if train_subset > len(train_idx):
         raise DataError(f"--train-subset {train_subset} is more than the {len(train_idx)} "
@@ -287,11 +323,11 @@ def load_training_data(data_dir: str | os.PathLike, val_size: float = 0.1, seed:
 
 
 def training_data_or_exit(data_dir: str | os.PathLike, val_size: float = 0.1, seed: int = 0,
-                          train_subset: int = 0) -> TrainingData:
+                          train_subset: int = 0, download: bool = False) -> TrainingData:
     """load_training_data for a command line: a data problem ends the program with one
     clear message instead of a traceback."""
     try:
-        return load_training_data(data_dir, val_size, seed, train_subset)
+        return load_training_data(data_dir, val_size, seed, train_subset, download)
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
 
@@ -373,8 +409,10 @@ def main() -> None:
                                      "draw the augmentation and patch figures.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", required=True,
-                        help="class-folder copy (<dir>/train/<class>/*.jpg) or a folder to "
-                             "download the official CIFAR-10 into")
+                        help="class-folder copy (<dir>/train/<class>/*.jpg) or a folder "
+                             "holding the official CIFAR-10 (see --download)")
+    parser.add_argument("--download", action="store_true",
+                        help="download the official CIFAR-10 (170 MB) into an empty --data-dir")
     parser.add_argument("--out", default="figures", help="folder for the PNGs")
     parser.add_argument("--val-size", type=val_size, default=0.1,
                         help="held out for validation: a fraction, or a number of images")
@@ -383,7 +421,7 @@ def main() -> None:
     args = parser.parse_args()
     from data_figures import save_augmentation_grid, save_patch_figure
 
-    data = training_data_or_exit(args.data_dir, args.val_size, args.seed)
+    data = training_data_or_exit(args.data_dir, args.val_size, args.seed, download=args.download)
     print(f"{data.description}, {len(data.class_names)} classes")
     print("mean", [round(m, 4) for m in data.mean], "std", [round(s, 4) for s in data.std])
     labels = data.labels[data.train_idx]

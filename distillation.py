@@ -50,6 +50,10 @@ def read_teacher_folder(folder: Path) -> tuple[dict, dict]:
     if not isinstance(config, dict) or "widths" not in config:
         raise TeacherError(f"{folder} holds no CNN (a ViT cannot teach here): pass the export "
                            "of a `train.py --model cnn` run, or weights/cnn")
+    if not all(isinstance(config.get(k), list) for k in ("mean", "std")):
+        raise TeacherError(f"{folder}: its config.json lacks the mean and std of the images it "
+                           "was trained on, so its inputs cannot be normalized as in training: "
+                           "export it again with train.py")
     return config, training
 
 

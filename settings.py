@@ -15,7 +15,7 @@ from recipes import MODELS, POLICIES, RECIPES, recipe_defaults, recipe_help
 # How a resumed run may differ from its start: these come from the new command line (its
 # defaults included), --data-dir and --epochs only when given; everything else is the run's.
 RESUME_RUNTIME = {"device", "amp", "compile", "workers", "eval_batch_size", "no_progress",
-                  "push_to_hub", "resume", "overwrite", "out"}
+                  "push_to_hub", "resume", "overwrite", "out", "download"}
 RESUME_MAY_CHANGE = RESUME_RUNTIME | {"data_dir", "epochs"}
 FOLDER_SETTINGS = ("data_dir", "out", "init_from", "teacher")
 # Flags that shape only one of the two models; giving one to the other is refused.
@@ -94,8 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train the ViT or the CNN on CIFAR-10 (train.py).",
                                 formatter_class=HelpFormatter)
     p.add_argument("--data-dir", default="data",
-                   help="class-folder copy (<dir>/train/<class>/*.jpg) or a folder that "
-                        "holds or receives the official CIFAR-10 download")
+                   help="class-folder copy (<dir>/train/<class>/*.jpg) or a folder holding "
+                        "the official CIFAR-10 (see --download)")
+    p.add_argument("--download", action="store_true",
+                   help="download the official CIFAR-10 (170 MB) into --data-dir if it is "
+                        "empty or missing; without it nothing is downloaded")
     p.add_argument("--out", default="runs/vit", help="run folder for checkpoints, metrics, plots, export")
     p.add_argument("--model", choices=MODELS, default=None,
                    help="vit (vit_model.py) or cnn (cnn_model.py); default: the recipe's")
@@ -226,14 +229,28 @@ def check_args(args: argparse.Namespace) -> None:
            args.train_subset, args.workers, args.translate) < 0:
         problems.append("--mixup-alpha, --cutmix-alpha, --warmup-epochs, --weight-decay, "
                         "--train-subset, --workers and --translate must not be negative")
-    if not Path(args.data_dir).is_dir():
-        problems.append(f"data folder {args.data_dir} does not exist (make it, and "
-                        "CIFAR-10 is downloaded into it)")
+    if not Path(args.data_dir).is_dir() and not args.download:
+        problems.append(f"data folder {args.data_dir} does not exist: pass --data-dir a folder "
+                        "with train/<class>/ images, or add --download to fetch CIFAR-10 into it")
+    if args.push_to_hub:
+        problems += hub_problems(args.push_to_hub)
     if not args.teacher and (args.distill != "hard" or args.temperature != 1.0):
         problems.append("--distill and --temperature shape distillation: give a --teacher too")
     problems += out_problems(Path(args.out))
     if problems:
         raise SystemExit("error: " + "; ".join(problems))
+
+
+def hub_problems(repo_id: str) -> list[str]:
+    """Why --push-to-hub cannot name a Hub model repo, found before the first epoch."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        return [f"--push-to-hub {repo_id!r} is not a Hub repo id such as USER/vit-cifar "
+                f"({str(err).splitlines()[0]})"]
+    return []
 
 
 def out_problems(out: Path) -> list[str]:

@@ -30,9 +30,10 @@ import torch
 
 import figures
 import report
-from checkpoints import Parent, RunState, load_checkpoint
+from checkpoints import Parent, RunState, load_checkpoint, remove_leftovers
 from cnn_model import CNN
-from data import TrainingData, build_mixing, build_policy, to_normalized, training_data_or_exit
+from data import (TrainingData, WriteError, build_mixing, build_policy, to_normalized,
+                  training_data_or_exit)
 from device_augment import DeviceAugment, DeviceTranslate
 from distillation import Distillation, TeacherError, load_teacher
 from loop import EpochBatches, Evaluator, Processes, seed_for, start_processes, train_one_epoch
@@ -222,12 +223,21 @@ def diverged_message(args: argparse.Namespace, epoch: int, lr: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
+    """Train as the command line says; the run's results (None on other processes)."""
+    try:
+        return run(argv)
+    except WriteError as err:   # every file is written whole or not at all
+        raise SystemExit(f"error: {err}; the files written before are intact: free space (or "
+                         "make the folder writable) and continue with --resume") from None
+
+
+def run(argv: list[str] | None) -> dict | None:
     args, saved, state = prepare_run(parse_args(argv), argv)
     run_dir = Path(args.out)
     procs = start_processes(args.device)
     bf16 = procs.use_bf16(args.amp)
     data = procs.first_on_main(lambda: training_data_or_exit(
-        args.data_dir, args.val_size, args.seed, args.train_subset))
+        args.data_dir, args.val_size, args.seed, args.train_subset, args.download))
     parent = Parent.load(args.init_from) if args.init_from and not saved else None
     check_data_fits(args, data, procs.world, parent)
     note = state and state.regrown_note(args)
@@ -237,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     scorer = Evaluator(data.mean, data.std, args.eval_batch_size, procs.device, bf16)
     if procs.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(run_dir)
         print(f"{data.description}; {count_parameters(trainer.model):,} parameters; "
               f"{procs.machine()}; {procs.bf16_words(args.amp)}; "
               + (f"resuming after epoch {state.epoch} of {args.epochs}" if saved

@@ -1,6 +1,7 @@
 
 import argparse
 import json
+import shutil
 
 import pytest
 import torch
@@ -92,20 +93,50 @@ def test_a_read_only_data_folder_loads_without_a_cache(folder_data, monkeypatch,
     assert "no decode cache" in capsys.readouterr().err
 
 
-def test_missing_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(data.DataError, match="does not exist"):
+def test_nothing_is_downloaded_unless_asked(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    calls = []
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", lambda *a, **k: calls.append(k) or pytest.fail())
+    with pytest.raises(data.DataError, match=r"nope does not exist: .* or add --download to fetch"):
         data.load_split(tmp_path / "nope")
+    with pytest.raises(data.DataError, match=r"holds no images: .* or add --download to fetch"):
+        data.load_split(tmp_path)
+    assert calls == [] and not (tmp_path / "nope").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(data.DataError, match="is a file, not a folder"):
+        data.load_split(tmp_path / "file", download=True)
 
 
-def test_empty_folder_without_network_is_a_clear_error(tmp_path, monkeypatch):
+def test_an_asked_download_that_fails_is_a_clear_error(tmp_path, monkeypatch):
     import torchvision.datasets
 
     def offline(*args, **kwargs):
+        assert kwargs["download"] is True
         raise RuntimeError("Failed to download (offline)")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(data.DataError, match="no train/<class>/ images, and CIFAR-10 could not be downloaded"):
-        data.load_split(tmp_path)
+        data.load_split(tmp_path, download=True)
+    with pytest.raises(data.DataError, match="could not be downloaded"):
+        data.load_split(tmp_path / "new", download=True)
+
+
+def test_one_class_folder_is_refused(tmp_path):
+    root = make_folder_dataset(tmp_path / "one", per_class=2)
+    for extra in sorted((root / "train").iterdir())[1:]:
+        shutil.rmtree(extra)
+    with pytest.raises(data.DataError, match=r"has one class folder \(\w+\): a classifier needs"):
+        data.load_split(root)
+
+
+def test_an_unreadable_decode_cache_is_decoded_again(folder_data, capsys):
+    first = data.load_split(folder_data, "train")
+    (cache,) = (folder_data / ".cache").glob("train-*.pt")
+    cache.write_bytes(cache.read_bytes()[:1000])   # truncated
+    again = data.load_split(folder_data, "train")
+    assert torch.equal(again.images, first.images) and "decoding the images again" in capsys.readouterr().err
+    assert len(cache.read_bytes()) > 1000   # rewritten whole
 
 
 def test_images_without_class_folders_are_a_clear_error(tmp_path):
@@ -169,7 +200,8 @@ def test_atomic_save_leaves_nothing_on_failure(tmp_path):
         def __reduce__(self):
             raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError):
+    # torch.save reports a full disk as a RuntimeError: a failed write, with the file named.
+    with pytest.raises(data.WriteError, match=r"could not write .*out.pt: boom"):
         data.atomic_save({"x": Unpicklable()}, tmp_path / "out.pt")
     assert list(tmp_path.iterdir()) == []
 

@@ -91,11 +91,18 @@ def nan_weights(copy):
     save_file(weights, copy / "model.safetensors")
 
 
+def without_mean(copy):
+    config = json.loads((copy / "config.json").read_text())
+    del config["mean"]
+    (copy / "config.json").write_text(json.dumps(config))
+
+
 @pytest.mark.parametrize("damage, message", [
     (None, "was trained on another split .*this run: 30, seed 4"),
     (lambda c: (c / "config.json").unlink(), "lacks config.json: pass the export/ folder"),
     (nan_weights, "its weights hold NaN or infinite values"),
     (lambda c: (c / "model.safetensors").write_bytes(b"not a model"), "do not load into the CNN"),
+    (without_mean, "its config.json lacks the mean and std of the images it was trained on"),
 ])
 def test_a_folder_that_cannot_teach_is_refused(cnn_teacher, shared_folder_data, tmp_path, damage, message):
     folder, _ = cnn_teacher

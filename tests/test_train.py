@@ -1,4 +1,5 @@
 import contextlib
+import io
 import json
 import math
 import os
@@ -131,6 +132,8 @@ def test_torchrun_with_two_cpu_processes(shared_folder_data, tmp_path):
     (["--mlp-dim", "0"], "--mlp-dim must be positive, got 0$"),
     (["--device", "gpu0"], "--device gpu0 is not a device name"),
     (["--train-subset", "5000"], "--train-subset 5000 is more than the 90 training images"),
+    (["--push-to-hub", "me/my model"], "--push-to-hub 'me/my model' is not a Hub repo id such as USER/vit-cifar"),
+    (["--push-to-hub", "a/b/c"], "is not a Hub repo id"),
 ])
 def test_bad_arguments_fail_at_once(folder_data, tmp_path, extra, message):
     with pytest.raises(SystemExit, match=message):
@@ -138,9 +141,17 @@ def test_bad_arguments_fail_at_once(folder_data, tmp_path, extra, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_data_folder_fails_at_once(tmp_path):
-    with pytest.raises(SystemExit, match="data folder .*missing does not exist"):
+def test_missing_data_folder_fails_at_once_unless_a_download_is_asked(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="data folder .*missing does not exist: .*add --download"):
         train.main(run_args(tmp_path / "missing", tmp_path / "run"))
+    import torchvision.datasets
+
+    asked = []
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10",
+                        lambda root, train, download: asked.append(download) or pytest.fail("offline"))
+    with pytest.raises(BaseException, match="offline"):
+        train.main(run_args(tmp_path / "missing", tmp_path / "run", "--download"))
+    assert asked == [True]
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
@@ -397,6 +408,42 @@ def test_corrupt_checkpoint_is_named_with_what_to_do(shared_folder_data, tmp_pat
     with pytest.raises(SystemExit, match=f"best.pt .*{reason}.*delete") as err:
         train.main(["--out", str(out), "--resume", "--no-progress"])
     assert "weights_only=False" not in str(err.value)
+
+
+def test_a_bit_flip_or_a_foreign_tensor_in_last_pt_is_named_not_trained_on(shared_folder_data, tmp_path):
+    out = tmp_path / "run"
+    train.main(run_args(shared_folder_data, out, "--epochs", "1"))
+    good = (out / "last.pt").read_bytes()
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0x10   # inside the tensors' bytes
+    (out / "last.pt").write_bytes(bytes(flipped))
+    with pytest.raises(SystemExit, match=r"last.pt is damaged: its .* fails its checksum.*delete"):
+        train.main(["--out", str(out), "--resume", "--epochs", "2", "--no-progress"])
+    saved = torch.load(io.BytesIO(good), weights_only=True)
+    saved["model"]["head.weight"] = torch.zeros(3, 3)
+    torch.save(saved, out / "last.pt")
+    with pytest.raises(SystemExit, match=r"last.pt does not fit the model .*head.weight.*new --out"):
+        train.main(["--out", str(out), "--resume", "--epochs", "2", "--no-progress"])
+
+
+def test_a_full_disk_stops_the_run_with_a_message_and_the_last_checkpoint_intact(
+        shared_folder_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train.main(run_args(shared_folder_data, out, "--epochs", "1"))
+    before = (out / "last.pt").read_bytes()
+    (out / ".last.pt.abc123.tmp").write_bytes(b"left by a killed run")
+
+    def full_disk(obj, file, *args, **kwargs):
+        file.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed "
+                           "writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(SystemExit, match=r"could not write .*\.pt: .*file write failed.*intact: free space "
+                                         r".*continue with --resume"):
+        train.main(["--out", str(out), "--resume", "--epochs", "2", "--no-progress"])
+    assert (out / "last.pt").read_bytes() == before
+    assert not list(out.glob(".*.tmp"))   # neither this run's nor the killed one's
 
 
 def test_resume_honours_more_epochs_and_refuses_other_changes(shared_folder_data, tmp_path, capsys):

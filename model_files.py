@@ -129,8 +129,13 @@ def _default(key: str):
 def load_folder(folder: Path) -> ViT:
     """The checked model in a folder, in eval mode; ModelError or OSError otherwise."""
     config_path, weights = folder / "config.json", folder / "model.safetensors"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist")
     if not config_path.is_file() or not weights.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json and model.safetensors")
+        export = folder / "export"
+        hint = (f": it looks like a training run's folder; did you mean {export}?"
+                if (export / "config.json").is_file() else "")
+        raise FileNotFoundError(f"{folder} has no config.json and model.safetensors{hint}")
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -68,8 +68,11 @@ def test_other_images_than_the_models_are_refused(folder_data, exported, tmp_pat
 
 def test_a_folder_without_a_model_or_its_training_record_is_named(shared_folder_data, exported, tmp_path):
     base = run_args(shared_folder_data, tmp_path / "ft", "--epochs", "1", "--init-from")
-    with pytest.raises(SystemExit, match="--init-from .*nowhere: .*has no config.json and model.safetensors"):
+    with pytest.raises(SystemExit, match="--init-from .*nowhere: .*nowhere does not exist"):
         train.main([*base, str(tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="--init-from .*empty: .*has no config.json and model.safetensors$"):
+        train.main([*base, str(tmp_path / "empty")])
     bare = tmp_path / "bare"
     shutil.copytree(exported, bare)
     (bare / "training.json").unlink()

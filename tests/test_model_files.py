@@ -125,7 +125,10 @@ def test_a_mistyped_folder_is_not_taken_for_a_hub_repo(monkeypatch, tmp_path):
     (tmp_path / "runs").mkdir()
     loaded = load("runs/exp1")   # runs/ exists, so this names a folder, not a repo
     assert loaded.model is None and "no usable weights in `runs/exp1`" in loaded.status
-    assert "from the Hub" not in loaded.status
+    assert "runs/exp1 does not exist" in loaded.status and "from the Hub" not in loaded.status
+    # A training run's folder instead of its export/: the page names the folder meant.
+    shutil.copytree(BUNDLED, tmp_path / "runs" / "exp1" / "export")
+    assert "did you mean runs/exp1/export?" in load("runs/exp1").status
     assert load("someone/vit").model is not None   # a repo id still falls back
 
 

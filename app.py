@@ -30,7 +30,8 @@ import photo
 import space
 from endpoints import Endpoints
 from mistakes import ANY
-from model_files import FIGURES, Loaded, load_model as load_checked, source_from
+from model_files import FIGURES, Loaded, source_from
+from model_files import load_model as load_checked
 from rollout import HEAD_FUSIONS
 
 _T = TypeVar("_T")  # what an endpoint returns, through answers and once_shown
@@ -58,7 +59,8 @@ DELETE_CACHE = (300, 900)
 # (not over) the mistakes, which are twice as wide as tall; phones get fewer columns.
 CSS = """
 #photo img, #seen img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-#blocks .grid-wrap, #mistakes .grid-wrap, #views .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; }
+#blocks .grid-wrap, #mistakes .grid-wrap, #views .grid-wrap {
+    height: auto !important; min-height: 0 !important; max-height: none !important; }
 #mistakes .thumbnail-item { aspect-ratio: auto; height: auto; flex-direction: column; }
 #mistakes .thumbnail-item img { aspect-ratio: 2 / 1; width: 100%; height: auto; }
 #mistakes .caption-label { position: static; max-width: none; white-space: normal; margin: 4px; }

@@ -146,8 +146,8 @@ def main() -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--widths", default="64,256,256", help="one width per stage")
     args = parser.parse_args()
-    from torchinfo import summary
     from torch.utils.flop_counter import FlopCounterMode
+    from torchinfo import summary
 
     model = CNN(widths=[int(w) for w in args.widths.split(",")]).eval()
     print(summary(model, input_size=(1, 3, 32, 32), depth=3, verbose=0,

@@ -170,7 +170,7 @@ def _load_folder_split(root: Path, split: str) -> ImageSet:
                         mininterval=1.0, leave=False):
         images.append(_decode(path))
         _check_size(images, files)
-    result = ImageSet(torch.stack(images), torch.tensor([l for _, l in files]), class_names)
+    result = ImageSet(torch.stack(images), torch.tensor([label for _, label in files]), class_names)
     try:
         atomic_save({"images": result.images, "labels": result.labels, "class_names": class_names}, cache)
     except OSError as err:   # a read-only copy of the data: decode again next time

@@ -13,6 +13,7 @@ from data import denormalize, tile_patches, train_transform
 from figures import pyplot, save_figure
 from vit_model import patchify
 
+
 def save_augmentation_grid(images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
                            mean: Sequence[float], std: Sequence[float],
                            path: str | os.PathLike, per_image: int = 6, seed: int = 0) -> None:

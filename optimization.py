@@ -8,7 +8,6 @@ import math
 
 import torch
 
-
 ASSIGNMENT_EPOCHS = 160
 ASSIGNMENT_MILESTONES = (100, 150)
 

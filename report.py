@@ -207,7 +207,8 @@ class RunSummary:
         """The teacher, in words (None without one)."""
         t = self.teacher
         return t and (f"a CNN of widths {t['widths']} trained on the same split for {t['epochs']} "
-                      f"epoch{'s' if t['epochs'] != 1 else ''} ({t.get('recipe') or 'teacher.py'} recipe, {100 * t['val_acc']:.2f}% "
+                      f"epoch{'s' if t['epochs'] != 1 else ''} ({t.get('recipe') or 'teacher.py'} recipe, "
+                      f"{100 * t['val_acc']:.2f}% "
                       f"validation, {t['training_minutes']} min): half the loss "
                       + (f"the KL divergence to its probabilities at temperature "
                          f"{self.settings.get('temperature', 1):g} (soft distillation)"

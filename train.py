@@ -32,8 +32,7 @@ import figures
 import report
 from checkpoints import Parent, RunState, load_checkpoint, remove_leftovers
 from cnn_model import CNN
-from data import (TrainingData, WriteError, build_mixing, build_policy, to_normalized,
-                  training_data_or_exit)
+from data import TrainingData, WriteError, build_mixing, build_policy, to_normalized, training_data_or_exit
 from device_augment import DeviceAugment, DeviceTranslate
 from distillation import Distillation, TeacherError, load_teacher
 from loop import EpochBatches, Evaluator, Processes, seed_for, start_processes, train_one_epoch
@@ -284,7 +283,7 @@ def run(argv: list[str] | None) -> dict | None:
         try:
             print(f"uploaded to {report.push_to_hub(Path(result['export']), args.push_to_hub)}")
         except RuntimeError as err:
-            raise SystemExit(f"error: {err}")
+            raise SystemExit(f"error: {err}") from None
     return result
 
 

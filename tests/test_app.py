@@ -318,7 +318,8 @@ def test_the_bundled_sample_is_50_validation_images_per_class(tmp_path):
         mistakes.load_sample(tmp_path / "bad.npz")
     np.savez(tmp_path / "short.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
-    for name, message in [("absent.npz", "is missing"), ("short.npz", "lacks the arrays labels, class_names, description"),
+    for name, message in [("absent.npz", "is missing"),
+                          ("short.npz", "lacks the arrays labels, class_names, description"),
                           ("broken.npz", "is not a readable .npz file")]:
         with pytest.raises(ValueError, match=message):
             mistakes.load_sample(tmp_path / name)

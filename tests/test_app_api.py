@@ -16,12 +16,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import free_port
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 import photo
-from conftest import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 REPO = Path(__file__).resolve().parent.parent

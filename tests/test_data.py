@@ -5,12 +5,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import CLASSES, make_folder_dataset
 from torchvision.transforms import v2
 
 import data
 import vit_model
-from conftest import CLASSES, make_folder_dataset
-
 
 # ---------------------------------------------------------------- transforms and statistics
 

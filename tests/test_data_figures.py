@@ -1,7 +1,7 @@
 import torch
+from conftest import CLASSES
 
 import data_figures
-from conftest import CLASSES
 
 
 def test_figures_are_written(tmp_path):

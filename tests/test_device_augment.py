@@ -10,7 +10,6 @@ import data
 import device_augment
 
 
-
 def test_crop_boxes_follow_torchvision_distribution():
     n = 20000
     g = torch.Generator().manual_seed(0)

@@ -7,12 +7,12 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_args
 from safetensors.torch import load_file, save_file
 
 import loop
 import train
 from distillation import Distillation
-from conftest import run_args
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import json
 import shutil
 
 import pytest
+from conftest import interrupted_then_resumed, read_metrics, run_args
 
 import train
-from conftest import interrupted_then_resumed, read_metrics, run_args
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
+from conftest import CLASSES
 
 import figures
 import report
-from conftest import CLASSES
 from vit_model import ViT
 
 

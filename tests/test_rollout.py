@@ -3,8 +3,17 @@
 import pytest
 import torch
 
-from rollout import (attention_overlay, attention_rollout, block_attention_map, class_token_map,
-                     discard_weakest, fuse_heads, model_rollout, scale_to_unit, upsample_maps)
+from rollout import (
+    attention_overlay,
+    attention_rollout,
+    block_attention_map,
+    class_token_map,
+    discard_weakest,
+    fuse_heads,
+    model_rollout,
+    scale_to_unit,
+    upsample_maps,
+)
 from vit_model import ViT
 
 

@@ -2,9 +2,9 @@
 stops being one, end with one message before anything untrustworthy is written."""
 
 import pytest
+from conftest import run_args
 
 import train
-from conftest import run_args
 
 
 @pytest.mark.parametrize("flag, value", [("--lr", "nan"), ("--lr", "inf"), ("--weight-decay", "nan"),
@@ -33,7 +33,6 @@ def test_a_diverged_run_stops_at_once_and_writes_no_model(shared_folder_data, tm
 def test_a_resumed_run_with_policy_workers_trains_what_an_unbroken_one_does(
         shared_folder_data, tmp_path, monkeypatch):
     import torch
-
     from conftest import interrupted_then_resumed
 
     flags = ("--epochs", "2", "--policy", "trivialaugment", "--workers", "1", "--seed", "2")

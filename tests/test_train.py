@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import interrupted_then_resumed, read_metrics, run_args
 
 import checkpoints
 import loop
 import optimization
 import report
 import train
-from conftest import interrupted_then_resumed, read_metrics, run_args
 from data import load_training_data
 from vit_model import ViT
 
@@ -316,7 +316,7 @@ def test_main_process_loads_the_data_before_the_others(monkeypatch):
     monkeypatch.setattr(loop.dist, "barrier", lambda: events.append("barrier"))
     for rank in (0, 1):
         procs = loop.Processes(rank, 2, torch.device("cpu"))
-        assert procs.first_on_main(lambda: events.append(f"load {rank}") or rank) == rank
+        assert procs.first_on_main(lambda rank=rank: events.append(f"load {rank}") or rank) == rank
     assert events == ["load 0", "barrier", "barrier", "load 1"]
 
 

@@ -5,12 +5,12 @@ import json
 
 import pytest
 import torch
+from conftest import interrupted_then_resumed, read_metrics
 
 import optimization
 import train
 from cnn_model import CNN
 from data import load_training_data, to_normalized
-from conftest import interrupted_then_resumed, read_metrics
 
 
 def cnn_args(data_dir, out, *extra):

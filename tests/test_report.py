@@ -46,7 +46,9 @@ def test_export_holds_weights_card_and_training_json(tmp_path):
     info = json.loads((export / report.TRAINING_FILE).read_text())
     assert info["val_acc"] == 0.5 and info["val_acc_flip_tta"] == 0.52 and info["recipe"] == "assignment"
     assert info["history"] == history and info["training_minutes"] == 0.5
-    assert (export / "curves.png").exists() and ViT.from_pretrained(export) is not None
+    assert (export / "curves.png").exists()
+    loaded = ViT.from_pretrained(export).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
     assert not list(tmp_path.glob(".export*"))
 
 

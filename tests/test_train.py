@@ -45,6 +45,13 @@ def test_scheduler_follows_the_assignment():
     assert opt.param_groups[0]["weight_decay"] == 0.05
 
 
+def assert_export_holds_best(out: Path) -> None:
+    """The run's export loads through the Hub mixin and holds exactly its best.pt weights."""
+    exported = ViT.from_pretrained(out / "export").state_dict()
+    best = torch.load(out / "best.pt", weights_only=True)["model"]
+    assert exported.keys() == best.keys() and all(torch.equal(exported[k], best[k]) for k in best)
+
+
 def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
     out = tmp_path / "run"
     result = train.main(run_args(shared_folder_data, out, "--epochs", "2"))
@@ -58,8 +65,13 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
     best = torch.load(out / "best.pt", weights_only=True)
     assert last["epoch"] == 2 and best["epoch"] == result["best_epoch"]
     assert best["val_acc"] == pytest.approx(max(r["val_acc"] for r in rows))
-    # The test split of the folder source is evaluated.
-    assert 0 <= result["test_acc"] <= 1
+    # The test split of the folder source is evaluated: by the best weights, on every test image.
+    data = load_training_data(shared_folder_data, 30, 0)
+    model = ViT(dim=64, depth=2, heads=4, mlp_dim=128)
+    model.load_state_dict(best["model"])
+    scores = [loop.Evaluator(last["mean"], last["std"], 64, torch.device("cpu"), bf16).evaluate(
+        model, data.test.images, data.test.labels).acc for bf16 in (False, True)]   # --amp auto: either
+    assert result["test_images"] == len(data.test) and result["test_acc"] in scores
     # The export loads through the Hub mixin and predicts exactly as the best checkpoint.
     export = out / "export"
     assert {"model.safetensors", "config.json", "README.md", "curves.png",
@@ -105,7 +117,7 @@ def test_kill_during_training_loses_at_most_the_current_epoch(shared_folder_data
     assert done >= 1
     train.main(["--out", str(out), "--resume", "--no-progress"])
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
-    assert ViT.from_pretrained(out / "export") is not None
+    assert_export_holds_best(out)
 
 
 def test_torchrun_with_two_cpu_processes(shared_folder_data, tmp_path):
@@ -120,7 +132,7 @@ def test_torchrun_with_two_cpu_processes(shared_folder_data, tmp_path):
     assert proc.stdout.count("epoch   1/2") == 1  # only rank 0 prints
     rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert ViT.from_pretrained(out / "export") is not None
+    assert_export_holds_best(out)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -169,7 +181,7 @@ def test_unreachable_hub_keeps_the_export(shared_folder_data, tmp_path, monkeypa
     out = tmp_path / "run"
     with pytest.raises(SystemExit, match="upload to the Hub repo me/vit failed .*export in .* is intact"):
         train.main(run_args(shared_folder_data, out, "--epochs", "1", "--push-to-hub", "me/vit"))
-    assert ViT.from_pretrained(out / "export") is not None
+    assert_export_holds_best(out)
 
 
 # ---------------------------------------------------------------- recipes
@@ -543,13 +555,18 @@ def test_progress_bar_shows_the_last_step_of_a_short_epoch(capsys):
     assert "4/4" in err and f"loss={row['train_loss']:.3f}" in err
 
 
-@pytest.mark.parametrize("extra", [["--amp", "on"], ["--compile", "aot_eager"]])
-def test_autocast_and_compiled_runs_train(shared_folder_data, tmp_path, extra):
+@pytest.mark.parametrize("extra", [["--amp", "on"], ["--amp", "off"], ["--compile", "aot_eager"]])
+def test_autocast_and_compiled_runs_train(shared_folder_data, tmp_path, extra, monkeypatch):
+    used = []
+    real = loop.bf16_autocast
+    monkeypatch.setattr(loop, "bf16_autocast", lambda device, enabled: used.append(enabled) or real(device, enabled))
     out = tmp_path / "run"
     result = train.main(run_args(shared_folder_data, out, "--epochs", "2", *extra))
     rows = read_metrics(out)
     assert all(math.isfinite(r["train_loss"]) for r in rows) and rows[1]["train_loss"] < rows[0]["train_loss"]
-    assert 0 <= result["val_acc"] <= 1
+    assert result["val_acc"] == max(r["val_acc"] for r in rows)
+    if "--amp" in extra:   # every training and evaluation step runs as asked
+        assert used and set(used) == {extra[1] == "on"}
 
 
 # ---------------------------------------------------------------- any dataset

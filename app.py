@@ -344,7 +344,7 @@ def serve(demo: gr.Blocks, host: str, port: int,
           block: bool = True) -> tuple[gr.routes.App, str, str | None]:
     """Launch with the app's limits; block=False returns at once (for tests)."""
     uploads = space.UploadBudget(gr.utils.get_upload_folder(), keep=(picture_folder(),))
-    endpoints = tuple(sorted(fn.api_name for fn in demo.fns.values() if fn.api_name))
+    endpoints = {fn.api_name: len(fn.inputs) for fn in demo.fns.values() if fn.api_name}
     return demo.launch(server_name=host, server_port=port, max_file_size=photo.MAX_FILE_BYTES,
                        prevent_thread_lock=not block, show_error=True, quiet=not block, css=CSS,
                        enable_monitoring=False, state_session_capacity=STATE_SESSIONS,

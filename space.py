@@ -93,8 +93,10 @@ class RequestGuard:
     check of the app's ran; uploads are held to an UploadBudget."""
 
     def __init__(self, app, limit: int = MAX_BODY_BYTES, uploads: UploadBudget | None = None,
-                 endpoints: tuple[str, ...] = ()):
-        self.app, self.limit, self.uploads, self.endpoints = app, limit, uploads, endpoints
+                 endpoints: dict[str, int] | None = None):
+        # endpoints: each named endpoint's number of inputs (Gradio's own answer to a call
+        # with too few prints its component objects, memory addresses and all)
+        self.app, self.limit, self.uploads, self.endpoints = app, limit, uploads, endpoints or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -106,7 +108,7 @@ class RequestGuard:
         if self.endpoints and called is not None and called not in self.endpoints:
             # Gradio answers an unknown name with a 500 and a traceback in the log.
             return await self._refuse(send, 404, f"No endpoint named {called[:80]!r}: this app's "
-                                      f"are {', '.join('/' + e for e in self.endpoints)}.")
+                                      f"are {', '.join('/' + e for e in sorted(self.endpoints))}.")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await self._refuse(send)
@@ -120,9 +122,27 @@ class RequestGuard:
                 return await self._refuse(send)
             chunks.append(message)
             more = message.get("more_body", False)
-        if names_a_web_address(b"".join(m.get("body", b"") for m in chunks)):
-            return await self._refuse(send, 400, WEB_ADDRESS)
+        problem = self._body_problem(called, b"".join(m.get("body", b"") for m in chunks))
+        if problem:
+            return await self._refuse(send, 400, problem)
         return await self.app(scope, _replay(chunks, receive), send)
+
+    def _body_problem(self, called: str | None, body: bytes) -> str | None:
+        """Why a JSON body is refused: an image by web address, or a call with too few inputs."""
+        if called is None and b"http" not in body.lower() and b"\\u" not in body:
+            return None   # no address can hide in it: skip parsing
+        try:
+            payload = json.loads(body)
+        except ValueError:   # not JSON: Gradio refuses it itself
+            return None
+        if names_a_web_address(payload):
+            return WEB_ADDRESS
+        values = payload.get("data") if isinstance(payload, dict) else None
+        needed = self.endpoints.get(called or "", 0)
+        if isinstance(values, list) and len(values) < needed:
+            return (f"/{called} takes {needed} inputs and got {len(values)}: send all of them, "
+                    f"{{\"data\": [...]}} (gradio_client fills in the defaults itself).")
+        return None
 
     async def _upload(self, scope, receive, send):
         declared = dict(scope["headers"]).get(b"content-length", b"")
@@ -148,15 +168,9 @@ WEB_ADDRESS = ("Images are not fetched from web addresses: download the image an
                "the file (gradio_client.handle_file(path)) or send it as a base64 data: URL.")
 
 
-def names_a_web_address(body: bytes) -> bool:
-    """Whether a JSON body holds a file whose path is an http(s) address, however the
-    JSON spells it (escaped slashes and \\u escapes included)."""
-    if b"http" not in body.lower() and b"\\u" not in body:
-        return False
-    try:
-        payload = json.loads(body)
-    except ValueError:   # not JSON: Gradio refuses it itself
-        return False
+def names_a_web_address(payload: object) -> bool:
+    """Whether a parsed JSON body holds a file whose path is an http(s) address (parsed, so
+    however the JSON spelled it: escaped slashes and \\u escapes included)."""
     stack = [payload]
     while stack:
         item = stack.pop()
@@ -273,7 +287,7 @@ def release_memory() -> None:
         trim(0)
 
 
-def request_guard(uploads: UploadBudget | None = None, endpoints: tuple[str, ...] = (),
+def request_guard(uploads: UploadBudget | None = None, endpoints: dict[str, int] | None = None,
                   limit: int = MAX_BODY_BYTES) -> Middleware:
     """RequestGuard as a FastAPI middleware entry (launch's app_kwargs)."""
     return Middleware(RequestGuard, limit=limit, uploads=uploads, endpoints=endpoints)

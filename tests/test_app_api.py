@@ -348,3 +348,13 @@ def test_an_unknown_endpoint_is_named_in_a_404(app_url):
     assert response.text.startswith("No endpoint named 'predcit': this app's are /augment, ")
     assert "/predict" in response.text
     assert httpx.get(f"{app_url}gradio_api/call/predcit/123", timeout=30).status_code == 404
+
+
+def test_a_call_with_too_few_inputs_is_told_how_many(app_url):
+    for endpoint, data, needed in (("predict", [], 2), ("predict", [None], 2), ("mistakes", ["cat"], 2)):
+        response = httpx.post(f"{app_url}gradio_api/call/{endpoint}", json={"data": data}, timeout=30)
+        assert response.status_code == 400, (endpoint, response.text)
+        assert response.text.startswith(f"/{endpoint} takes {needed} inputs and got {len(data)}")
+        assert " at 0x" not in response.text
+    kind, text = call(app_url, "predict", [None, False])   # enough inputs: the app's own answer
+    assert kind == "error" and "No image" in text

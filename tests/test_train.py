@@ -125,7 +125,7 @@ def test_torchrun_with_two_cpu_processes(shared_folder_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "train.py", *run_args(shared_folder_data, out, "--epochs", "2")],
+         "tests/ddp_ranks.py", *run_args(shared_folder_data, out, "--epochs", "2")],
         cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x2" in proc.stdout  # the device line names both processes
@@ -133,6 +133,12 @@ def test_torchrun_with_two_cpu_processes(shared_folder_data, tmp_path):
     rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert_export_holds_best(out)
+    # Each process trained on its own half of every batch; DDP averaged the gradients, so
+    # after every epoch both hold the same weights (without it they would differ).
+    weights = {(r, e): torch.load(out / f"rank{r}-epoch{e}.pt", weights_only=True) for r in (0, 1) for e in (1, 2)}
+    for epoch in (1, 2):
+        assert all(torch.equal(weights[0, epoch][k], weights[1, epoch][k]) for k in weights[0, epoch]), epoch
+    assert not torch.equal(weights[0, 1]["head.weight"], weights[0, 2]["head.weight"])   # it trained
 
 
 @pytest.mark.parametrize("extra, message", [

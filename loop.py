@@ -352,14 +352,18 @@ class Evaluator:
 
     @torch.no_grad()
     def logits(self, model: torch.nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
-        """float32 logits on the CPU; with flip, the mean of the logits of each image
-        and its mirror image (test-time augmentation)."""
+        """float32 logits on the CPU, in eval mode (the model's mode is restored); with
+        flip, the mean of the logits of each image and its mirror image (test-time
+        augmentation)."""
+        was_training, out = model.training, []
         model.eval()
-        out = []
-        with bf16_autocast(self.device, self.bf16):
-            for chunk in images.split(self.batch_size):
-                normalized = to_normalized(chunk.to(self.device), self.mean, self.std)
-                out.append(tta_logits(model, normalized, flip).cpu())
+        try:
+            with bf16_autocast(self.device, self.bf16):
+                for chunk in images.split(self.batch_size):
+                    normalized = to_normalized(chunk.to(self.device), self.mean, self.std)
+                    out.append(tta_logits(model, normalized, flip).cpu())
+        finally:
+            model.train(was_training)
         return torch.cat(out)
 
     def evaluate(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,

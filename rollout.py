@@ -118,10 +118,14 @@ def block_attention_map(attentions: Sequence[torch.Tensor | None], block: int,
 @torch.no_grad()
 def model_rollout(model: torch.nn.Module, x: torch.Tensor, head_fusion: str = "mean",
                   discard_ratio: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """Run a vit_model.ViT on normalized images x in eval mode; returns (logits, rollout
-    maps (B, grid, grid), each block's attention)."""
+    """Run a vit_model.ViT on normalized images x in eval mode (its mode is restored);
+    returns (logits, rollout maps (B, grid, grid), each block's attention)."""
+    was_training = model.training
     model.eval()
-    logits, attentions = model(x, return_attention=True)
+    try:
+        logits, attentions = model(x, return_attention=True)
+    finally:
+        model.train(was_training)
     matrix = attention_rollout(attentions, head_fusion, discard_ratio, num_blocks=len(model.blocks))
     return logits, class_token_map(matrix), attentions
 

@@ -254,10 +254,15 @@ class ViT(
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
-        """Class probabilities for a batch of normalized images, in eval mode; flip=True
-        averages the logits with those of the mirror images (see tta_logits)."""
+        """Class probabilities for a batch of normalized images, in eval mode (the model's
+        mode is restored); flip=True averages the logits with those of the mirror images
+        (see tta_logits)."""
+        was_training = self.training
         self.eval()
-        return F.softmax(tta_logits(self, x, flip), dim=-1)
+        try:
+            return F.softmax(tta_logits(self, x, flip), dim=-1)
+        finally:
+            self.train(was_training)
 
     @classmethod
     def _from_pretrained(cls, *, strict: bool = True, **kwargs):

@@ -169,7 +169,8 @@ def test_real_model_for_each_patch_size(patch_size):
     assert torch.isfinite(maps).all() and (maps >= 0).all()
     assert (maps.flatten(1).sum(1) <= 1 + 1e-5).all()  # part of a stochastic row
     assert torch.equal(maps, model_rollout(model, x, "mean", 0.5)[1])
-    assert torch.allclose(logits, model(x))
+    assert model.training   # left as it was given
+    assert torch.allclose(logits, model.eval()(x))   # the eval-mode logits
     full = attention_rollout(attentions, "mean", 0.5)
     assert torch.allclose(full.sum(-1), torch.ones(2, grid * grid + 1), atol=1e-5)
     assert block_attention_map(attentions, 2, 1).shape == (2, grid, grid)

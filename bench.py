@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import torch
 
 import loop
+from atomic_files import atomic_write, json_text
 from contenders import Contender, build_contenders, sync
-from data import atomic_write, channel_stats, json_text, training_data_or_exit
+from data import channel_stats, training_data_or_exit
 from vit_model import CIFAR10_CLASSES, count_parameters, forward_flops
 
 CONTENDERS = ("project", "timm", "naive", "cnn")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from data import atomic_save, atomic_write, json_text
+from atomic_files import atomic_save, atomic_write, json_text
 from model_files import ModelError, load_folder
 
 ARCHITECTURE = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", "num_classes")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from data import atomic_write
+from atomic_files import atomic_write
 from report import RunSummary, machine_spans
 
 if TYPE_CHECKING:  # for annotations: matplotlib is imported only when a figure is drawn

@@ -51,7 +51,8 @@ class Mistakes:
 
 def build_sample(data_dir: str | os.PathLike, out: str | os.PathLike = SAMPLE) -> Path:
     """Draw PER_CLASS validation images per class (seeded) and save them as one .npz."""
-    from data import atomic_write, load_split, split_indices
+    from atomic_files import atomic_write
+    from data import load_split, split_indices
 
     train = load_split(data_dir, "train")
     _, val = split_indices(len(train), VAL_SIZE, SPLIT_SEED)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
+from atomic_files import write_json
 from checkpoints import REPLANNED
-from data import atomic_write, json_text
 from settings import FOLDER_SETTINGS, shareable_settings
 from vit_model import count_parameters
 
@@ -321,7 +321,7 @@ def export_model(model: torch.nn.Module, run_dir: Path, summary: RunSummary) -> 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "README.md").write_text(model_card(summary, count_parameters(model)))
-    write_json_atomic(summary.as_json(), tmp / TRAINING_FILE)
+    write_json(summary.as_json(), tmp / TRAINING_FILE)
     model.save_pretrained(tmp)
     (tmp / "model.safetensors").chmod(0o644)   # written 0600; every other export file is 0644
     for name in PLOTS:
@@ -349,10 +349,6 @@ def push_to_hub(export_dir: Path, repo_id: str) -> str:
         raise RuntimeError(f"upload to the Hub repo {repo_id} failed ({type(err).__name__}: "
                            f"{err}); the local export in {export_dir} is intact") from err
     return f"https://huggingface.co/{repo_id}"
-
-
-def write_json_atomic(obj: object, path: Path) -> None:
-    atomic_write(path, lambda f: f.write(json_text(obj, indent=1).encode()))
 
 
 # ---------------------------------------------------------------- words

@@ -30,9 +30,10 @@ import torch
 
 import figures
 import report
+from atomic_files import WriteError, write_json
 from checkpoints import Parent, RunState, load_checkpoint, remove_leftovers
 from cnn_model import CNN
-from data import TrainingData, WriteError, build_mixing, build_policy, to_normalized, training_data_or_exit
+from data import TrainingData, build_mixing, build_policy, to_normalized, training_data_or_exit
 from device_augment import DeviceAugment, DeviceTranslate
 from distillation import Distillation, TeacherError, load_teacher
 from loop import EpochBatches, Evaluator, Processes, seed_for, start_processes, train_one_epoch
@@ -177,7 +178,7 @@ def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunSta
     print("writing the export ...", flush=True)
     export_dir = report.export_model(model, run_dir, summary)
     result = {**summary.as_json(), "export": str(export_dir)}
-    report.write_json_atomic(result, run_dir / "results.json")
+    write_json(result, run_dir / "results.json")
     return result
 
 

@@ -173,7 +173,9 @@ class Endpoints:
             model, to_normalized(small[None], model.mean, model.std), head_fusion, discard_ratio)
         probs = self._probs(logits)
         best = max(probs, key=probs.get)
-        caption = (f"Explaining **{best}** ({100 * probs[best]:.1f}%). Left: the "
+        # The class, not its probability: the top 5 may read the mirror image too (flip
+        # TTA), and one class must not show two probabilities on one page.
+        caption = (f"Explaining **{best}**, the model's top class for the image alone. Left: the "
                    f"{self.size}x{self.size} input; right: attention rollout over it. Colour "
                    "scale (under the rollout): clear = little of the class token's attention, "
                    "bright yellow = the most in this image.")

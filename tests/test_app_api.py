@@ -91,6 +91,8 @@ def test_rollout(client):
     assert Image.open(figure).size == (2 * 256 + 8, 256 + 8 + 14)
     assert [b["caption"] for b in blocks] == [f"block {i}" for i in range(1, 7)]
     assert caption.startswith("Explaining **")
+    # No probability beside the class: the top 5 (with or without flip TTA) is the one place for it.
+    assert "%" not in caption
 
 
 def test_mistakes(client):

@@ -248,8 +248,10 @@ def results_tab(loaded: Loaded, figures: list[tuple[Path, str]]) -> None:
 
 
 def augment_tab(ends: Endpoints, seen: gr.Image) -> tuple:
-    gr.Markdown("The exact training transform (random horizontal flip, then a random "
-                "resized crop of 80-100% of the area), shown de-normalized.")
+    gr.Markdown("The assignment recipe's training transform (random horizontal flip, then a "
+                "random resized crop of 80-100% of the area), shown de-normalized. The served "
+                "model's own recipe, in the Model tab, may add a per-image policy, MixUp or "
+                "PatchDropout on top of it.")
     with gr.Row():
         count = gr.Slider(1, 32, value=8, step=1, label="Augmented versions")
         seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed")

@@ -2,7 +2,8 @@
 
 The sample (examples/val_sample.npz) holds 50 images per CIFAR-10 class drawn from the
 project's validation split (data.split_indices of the training split, 5000 images, split
-seed 0), which the bundled weights never trained on. The app loads it with
+seed 0), which every model trained on that split (the bundled ones included) held out;
+the app says so when the served model's training.json shows another split. It loads it with
 allow_pickle=False, runs the loaded model on it once (in the background at start-up),
 and shows the mistakes with their top 3 and their attention rollout.
 
@@ -61,7 +62,8 @@ def build_sample(data_dir: str | os.PathLike, out: str | os.PathLike = SAMPLE) -
                         for k in range(len(train.class_names))])
     description = (f"{PER_CLASS} images per class drawn at random (seed {PICK_SEED}) from the "
                    f"{VAL_SIZE} validation images of the training split (split seed "
-                   f"{SPLIT_SEED}), which the bundled weights never trained on")
+                   f"{SPLIT_SEED}), held out from training by every model trained on that "
+                   "split, the bundled ones included")
     arrays = {"images": train.images[chosen].permute(0, 2, 3, 1).numpy(),
               "labels": train.labels[chosen].numpy(), "indices": chosen.numpy(),
               "class_names": np.array(train.class_names), "description": np.array(description)}

@@ -44,11 +44,14 @@ def draw(model: torch.nn.Module, image_size: int, path: str | os.PathLike) -> Pa
 
 
 def layer_table(model: torch.nn.Module, image_size: int) -> str:
-    """torchinfo's table: each layer with its output shape and parameter count."""
+    """torchinfo's table: each layer with its output shape and parameter count (without
+    its "mult-adds" line, which misses the attention inside nn.MultiheadAttention and
+    prints its unit as an enum)."""
     from torchinfo import summary
 
-    return str(summary(model, input_size=(1, 3, image_size, image_size), depth=3, verbose=0,
-                       col_names=("output_size", "num_params"), device="cpu"))
+    table = str(summary(model, input_size=(1, 3, image_size, image_size), depth=3, verbose=0,
+                        col_names=("output_size", "num_params"), device="cpu"))
+    return "\n".join(line for line in table.splitlines() if "mult-adds" not in line)
 
 
 def main() -> None:

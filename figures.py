@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from atomic_files import atomic_write
-from report import RunSummary, machine_spans
+from report import RunSummary, machine_spans, minutes_at_epochs, teachers_down_the_line
 
 if TYPE_CHECKING:  # for annotations: matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
@@ -84,18 +84,24 @@ def save_curves(history: list[dict], path: Path, fine_tunes: Sequence[tuple[int,
 
 
 
-def save_time_to_accuracy(history: list[dict], path: Path) -> None:
+def save_time_to_accuracy(history: list[dict], path: Path,
+                          teachers: list[tuple[int, float]] = ()) -> None:
     """Validation accuracy against cumulative wall-clock minutes of training, one line per
-    machine when the run moved between machines."""
+    machine when the run moved between machines; each teacher's training minutes are
+    counted where its distillation began, marked by a dotted line."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    total, spans = 0.0, machine_spans(history)
+    at = dict(zip((h["epoch"] for h in history), minutes_at_epochs(history, list(teachers))))
+    spans = machine_spans(history)
     for machine, rows in spans:
-        minutes = []
-        for h in rows:
-            total += h["seconds"] / 60
-            minutes.append(total)
-        ax.plot(minutes, [100 * h["val_acc"] for h in rows], marker="o", markersize=3, label=machine)
+        ax.plot([at[h["epoch"]] for h in rows], [100 * h["val_acc"] for h in rows], marker="o",
+                markersize=3, label=machine)
+    for before, minutes in teachers:
+        start = at.get(before + 1)
+        if start is not None:
+            ax.axvline(start - history[before]["seconds"] / 60, color="gray", linestyle=":", linewidth=1)
+            ax.annotate(f"+{minutes:.0f} min teacher", (start, 0), xycoords=("data", "axes fraction"),
+                        fontsize=7, color="gray", ha="right", va="bottom", rotation=90)
     if len(spans) > 1:
         ax.legend(fontsize=7)
     xlabel = "wall-clock minutes" + (f" ({spans[0][0]})" if len(spans) == 1 else "")
@@ -161,7 +167,8 @@ def write_run_plots(summary: RunSummary, run_dir: Path, val_images: torch.Tensor
     a grid of validation predictions drawn from every class."""
     names = summary.class_names
     save_curves(summary.full_history, run_dir / "curves.png", summary.fine_tunes, bool(summary.teacher))
-    save_time_to_accuracy(summary.full_history, run_dir / "time_to_accuracy.png")
+    save_time_to_accuracy(summary.full_history, run_dir / "time_to_accuracy.png",
+                          teachers_down_the_line({"parent": summary.parent, "teacher": summary.teacher}))
     title = f"validation, best epoch {summary.best_epoch} ({100 * summary.val_acc:.2f}%)"
     save_confusion_matrix(torch.tensor(summary.confusion), names, run_dir / "confusion_matrix.png", title)
     save_per_class_accuracy(summary.per_class_acc, names, run_dir / "per_class_accuracy.png", title)

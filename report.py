@@ -121,6 +121,28 @@ def command_text(command: str | None, history: list[dict]) -> str:
             "notes), which re-planned its learning-rate schedule; training.json has its settings")
 
 
+def teachers_down_the_line(training: dict | None) -> list[tuple[int, float]]:
+    """Each teacher a model's line distilled from: (the epochs before the run it taught,
+    numbered as `lineage` numbers them; its training minutes), oldest first."""
+    if not training:
+        return []
+    parent = training.get("parent")
+    before = lineage(parent, parent.get("best_epoch", float("inf"))) if parent else []
+    teacher = training.get("teacher")
+    return teachers_down_the_line(parent) + (
+        [(before[-1]["epoch"] if before else 0, teacher["training_minutes"])] if teacher else [])
+
+
+def minutes_at_epochs(history: list[dict], teachers: list[tuple[int, float]]) -> list[float]:
+    """Cumulative wall-clock minutes at the end of each epoch of a lineage history, a
+    teacher's minutes counted before the first epoch it taught."""
+    total, out = 0.0, []
+    for h in history:
+        total += sum(m for before, m in teachers if before == h["epoch"] - 1) + h["seconds"] / 60
+        out.append(total)
+    return out
+
+
 def machine_spans(history: list[dict]) -> list[tuple[str, list[dict]]]:
     """The history cut where the machine changes: a run resumed over several sittings may
     move between machines (rows from before machines were recorded say so)."""

@@ -150,3 +150,20 @@ def test_a_card_shows_no_command_for_a_run_whose_epochs_grew_on_a_resume():
                   "epochs": 2, "recipe": "budget", "val_acc": 0.8}
     assert "started from | the best epoch (2 of 2) of a run with the budget recipe (80.00% " \
            "validation): no single command" in report.model_card(run, 1000)
+
+
+def test_time_to_accuracy_counts_each_teacher_where_its_distillation_began(tmp_path):
+    grandparent = {"history": [{"epoch": 1, "seconds": 600.0, "val_acc": 0.5}], "best_epoch": 1,
+                   "teacher": {"training_minutes": 28.0}}
+    parent = {"history": [{"epoch": 1, "seconds": 300.0, "val_acc": 0.6}, {"epoch": 2, "seconds": 300.0}],
+              "best_epoch": 1, "epochs": 2, "recipe": "budget", "val_acc": 0.6, "parent": grandparent,
+              "teacher": {"training_minutes": 12.0}}
+    run = summary([{"epoch": 1, "seconds": 60.0, "val_acc": 0.7}])
+    run.parent = parent
+    teachers = report.teachers_down_the_line({"parent": run.parent, "teacher": run.teacher})
+    assert teachers == [(0, 28.0), (1, 12.0)]   # before the grandparent's first epoch; after its 1
+    minutes = report.minutes_at_epochs(run.full_history, teachers)
+    assert minutes == pytest.approx([28 + 10, 38 + 12 + 5, 55 + 1])
+    assert minutes[-1] == pytest.approx(run.training_minutes)   # the card's figure, the plot's end
+    figures.save_time_to_accuracy(run.full_history, tmp_path / "time.png", teachers)
+    assert (tmp_path / "time.png").stat().st_size > 1000

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from atomic_files import atomic_write
-from report import RunSummary, machine_spans, minutes_at_epochs, teachers_down_the_line
+from report import RunSummary, machine_spans, minutes_at_epochs
 
 if TYPE_CHECKING:  # for annotations: matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
@@ -168,7 +168,7 @@ def write_run_plots(summary: RunSummary, run_dir: Path, val_images: torch.Tensor
     names = summary.class_names
     save_curves(summary.full_history, run_dir / "curves.png", summary.fine_tunes, bool(summary.teacher))
     save_time_to_accuracy(summary.full_history, run_dir / "time_to_accuracy.png",
-                          teachers_down_the_line({"parent": summary.parent, "teacher": summary.teacher}))
+                          summary.teachers)
     title = f"validation, best epoch {summary.best_epoch} ({100 * summary.val_acc:.2f}%)"
     save_confusion_matrix(torch.tensor(summary.confusion), names, run_dir / "confusion_matrix.png", title)
     save_per_class_accuracy(summary.per_class_acc, names, run_dir / "per_class_accuracy.png", title)

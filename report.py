@@ -75,14 +75,6 @@ def fine_tune_starts(training: dict | None) -> list[tuple[int, bool]]:
     return fine_tune_starts(parent) + [(before[-1]["epoch"] if before else 0, bool(training.get("teacher")))]
 
 
-def teacher_minutes(training: dict | None) -> float:
-    """Minutes of the teachers a model and the models it started from distilled from."""
-    if not training:
-        return 0.0
-    teacher = training.get("teacher")
-    return (teacher["training_minutes"] if teacher else 0.0) + teacher_minutes(training.get("parent"))
-
-
 def public_record(training: dict | None) -> dict | None:
     """A training record (training.json, a teacher's record) as a card may publish it:
     at every level of its lineage each folder named by its own name, not by where it lay
@@ -213,8 +205,12 @@ class RunSummary:
     @property
     def training_minutes(self) -> float:
         """All the training these weights took: the starting models' and every teacher's included."""
-        return (sum(h["seconds"] for h in self.full_history) / 60
-                + teacher_minutes({"teacher": self.teacher, "parent": self.parent}))
+        return sum(h["seconds"] for h in self.full_history) / 60 + sum(m for _, m in self.teachers)
+
+    @property
+    def teachers(self) -> list[tuple[int, float]]:
+        """Each teacher down the line: where it began to teach, its minutes."""
+        return teachers_down_the_line({"parent": self.parent, "teacher": self.teacher})
 
     @property
     def started_from(self) -> str | None:

@@ -160,7 +160,7 @@ def test_time_to_accuracy_counts_each_teacher_where_its_distillation_began(tmp_p
               "teacher": {"training_minutes": 12.0}}
     run = summary([{"epoch": 1, "seconds": 60.0, "val_acc": 0.7}])
     run.parent = parent
-    teachers = report.teachers_down_the_line({"parent": run.parent, "teacher": run.teacher})
+    teachers = run.teachers
     assert teachers == [(0, 28.0), (1, 12.0)]   # before the grandparent's first epoch; after its 1
     minutes = report.minutes_at_epochs(run.full_history, teachers)
     assert minutes == pytest.approx([28 + 10, 38 + 12 + 5, 55 + 1])

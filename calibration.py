@@ -1,0 +1,123 @@
+"""How far a model's confidence can be trusted: temperature scaling fitted on validation
+images (Guo et al. 2017, "On Calibration of Modern Neural Networks"), the expected
+calibration error, and scores that tell CIFAR-10 images from photos of anything else
+(maximum softmax probability, maximum logit, energy), with their AUROC.
+
+    python calibration.py --data-dir DIR --ood-dir PHOTOS   # both bundled models' figures
+
+Thresholds and temperatures are fitted on CIFAR-10 validation images only; the
+out-of-distribution photos are only ever measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+OOD_SCORES = ("max_softmax", "max_logit", "energy")
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> float:
+    """The temperature T > 0 that minimizes the negative log-likelihood of softmax(logits / T)."""
+    log_t = torch.zeros((), requires_grad=True)   # T = exp(log_t) stays positive
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+    logits, labels = logits.detach().float(), labels.detach()
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp())
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by their counts."""
+    confidence, predicted = probs.max(1)
+    correct = (predicted == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    error = torch.zeros(())
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            error += inside.float().mean() * (correct[inside].mean() - confidence[inside].mean()).abs()
+    return float(error)
+
+
+def ood_score(logits: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
+    """Higher means more like the training classes: the maximum softmax probability, the
+    maximum logit, or the negative energy (logsumexp of the logits, Liu et al. 2020)."""
+    scaled = logits.float() / temperature
+    if kind == "max_softmax":
+        return scaled.softmax(1).max(1).values
+    if kind == "max_logit":
+        return scaled.max(1).values
+    if kind == "energy":
+        return temperature * torch.logsumexp(scaled, 1)
+    raise ValueError(f"unknown score {kind!r}: one of {', '.join(OOD_SCORES)}")
+
+
+def auroc(inside: torch.Tensor, outside: torch.Tensor) -> float:
+    """The probability that a random in-distribution score beats a random outside one
+    (ties count half): the area under the ROC curve."""
+    inside, outside = inside.double()[:, None], outside.double()[None, :]
+    return float((inside > outside).double().mean() + 0.5 * (inside == outside).double().mean())
+
+
+def threshold_keeping(scores: torch.Tensor, fraction: float = 0.95) -> float:
+    """The score above which `fraction` of these (validation) images lie."""
+    return float(torch.quantile(scores.double(), 1 - fraction))
+
+
+def _logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    from data import to_normalized
+
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(to_normalized(c, model.mean, model.std)).float() for c in images.split(250)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Calibration and out-of-distribution figures "
+                                     "of the bundled models on validation images and other photos.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-dir", required=True, help="the CIFAR-10 data the models trained on")
+    parser.add_argument("--ood-dir", required=True, help="photos of things none of the classes")
+    parser.add_argument("--models", default="weights,weights/cnn", help="model folders, comma-separated")
+    args = parser.parse_args()
+    import json
+
+    from cnn_model import CNN
+    from data import load_training_data
+    from photo import load_photo
+    from vit_model import ViT
+
+    data = load_training_data(args.data_dir)
+    val_images, val_labels = data.images[data.val_idx], data.labels[data.val_idx]
+    photos = torch.stack([load_photo(p, 32) for p in sorted(Path(args.ood_dir).glob("*.jpg"))])
+    half = len(val_labels) // 2   # fit on one half of validation, measure on the other
+    for folder in args.models.split(","):
+        config = json.loads((Path(folder) / "config.json").read_text())
+        model = (CNN if "widths" in config else ViT).from_pretrained(folder)
+        logits, outside = _logits(model, val_images), _logits(model, photos)
+        t = fit_temperature(logits[:half], val_labels[:half])
+        test, labels = logits[half:], val_labels[half:]
+        print(f"{folder}: temperature {t:.3f}; ECE on {len(labels)} held-out validation images "
+              f"{100 * expected_calibration_error(test.softmax(1), labels):.2f}% before, "
+              f"{100 * expected_calibration_error((test / t).softmax(1), labels):.2f}% after")
+        for kind in OOD_SCORES:
+            inside, other = ood_score(test, kind, t), ood_score(outside, kind, t)
+            cut = threshold_keeping(ood_score(logits[:half], kind, t))
+            print(f"  {kind:12s} AUROC {auroc(inside, other):.3f}; keeping 95% of validation "
+                  f"(threshold fitted on the other half): {100 * (inside >= cut).float().mean():.1f}% "
+                  f"of validation and {100 * (other >= cut).float().mean():.1f}% of the "
+                  f"{len(other)} other photos kept")
+
+
+if __name__ == "__main__":
+    main()

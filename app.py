@@ -201,7 +201,7 @@ def answer_row(size: int) -> tuple[gr.Image, gr.Image, gr.Label, gr.Checkbox, gr
                                     "the rollout explains the image as shown")
         with gr.Column(scale=4, min_width=300):
             heatmap = gr.Image(label="Attention rollout", format="png", height=300)
-            caption = gr.Markdown()
+            caption = gr.Markdown(label="Rollout caption", show_label=False)
     return image, seen, label, flip, heatmap, caption
 
 
@@ -216,7 +216,7 @@ def rollout_tab(ends: Endpoints, seen: gr.Image, heatmap: gr.Image, caption: gr.
                                  value="mean", label="Block by block: head")
     gr.Markdown("**Raw attention of the class token, block by block** (each scaled to its maximum)")
     depth = len(ends.model.blocks) if ends.model is not None else 6
-    blocks = gr.Gallery(show_label=False, columns=depth, rows=1, height="auto", format="png",
+    blocks = gr.Gallery(label="Attention by block", show_label=False, columns=depth, rows=1, height="auto", format="png",
                         elem_id="blocks", allow_preview=False)
     controls = [fusion, discard, block_head]
     return ends.rollout, [seen, *controls], [heatmap, blocks, caption], controls, "rollout"
@@ -228,8 +228,9 @@ def mistakes_tab(demo: gr.Blocks, ends: Endpoints) -> None:
     with gr.Row():
         filters = [gr.Dropdown(names, value=ANY, label="True class"),
                    gr.Dropdown(names, value=ANY, label="Predicted class")]
-    summary = gr.Markdown(ends.no_sample if ends.sample is None else "")
-    gallery = gr.Gallery(show_label=False, columns=4, height="auto", format="png",
+    summary = gr.Markdown(ends.no_sample if ends.sample is None else "", label="Mistakes summary",
+                          show_label=False)
+    gallery = gr.Gallery(label="Mistakes", show_label=False, columns=4, height="auto", format="png",
                          elem_id="mistakes", object_fit="contain")
     triggers = [f.change for f in filters] + ([demo.load] if ends.sample is not None else [])
     gr.on(triggers, answers(ends.mistakes_for), filters, [gallery, summary], api_name="mistakes",
@@ -255,14 +256,14 @@ def augment_tab(ends: Endpoints, seen: gr.Image) -> tuple:
     with gr.Row():
         count = gr.Slider(1, 32, value=8, step=1, label="Augmented versions")
         seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed")
-    views = gr.Gallery(show_label=False, columns=6, height="auto", format="png", elem_id="views")
+    views = gr.Gallery(label="Augmented versions", show_label=False, columns=6, height="auto", format="png", elem_id="views")
     return ends.augment, [seen, count, seed], [views], [count, seed], "augment"
 
 
 def patches_tab(ends: Endpoints, seen: gr.Image) -> tuple:
     default = ends.model.patch_size if ends.model is not None else 4
     patch_size = gr.Radio(ends.patch_sizes, value=default, label=f"Patch size (divides {ends.size})")
-    caption = gr.Markdown()
+    caption = gr.Markdown(label="Patches caption", show_label=False)
     grid = gr.Image(label="Patches", format="png", height=300)
     sequence = gr.Image(label="Token sequence", format="png", height=180)
     return ends.patches, [seen, patch_size], [grid, sequence, caption], [patch_size], "patches"

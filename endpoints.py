@@ -195,8 +195,11 @@ class Endpoints:
             [(self._png(enlarge(v, 128)), f"augmented {i + 1}") for i, v in enumerate(views)]
 
     def patches(self, image: str | os.PathLike | dict | None,
-                patch_size: int | float) -> tuple[str, str, str]:
-        """/patches: the grid of patches, the token sequence, and a caption."""
+                patch_size: int | float | str) -> tuple[str, str, str]:
+        """/patches: the grid of patches, the token sequence, and a caption. The patch size
+        may come as text ("8"): Gradio's API description lists the choices that way."""
+        if isinstance(patch_size, str) and patch_size.strip().isdigit():
+            patch_size = int(patch_size)
         if isinstance(patch_size, bool) or not isinstance(patch_size, (int, float)):
             raise photo.UserError(f"The patch size must be a number, one of "
                                   f"{', '.join(map(str, self.patch_sizes))}, not {patch_size!r}.")

@@ -136,7 +136,7 @@ def test_bad_input_gets_a_readable_message(client, bad_files, name, message, end
     ("augment", [None, "x", 7], "must be a whole number from 1 to 32, not 'x'"),
     ("augment", [None, 3, [1]], "The seed must be a whole number"),
     ("rollout", [None, "mean", None, "mean"], "discard ratio must be at least 0"),
-    ("patches", [None, "8"], "The patch size must be a number, one of 1, 2, 4, 8, 16, 32, not '8'"),
+    ("patches", [None, "eight"], "The patch size must be a number, one of 1, 2, 4, 8, 16, 32, not 'eight'"),
     ("patches", [None, 3], "Patch size 3 does not divide 32"),
     ("predict", [12, False], "The image must be a file (gradio_client.handle_file(path)) or a base64"),
     ("predict", ["cat.jpg", False], "The image must be a file"),
@@ -360,3 +360,11 @@ def test_a_call_with_too_few_inputs_is_told_how_many(app_url):
         assert " at 0x" not in response.text
     kind, text = call(app_url, "predict", [None, False])   # enough inputs: the app's own answer
     assert kind == "error" and "No image" in text
+
+
+def test_every_output_is_named_and_a_listed_patch_size_is_accepted(client):
+    info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    returns = {name: [r["label"] for r in e["returns"]] for name, e in info.items()}
+    assert not [(n, r) for n, labels in returns.items() for r in labels if r.startswith("value_")], returns
+    # The API lists the patch sizes as text; the text it lists is accepted.
+    assert "16 patches" in client.predict(handle_file(CAT), "8", api_name="/patches")[2]

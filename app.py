@@ -216,8 +216,8 @@ def rollout_tab(ends: Endpoints, seen: gr.Image, heatmap: gr.Image, caption: gr.
                                  value="mean", label="Block by block: head")
     gr.Markdown("**Raw attention of the class token, block by block** (each scaled to its maximum)")
     depth = len(ends.model.blocks) if ends.model is not None else 6
-    blocks = gr.Gallery(label="Attention by block", show_label=False, columns=depth, rows=1, height="auto", format="png",
-                        elem_id="blocks", allow_preview=False)
+    blocks = gr.Gallery(label="Attention by block", show_label=False, columns=depth, rows=1, height="auto",
+                        format="png", elem_id="blocks", allow_preview=False)
     controls = [fusion, discard, block_head]
     return ends.rollout, [seen, *controls], [heatmap, blocks, caption], controls, "rollout"
 
@@ -256,7 +256,8 @@ def augment_tab(ends: Endpoints, seen: gr.Image) -> tuple:
     with gr.Row():
         count = gr.Slider(1, 32, value=8, step=1, label="Augmented versions")
         seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed")
-    views = gr.Gallery(label="Augmented versions", show_label=False, columns=6, height="auto", format="png", elem_id="views")
+    views = gr.Gallery(label="Augmented versions", show_label=False, columns=6, height="auto", format="png",
+                       elem_id="views")
     return ends.augment, [seen, count, seed], [views], [count, seed], "augment"
 
 

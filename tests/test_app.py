@@ -415,7 +415,7 @@ def test_a_changed_control_re_answers_only_its_own_tab(loaded):
     assert by_trigger[view.targets[0]] == ["view"]   # only a new image is decoded again
     named = {f.api_name: f for f in events if f.api_visibility != "private"}
     # Where each answer goes, by the label of its first output.
-    shows = {"predict": "Top 5 classes", "rollout": "Attention rollout", "augment": None,
+    shows = {"predict": "Top 5 classes", "rollout": "Attention rollout", "augment": "Augmented versions",
              "patches": "Patches"}
     for name, label in shows.items():   # a shown picture goes to every tab's endpoint
         f = named[name]

@@ -60,6 +60,8 @@ class UploadBudget:
         now = self.clock()
         if now - self.scanned >= self.rescan:
             self.stored, self.scanned = self.sweep(), now
+            # Forget visitors whose last upload is over a minute old: the map stays small.
+            self.sent = {c: sent for c, sent in self.sent.items() if sent and now - sent[-1][0] < self.window}
         recent = [(t, n) for t, n in self.sent.get(client, []) if now - t < self.window]
         if sum(n for _, n in recent) + size > self.per_client:
             self.sent[client] = recent

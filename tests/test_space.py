@@ -23,6 +23,10 @@ def test_each_visitor_may_upload_so_much_a_minute(tmp_path):
     assert budget.refusal("b", 100) is None          # another visitor has a budget of its own
     clock.now += 61
     assert budget.refusal("a", 100) is None          # a minute later, the budget is back
+    assert set(budget.sent) == {"a"}                 # b, silent for a minute, is forgotten
+    assert "a minute per visitor" in budget.refusal("c", 101)   # refused outright: nothing counted
+    clock.now += 5
+    assert budget.refusal("c", 100) is None
 
 
 def test_uploads_stop_while_the_folder_is_full_and_resume_when_the_cache_empties_it(tmp_path):

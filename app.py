@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 import photo
 import space
-from endpoints import Endpoints, NoModelError
+from endpoints import Endpoints
 from mistakes import ANY
 from model_files import FIGURES, Loaded, source_from
 from model_files import load_model as load_checked
@@ -76,16 +76,12 @@ def user_error(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
-def answers(fn: Callable[..., _T], shows_missing_model: bool = True) -> Callable[..., _T]:
-    """The one place where a caller's mistake (photo.UserError) becomes their message.
-    Without a model, every endpoint of a new image would say so at once: only those with
-    `shows_missing_model` show it on the page (an API caller gets the message from all)."""
+def answers(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """The one place where a caller's mistake (photo.UserError) becomes their message."""
     @functools.wraps(fn)
     def endpoint(*args):
         try:
             return fn(*args)
-        except NoModelError as err:
-            raise gr.Error(str(err), visible=shows_missing_model, print_exception=False) from None
         except photo.UserError as err:
             raise user_error(str(err)) from None
     return endpoint
@@ -323,11 +319,9 @@ def wire(ends: Endpoints, image: gr.Image, seen: gr.Image, tabs: list[tuple]) ->
     shown = image.change(answers(ends.view), [image], [seen], api_name="view",
                          trigger_mode="always_last", **common)
     for fn, inputs, outs, controls, name in tabs:
-        # Without a model the top 5 says so; the other tabs of the same image stay quiet.
-        shows = name == "predict"
-        shown.success(answers(fn, shows), inputs, outs, api_name=name, **common)
+        shown.success(answers(fn), inputs, outs, api_name=name, **common)
         if controls:
-            gr.on([c.change for c in controls], answers(once_shown(fn), shows), inputs, outs,
+            gr.on([c.change for c in controls], answers(once_shown(fn)), inputs, outs,
                   api_visibility="private", trigger_mode="always_last", **common)
     outputs = [seen] + [o for tab in tabs for o in tab[2]]
     # Clearing the upload clears every answer, in the browser only.

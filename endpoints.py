@@ -40,10 +40,6 @@ def photo_source(payload: str | os.PathLike | dict | None) -> str | os.PathLike 
     raise photo.UserError("The image must be a file uploaded to this app or a base64 data: URL.")
 
 
-class NoModelError(photo.UserError):
-    """An endpoint that needs the model, called while none is loaded."""
-
-
 def sample_caveat(training: dict) -> str:
     """The bundled sample is held out from the split the bundled weights used; a model
     trained on another split (or whose training.json does not say) may have seen some."""
@@ -121,7 +117,7 @@ class Endpoints:
 
     def _require(self):
         if self.model is None:
-            raise NoModelError("No trained model is loaded, so there is nothing to predict "
+            raise photo.UserError("No trained model is loaded, so there is nothing to predict "
                                   "with: see the note at the top of the page for how to add weights.")
         return self.model
 

@@ -468,19 +468,3 @@ def test_without_graphviz_the_model_tab_says_why(loaded, monkeypatch):
     demo = app.build_demo(loaded)
     texts = [c.get("props", {}).get("value") for c in demo.config["components"]]
     assert any("cannot be drawn here: graphviz's `dot` is not installed" in str(t) for t in texts)
-
-
-def test_without_a_model_a_new_image_shows_one_message_not_one_per_tab(tmp_path):
-    demo = app.build_demo(Loaded(None, "none"), out=tmp_path)
-    named = {f.api_name: f for f in demo.fns.values() if f.api_name}
-    seen = str(EXAMPLE)
-    messages = {}
-    for name in ("predict", "rollout"):
-        args = [seen, False] if name == "predict" else [seen, "mean", 0.0, "mean"]
-        with pytest.raises(gr.Error) as err:
-            named[name].fn(*args)
-        messages[name] = (err.value.message, err.value.visible)
-    text = messages["predict"][0]
-    assert text.startswith("No trained model is loaded")
-    # The same words for an API caller of either; on the page only the top 5 shows them.
-    assert messages == {"predict": (text, True), "rollout": (text, False)}

@@ -26,13 +26,13 @@ from gradio.data_classes import ImageData
 from gradio_client.utils import is_file_obj_with_meta
 from pydantic import ValidationError
 
-import photo
-import space
-from endpoints import Endpoints
-from mistakes import ANY
-from model_files import FIGURES, Loaded, source_from
-from model_files import load_model as load_checked
+from common.model_folder import FIGURES
 from rollout import HEAD_FUSIONS
+from space import limits, photo
+from space.endpoints import Endpoints
+from space.mistakes import ANY
+from space.model_source import Loaded, source_from
+from space.model_source import load_model as load_checked
 
 _T = TypeVar("_T")  # what an endpoint returns, through answers and once_shown
 HERE = Path(__file__).resolve().parent
@@ -161,7 +161,7 @@ def results_markdown(loaded: Loaded) -> str:
 
 def model_tab(loaded: Loaded, out: Path) -> None:
     """The computation graph drawn from the real module, the layer table, the size."""
-    import model_graph
+    from space import model_graph
 
     model = loaded.model
     if model is None:
@@ -347,12 +347,12 @@ def picture_folder() -> Path:
 def serve(demo: gr.Blocks, host: str, port: int,
           block: bool = True) -> tuple[gr.routes.App, str, str | None]:
     """Launch with the app's limits; block=False returns at once (for tests)."""
-    uploads = space.UploadBudget(gr.utils.get_upload_folder(), keep=(picture_folder(),))
+    uploads = limits.UploadBudget(gr.utils.get_upload_folder(), keep=(picture_folder(),))
     endpoints = {fn.api_name: len(fn.inputs) for fn in demo.fns.values() if fn.api_name}
     return demo.launch(server_name=host, server_port=port, max_file_size=photo.MAX_FILE_BYTES,
                        prevent_thread_lock=not block, show_error=True, quiet=not block, css=CSS,
                        enable_monitoring=False, state_session_capacity=STATE_SESSIONS,
-                       app_kwargs={"middleware": [space.request_guard(uploads, endpoints)]})
+                       app_kwargs={"middleware": [limits.request_guard(uploads, endpoints)]})
 
 
 def load_model(source: str) -> Loaded:

@@ -94,7 +94,7 @@ def main() -> None:
 
     from cnn_model import CNN
     from data import load_training_data
-    from photo import load_photo
+    from space.photo import load_photo
     from vit_model import ViT
 
     data = load_training_data(args.data_dir)

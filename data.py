@@ -1,4 +1,5 @@
-"""CIFAR-10 data: loading and caching, the train/val split and statistics, augmentation.
+"""CIFAR-10 data: loading and caching, the train/val split and statistics, normalization
+and the assignment's reference augmentation.
 
 Two sources sit behind one data folder:
   * a class-folder copy, `<root>/train/<class>/*.jpg|png` and optionally `<root>/test/...`
@@ -7,11 +8,11 @@ Two sources sit behind one data folder:
   * otherwise the official CIFAR-10 through torchvision, downloaded into the folder.
 
 `train_transform` is the assignment's augmentation chain in torchvision.transforms.v2,
-the readable reference, attached to a Dataset as torchvision expects; device_augment.py
+the readable reference, attached to a Dataset as torchvision expects; training/augment.py
 draws the same distribution for a whole batch on the training device (tests check one
 against the other).
 
-    python data.py --data-dir DIR --out FIG_DIR    # statistics and the two figures
+    python data.py --data-dir DIR      # the split and its statistics
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from atomic_files import atomic_save
+from common.atomic_files import atomic_save
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 CROP_SCALE = (0.8, 1.0)
@@ -272,16 +272,6 @@ def load_training_data(data_dir: str | os.PathLike, val_size: float = 0.1, seed:
                         val_idx, mean, std, test_set, description)
 
 
-def training_data_or_exit(data_dir: str | os.PathLike, val_size: float = 0.1, seed: int = 0,
-                          train_subset: int = 0, download: bool = False) -> TrainingData:
-    """load_training_data for a command line: a data problem ends the program with one
-    clear message instead of a traceback."""
-    try:
-        return load_training_data(data_dir, val_size, seed, train_subset, download)
-    except DataError as err:
-        raise SystemExit(f"error: {err}") from None
-
-
 # ---------------------------------------------------------------- reference transforms
 
 def train_transform(mean: Sequence[float], std: Sequence[float], size: int = 32) -> v2.Compose:
@@ -292,38 +282,6 @@ def train_transform(mean: Sequence[float], std: Sequence[float], size: int = 32)
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
     ])
-
-
-def build_policy(name: str) -> v2.Transform | None:
-    """The per-image augmentation policy (a torchvision v2 transform on uint8), or None."""
-    return {"none": None,
-            "autoaugment": v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
-            "randaugment": v2.RandAugment(),
-            "trivialaugment": v2.TrivialAugmentWide()}[name]
-
-
-def build_mixing(args: argparse.Namespace, num_classes: int) -> v2.Transform | None:
-    """MixUp and/or CutMix on a normalized batch (one of them per batch when both are on),
-    or None. Returns soft targets that sum to one."""
-    choices = [mix(alpha=alpha, num_classes=num_classes) for mix, alpha in
-               ((v2.MixUp, args.mixup_alpha), (v2.CutMix, args.cutmix_alpha)) if alpha > 0]
-    if len(choices) < 2:
-        return choices[0] if choices else None
-    return v2.RandomChoice(choices)
-
-
-class ImageTensorDataset(Dataset):
-    """uint8 image tensors and labels, with a per-sample transform as torchvision has it."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        image = self.images[i]
-        return (self.transform(image) if self.transform else image), self.labels[i]
 
 
 def to_normalized(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -340,47 +298,27 @@ def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     return (x * std + mean).clamp(0, 1)
 
 
-# ---------------------------------------------------------------- display
-
-def tile_patches(patches: torch.Tensor, columns: int, gap: int = 1, fill: float = 1.0) -> torch.Tensor:
-    """(N, C, p, p) patches laid out in rows of `columns`, `gap` pixels of `fill` apart:
-    a (C, H, W) picture, for the patch figure and the app's patch tab."""
-    n, c, p, _ = patches.shape
-    rows, step = -(-n // columns), p + gap
-    out = torch.full((c, rows * step - gap, min(n, columns) * step - gap), fill, dtype=patches.dtype)
-    for k, patch in enumerate(patches):  # a display helper: at most 1024 patches
-        r, col = divmod(k, columns)
-        out[:, r * step:r * step + p, col * step:col * step + p] = patch
-    return out
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Load CIFAR-10, print its statistics and "
-                                     "draw the augmentation and patch figures.",
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Load CIFAR-10 and print its split and statistics "
+                                     "(python -m tools.draw_figures draws its figures).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", required=True,
                         help="class-folder copy (<dir>/train/<class>/*.jpg) or a folder "
                              "holding the official CIFAR-10 (see --download)")
     parser.add_argument("--download", action="store_true",
                         help="download the official CIFAR-10 (170 MB) into an empty --data-dir")
-    parser.add_argument("--out", default="figures", help="folder for the PNGs")
     parser.add_argument("--val-size", type=val_size, default=0.1,
                         help="held out for validation: a fraction, or a number of images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
-    parser.add_argument("--patch-size", type=int, default=4, help="patch size of the patch figure")
-    args = parser.parse_args()
-    from data_figures import save_augmentation_grid, save_patch_figure
-
-    data = training_data_or_exit(args.data_dir, args.val_size, args.seed, download=args.download)
-    print(f"{data.description}, {len(data.class_names)} classes")
+    args = parser.parse_args(argv)
+    try:
+        data = load_training_data(args.data_dir, args.val_size, args.seed, download=args.download)
+    except DataError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"{data.description}, {len(data.class_names)} classes: {', '.join(data.class_names)}")
     print("mean", [round(m, 4) for m in data.mean], "std", [round(s, 4) for s in data.std])
-    labels = data.labels[data.train_idx]
-    picks = data.train_idx[torch.stack([(labels == k).nonzero()[0, 0]
-                                        for k in range(len(data.class_names))])]
-    save_augmentation_grid(data.images[picks], data.labels[picks], data.class_names,
-                           data.mean, data.std, Path(args.out) / "augmentations.png")
-    save_patch_figure(data.images[picks[0]], args.patch_size, Path(args.out) / "patches.png")
-    print(f"figures written to {args.out}/")
+    counts = torch.bincount(data.labels[data.train_idx], minlength=len(data.class_names))
+    print("training images per class", counts.tolist())
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ for the residual path and renormalize each row, then multiply the blocks togethe
 
 so R[i, j] is how much token i at the output draws from input token j. The class
 token's row over the patch tokens, R[0, 1:], on the patch grid, is the picture: which
-parts of the image the classification drew from. Used by app.py.
+parts of the image the classification drew from. The app's pictures of it are
+space/pictures.py's.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -128,38 +127,3 @@ def model_rollout(model: torch.nn.Module, x: torch.Tensor, head_fusion: str = "m
         model.train(was_training)
     matrix = attention_rollout(attentions, head_fusion, discard_ratio, num_blocks=len(model.blocks))
     return logits, class_token_map(matrix), attentions
-
-
-def upsample_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, grid, grid) -> (B, size, size), bilinear, so the map lies over the image."""
-    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear",
-                         align_corners=False)[:, 0]
-
-
-def _tint(picture: np.ndarray, heat: np.ndarray, strength: float, cmap: str) -> np.ndarray:
-    """Blend a colormap over an (H, W, 3) [0, 1] picture with opacity strength * heat."""
-    from matplotlib import colormaps
-
-    # The colormap's darkest third is skipped: near-black would read as shadow, not heat.
-    colored = colormaps[cmap](0.35 + 0.65 * heat)[..., :3]
-    opacity = strength * heat[..., None]
-    return (255 * ((1 - opacity) * picture + opacity * colored)).round().astype(np.uint8)
-
-
-def attention_overlay(image: torch.Tensor, heat: torch.Tensor, size: int = 256,
-                      strength: float = 0.75, cmap: str = "inferno") -> np.ndarray:
-    """A readable rollout picture: the uint8 image (3, H, W) enlarged to size x size,
-    tinted by a (grid, grid) map in [0, 1] whose opacity grows with the map, so the
-    image shows through where attention is low and the colour marks where it is high."""
-    picture = F.interpolate(image[None].float() / 255, size=(size, size), mode="bicubic",
-                            align_corners=False)[0].clamp(0, 1).permute(1, 2, 0).numpy()
-    heat = upsample_maps(heat[None], size)[0].clamp(0, 1).numpy()
-    return _tint(picture, heat, strength, cmap)
-
-
-def colour_scale(width: int, height: int = 14, strength: float = 0.75,
-                 cmap: str = "inferno") -> np.ndarray:
-    """The key to attention_overlay: 0 at the left to 1 at the right, drawn the same way
-    over mid-grey; (height, width, 3) uint8."""
-    ramp = np.broadcast_to(np.linspace(0, 1, width), (height, width))
-    return _tint(np.full((height, width, 3), 0.5), ramp, strength, cmap)

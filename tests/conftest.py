@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-import checkpoints
 import train
+import training.checkpoints
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck"]
@@ -61,7 +61,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def interrupted_then_resumed(argv: list[str], monkeypatch) -> dict:
     """train.main(argv) killed right after its first epoch's checkpoint, then --resume'd."""
     out = Path(argv[argv.index("--out") + 1])
-    real_end = checkpoints.RunState.end_epoch
+    real_end = training.checkpoints.RunState.end_epoch
 
     def stop_after_first_epoch(self, *args):
         real_end(self, *args)
@@ -69,7 +69,7 @@ def interrupted_then_resumed(argv: list[str], monkeypatch) -> dict:
             raise KeyboardInterrupt
 
     with monkeypatch.context() as patched:
-        patched.setattr(checkpoints.RunState, "end_epoch", stop_after_first_epoch)
+        patched.setattr(training.checkpoints.RunState, "end_epoch", stop_after_first_epoch)
         with pytest.raises(KeyboardInterrupt):
             train.main(argv)
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1

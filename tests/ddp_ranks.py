@@ -10,10 +10,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
+import training.trainer  # noqa: E402
 
 
 def main() -> None:
-    real_epoch = train.Trainer.train_epoch
+    real_epoch = training.trainer.Trainer.train_epoch
     out = Path(sys.argv[sys.argv.index("--out") + 1])
 
     def recorded_epoch(self, args, epoch, procs, bf16):
@@ -22,7 +23,7 @@ def main() -> None:
         torch.save(self.model.state_dict(), out / f"rank{os.environ['RANK']}-epoch{epoch + 1}.pt")
         return row
 
-    train.Trainer.train_epoch = recorded_epoch
+    training.trainer.Trainer.train_epoch = recorded_epoch
     train.main(sys.argv[1:])
 
 

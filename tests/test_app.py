@@ -11,12 +11,14 @@ import torch
 from PIL import Image
 
 import app
-import endpoints
-import mistakes
-import space
+import space.endpoints
+import space.limits
+import space.mistakes
+import space.model_graph
+from common.model_folder import FIGURES, read_training
 from data import denormalize, to_normalized, train_transform
-from model_files import FIGURES, Loaded, read_training
-from pictures import enlarge
+from space.model_source import Loaded
+from space.pictures import enlarge
 from vit_model import ViT, patchify
 
 EXAMPLE = str(app.EXAMPLES_DIR / "cat_0003.jpg")
@@ -215,7 +217,7 @@ def test_mistakes_are_wrong_filtered_and_explained(ends):
     found = ends.mistakes
     assert found.wrong and all(int(found.probs[i].argmax()) != found.sample.labels[i] for i in found.wrong)
     assert f"**{len(found.wrong)} of the 500**" in summary and "split seed 0" in summary
-    assert len(everything) == min(endpoints.MISTAKES_SHOWN, len(found.wrong))
+    assert len(everything) == min(space.endpoints.MISTAKES_SHOWN, len(found.wrong))
     cats, _ = ends.mistakes_for("cat", "any")
     assert cats and all(caption.startswith("cat → ") for _, caption in cats)
     as_dog, _ = ends.mistakes_for("any", "dog")
@@ -227,8 +229,8 @@ def test_mistakes_are_wrong_filtered_and_explained(ends):
 
 def test_a_filter_is_drawn_once_and_again_when_its_pictures_expire(ends, monkeypatch):
     drawn = []
-    draw = endpoints.picture
-    monkeypatch.setattr(endpoints, "picture", lambda *a: drawn.append(a) or draw(*a))
+    draw = space.endpoints.picture
+    monkeypatch.setattr(space.endpoints, "picture", lambda *a: drawn.append(a) or draw(*a))
     first = ends.mistakes_for("bird", "any")
     assert drawn and ends.mistakes_for("bird", "any") == first
     count = len(drawn)
@@ -257,14 +259,14 @@ def test_mistakes_of_a_model_of_another_input_size(tmp_path, size):
 
 
 def test_find_mistakes_holds_a_bounded_batch_of_attention_maps(monkeypatch):
-    model, sample = small_model(32), mistakes.load_sample()
-    sample = mistakes.Sample(sample.images[:10], sample.labels[:10], sample.class_names, "ten")
-    whole = mistakes.find_mistakes(model, sample)
-    batches, rollout = [], mistakes.model_rollout
-    monkeypatch.setattr(mistakes, "model_rollout", lambda m, x: batches.append(len(x)) or rollout(m, x))
+    model, sample = small_model(32), space.mistakes.load_sample()
+    sample = space.mistakes.Sample(sample.images[:10], sample.labels[:10], sample.class_names, "ten")
+    whole = space.mistakes.find_mistakes(model, sample)
+    batches, rollout = [], space.mistakes.model_rollout
+    monkeypatch.setattr(space.mistakes, "model_rollout", lambda m, x: batches.append(len(x)) or rollout(m, x))
     # one image: 1 block x 2 heads x 17^2 tokens x 4 bytes
-    monkeypatch.setattr(mistakes, "BATCH_ATTENTION_BYTES", 3 * 2 * 17 ** 2 * 4)
-    bounded = mistakes.find_mistakes(model, sample)
+    monkeypatch.setattr(space.mistakes, "BATCH_ATTENTION_BYTES", 3 * 2 * 17 ** 2 * 4)
+    bounded = space.mistakes.find_mistakes(model, sample)
     assert batches == [3, 3, 3, 1]
     assert torch.allclose(bounded.probs, whole.probs, atol=1e-6) and bounded.wrong == whole.wrong
 
@@ -273,7 +275,7 @@ def test_the_server_finds_the_mistakes_at_start_up_in_the_background(tmp_path, m
     import threading
 
     found = threading.Event()
-    monkeypatch.setattr(endpoints, "find_mistakes", lambda *a: found.set() or threading.current_thread())
+    monkeypatch.setattr(space.endpoints, "find_mistakes", lambda *a: found.set() or threading.current_thread())
     app.build_demo(Loaded(small_model(32), "status"), tmp_path)
     assert not found.wait(0.5)   # only when asked: tests and tools build pages too
     app.build_demo(Loaded(small_model(32), "status"), tmp_path, warm=True)
@@ -288,16 +290,16 @@ def test_an_expired_picture_is_named_as_such(ends):
 
 
 def test_a_model_from_another_split_is_warned_about(loaded):
-    assert endpoints.sample_caveat(loaded.training) == ""
+    assert space.endpoints.sample_caveat(loaded.training) == ""
     for training in ({**loaded.training, "split_seed": 1}, {**loaded.training, "val_images": 4000}, {}):
-        assert "may have trained on some of these images" in endpoints.sample_caveat(training)
+        assert "may have trained on some of these images" in space.endpoints.sample_caveat(training)
 
 
 def test_identical_pictures_are_written_whole_and_shared(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    first, second = space.save_png(pixels, tmp_path), space.save_png(pixels, tmp_path)
+    first, second = space.limits.save_png(pixels, tmp_path), space.limits.save_png(pixels, tmp_path)
     assert first == second and np.array_equal(png(first), pixels)
-    other = space.save_png(pixels[::-1].copy(), tmp_path)
+    other = space.limits.save_png(pixels[::-1].copy(), tmp_path)
     # No temporary file is left, and no folder: the cache deletes files, never folders.
     assert sorted(tmp_path.iterdir()) == sorted([Path(first), Path(other)])
 
@@ -307,23 +309,23 @@ def test_identical_pictures_are_written_whole_and_shared(tmp_path):
 def test_the_bundled_sample_is_50_validation_images_per_class(tmp_path):
     import data
 
-    sample = mistakes.load_sample()
+    sample = space.mistakes.load_sample()
     assert sample.images.shape == (500, 3, 32, 32) and sample.labels.bincount().tolist() == [50] * 10
-    with np.load(mistakes.SAMPLE, allow_pickle=False) as saved:
+    with np.load(space.mistakes.SAMPLE, allow_pickle=False) as saved:
         indices = torch.from_numpy(saved["indices"])
-    _, val = data.split_indices(50_000, mistakes.VAL_SIZE, mistakes.SPLIT_SEED)
+    _, val = data.split_indices(50_000, space.mistakes.VAL_SIZE, space.mistakes.SPLIT_SEED)
     assert torch.isin(indices, val).all() and len(indices.unique()) == 500
     np.savez(tmp_path / "bad.npz", images=np.zeros((2, 32, 32), np.uint8), labels=np.zeros(2),
              class_names=np.array(["a"]), description=np.array("x"))
     with pytest.raises(ValueError, match="does not hold uint8 RGB images"):
-        mistakes.load_sample(tmp_path / "bad.npz")
+        space.mistakes.load_sample(tmp_path / "bad.npz")
     np.savez(tmp_path / "short.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
     for name, message in [("absent.npz", "is missing"),
                           ("short.npz", "lacks the arrays labels, class_names, description"),
                           ("broken.npz", "is not a readable .npz file")]:
         with pytest.raises(ValueError, match=message):
-            mistakes.load_sample(tmp_path / name)
+            space.mistakes.load_sample(tmp_path / name)
 
 
 def test_examples_are_cifar_validation_images(loaded):
@@ -448,23 +450,22 @@ def test_the_page_builds_without_a_model():
     assert {"view", "predict", "rollout", "augment", "patches", "mistakes"} <= names
 
 
-@pytest.mark.skipif(__import__("model_graph").dot_missing() is not None,
+@pytest.mark.skipif(space.model_graph.dot_missing() is not None,
                     reason="graphviz's `dot` is missing (apt-get install graphviz, as .ci/run does)")
 def test_the_graph_is_drawn_from_the_real_module(loaded, tmp_path):
-    import model_graph
+    import space.model_graph
 
-    path = model_graph.draw(loaded.model, 32, tmp_path / "graph.png")
+    path = space.model_graph.draw(loaded.model, 32, tmp_path / "graph.png")
     width, height = Image.open(path).size
     assert height > 3 * width  # top to bottom, one node per module
-    table = model_graph.layer_table(loaded.model, 32)
+    table = space.model_graph.layer_table(loaded.model, 32)
     assert f"{sum(p.numel() for p in loaded.model.parameters()):,}" in table
     assert "MultiheadAttention" in table and "[1, 65, 256]" in table
 
 
 def test_without_graphviz_the_model_tab_says_why(loaded, monkeypatch):
-    import model_graph
 
-    monkeypatch.setattr(model_graph, "dot_missing", lambda: "graphviz's `dot` is not installed")
+    monkeypatch.setattr(space.model_graph, "dot_missing", lambda: "graphviz's `dot` is not installed")
     demo = app.build_demo(loaded)
     texts = [c.get("props", {}).get("value") for c in demo.config["components"]]
     assert any("cannot be drawn here: graphviz's `dot` is not installed" in str(t) for t in texts)

@@ -21,7 +21,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-import photo
+import space.photo
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 REPO = Path(__file__).resolve().parent.parent
@@ -207,7 +207,7 @@ def test_concurrent_identical_requests_get_whole_files(app_url):
 
 def test_inline_images_are_kept_for_a_bounded_number_of_sessions(monkeypatch):
     import app
-    from model_files import Loaded
+    from space.model_source import Loaded
 
     monkeypatch.setattr(app, "STATE_SESSIONS", 3)
     demo = app.build_demo(Loaded(None, "no model: /view works without one"))
@@ -338,7 +338,7 @@ def test_an_image_given_by_web_address_is_refused_before_anything_fetches_it(app
 
 
 def test_the_upload_limit_is_the_apps_to_the_byte(app_url):
-    for size, accepted in ((photo.MAX_FILE_BYTES, True), (photo.MAX_FILE_BYTES + 1, False)):
+    for size, accepted in ((space.photo.MAX_FILE_BYTES, True), (space.photo.MAX_FILE_BYTES + 1, False)):
         response = httpx.post(f"{app_url}gradio_api/upload",
                               files={"files": ("x.jpg", b"\xff" * size, "image/jpeg")}, timeout=60)
         assert (response.status_code == 200) == accepted, (size, response.status_code, response.text)

@@ -7,20 +7,20 @@ import math
 import pytest
 import torch
 
-import bench
-import contenders
+import tools.bench
+import tools.contenders
 from vit_model import ViT, count_parameters, patchify
 
 
 @pytest.mark.parametrize("patch_size", [1, 4, 8])
 def test_naive_patchify_equals_data_patchify(patch_size):
     images = torch.randn(3, 3, 32, 32)
-    assert torch.equal(contenders.naive_patchify(images, patch_size), patchify(images, patch_size))
+    assert torch.equal(tools.contenders.naive_patchify(images, patch_size), patchify(images, patch_size))
 
 
 def test_naive_vit_matches_project_vit():
     project = ViT().eval()
-    naive = contenders.NaiveViT().eval()
+    naive = tools.contenders.NaiveViT().eval()
     naive.load_state_dict(project.state_dict())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -29,17 +29,17 @@ def test_naive_vit_matches_project_vit():
 
 def test_timm_vit_has_the_project_size():
     project = ViT()
-    assert count_parameters(contenders.timm_vit(project, 0.2)) == count_parameters(project)
+    assert count_parameters(tools.contenders.timm_vit(project, 0.2)) == count_parameters(project)
 
 
 def test_tiny_run_writes_complete_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    bench.main(["--device", "cpu", "--threads", "1", "--batch-size", "4", "--steps", "2",
+    tools.bench.main(["--device", "cpu", "--threads", "1", "--batch-size", "4", "--steps", "2",
                 "--warmup", "1", "--repeats", "1", "--infer-batch", "4", "--infer-reps", "1",
                 "--latency-reps", "1", "--json", str(out)])
     result = json.loads(out.read_text())
     assert set(result) == {"project", "timm", "naive", "cnn", "setup"}
-    for name in bench.CONTENDERS:
+    for name in tools.bench.CONTENDERS:
         entry = result[name]
         for key in ("train_img_per_s", "train_ms_per_step", "infer_ms_per_img", "infer_ms_batch1",
                     "gflops_per_img_forward", "train_tflops", "train_speed_vs_project",
@@ -64,11 +64,11 @@ def test_tiny_run_writes_complete_json(tmp_path, capsys):
 
 def test_bad_settings_fail_with_one_message():
     with pytest.raises(SystemExit, match="--warmup"):
-        bench.main(["--steps", "2", "--warmup", "3"])
+        tools.bench.main(["--steps", "2", "--warmup", "3"])
 
 
 def test_naive_vit_uses_torchs_stock_dropout():
-    naive = contenders.NaiveViT()
+    naive = tools.contenders.NaiveViT()
     dropouts = [m for m in naive.modules() if isinstance(m, torch.nn.Dropout)]
     assert len(dropouts) == 1 + 6 * 3 and all(type(m) is torch.nn.Dropout for m in dropouts)
     torch.manual_seed(0)

@@ -8,7 +8,9 @@ from conftest import CLASSES, make_folder_dataset
 from torchvision.transforms import v2
 
 import data
+import space.pictures
 import vit_model
+from training.batches import ImageTensorDataset
 
 # ---------------------------------------------------------------- transforms and statistics
 
@@ -24,7 +26,7 @@ def test_train_transform_is_the_assignment_chain_in_order():
 
 def test_dataset_applies_its_transform():
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    ds = data.ImageTensorDataset(images, torch.arange(5), data.train_transform([0.5] * 3, [0.2] * 3))
+    ds = ImageTensorDataset(images, torch.arange(5), data.train_transform([0.5] * 3, [0.2] * 3))
     x, y = ds[3]
     assert x.dtype == torch.float32 and x.shape == (3, 32, 32) and y == 3
 
@@ -193,16 +195,13 @@ def test_val_size_is_a_fraction_or_a_count():
             data.val_size(bad)
 
 
-# ---------------------------------------------------------------- figures and CLI
+# ---------------------------------------------------------------- the command
 
-def test_cli_writes_figures(folder_data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["data.py", "--data-dir", str(folder_data), "--out",
-                                     str(tmp_path / "figs"), "--val-size", "20"])
-    data.main()
+def test_cli_prints_the_split_and_its_statistics(folder_data, capsys):
+    data.main(["--data-dir", str(folder_data), "--val-size", "20"])
     out = capsys.readouterr().out
     assert "100 training / 20 validation images (split seed 0), no test split, 10 classes" in out
-    assert (tmp_path / "figs" / "augmentations.png").exists()
-    assert (tmp_path / "figs" / "patches.png").exists()
+    assert "training images per class [10, 12, 10, 8, 9, 10, 10, 11, 11, 9]" in out and "mean [" in out
 
 
 def test_cli_reports_bad_folder(tmp_path, monkeypatch):
@@ -214,12 +213,12 @@ def test_cli_reports_bad_folder(tmp_path, monkeypatch):
 def test_tile_patches_puts_gaps_between_patches():
     image = torch.arange(2 * 8 * 8).float().view(2, 8, 8)
     patches = vit_model.patchify(image[None], 4)[0].view(4, 2, 4, 4)
-    grid = data.tile_patches(patches, columns=2, gap=2, fill=-1)
+    grid = space.pictures.tile_patches(patches, columns=2, gap=2, fill=-1)
     assert grid.shape == (2, 10, 10)
     assert torch.equal(grid[:, :4, :4], image[:, :4, :4])
     assert torch.equal(grid[:, 6:, 6:], image[:, 4:, 4:])
     assert (grid[:, 4:6, :] == -1).all() and (grid[:, :, 4:6] == -1).all()
-    wrapped = data.tile_patches(patches[:3], columns=2, gap=1, fill=0)
+    wrapped = space.pictures.tile_patches(patches[:3], columns=2, gap=1, fill=0)
     assert wrapped.shape == (2, 9, 9) and (wrapped[:, 5:, 5:] == 0).all()  # last row half full
 
 

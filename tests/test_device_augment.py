@@ -7,13 +7,13 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import v2
 
 import data
-import device_augment
+import training.augment
 
 
 def test_crop_boxes_follow_torchvision_distribution():
     n = 20000
     g = torch.Generator().manual_seed(0)
-    top, left, h, w = device_augment.random_resized_crop_boxes(n, 32, 32, g)
+    top, left, h, w = training.augment.random_resized_crop_boxes(n, 32, 32, g)
     torch.manual_seed(0)
     ref = torch.tensor([v2.RandomResizedCrop.get_params(torch.empty(3, 32, 32), [0.8, 1.0],
                                                         [0.9, 1.1]) for _ in range(n)]).T
@@ -30,14 +30,14 @@ def test_device_resized_crop_equals_torchvision_for_the_same_box(monkeypatch):
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     boxes = (torch.tensor([0, 1, 2, 0, 3, 1]), torch.tensor([0, 2, 1, 3, 0, 2]),
              torch.tensor([32, 30, 29, 31, 28, 30]), torch.tensor([32, 29, 31, 28, 29, 30]))
-    monkeypatch.setattr(device_augment, "random_resized_crop_boxes", lambda *a, **k: boxes)
-    augment = device_augment.DeviceAugment([0.0] * 3, [1.0] * 3, flip_p=0.0)
-    out = augment(images, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(training.augment, "random_resized_crop_boxes", lambda *a, **k: boxes)
+    device_augment = training.augment.DeviceAugment([0.0] * 3, [1.0] * 3, flip_p=0.0)
+    out = device_augment(images, torch.Generator().manual_seed(0))
     for i in range(len(images)):
         ref = TF.resized_crop(images[i].float(), *(int(b[i]) for b in boxes), size=[32, 32],
                               antialias=False) / 255
         assert torch.allclose(out[i], ref, atol=1e-5), i
-    flipped = device_augment.DeviceAugment([0.0] * 3, [1.0] * 3, flip_p=1.0)(images, torch.Generator())
+    flipped = training.augment.DeviceAugment([0.0] * 3, [1.0] * 3, flip_p=1.0)(images, torch.Generator())
     for i in range(len(images)):
         ref = TF.resized_crop(images[i].flip(-1).float(), *(int(b[i]) for b in boxes), size=[32, 32],
                               antialias=False) / 255
@@ -49,7 +49,7 @@ def test_device_augment_pixel_statistics_match_torchvision():
     ramp = torch.linspace(0, 255, 32).round().to(torch.uint8)
     images = ramp.view(1, 1, 1, 32).expand(4000, 3, 32, 32).contiguous()
     images[:, 1] = images[:, 1].transpose(-1, -2)  # green ramps vertically
-    ours = device_augment.DeviceAugment([0.0] * 3, [1.0] * 3)(images, torch.Generator().manual_seed(1))
+    ours = training.augment.DeviceAugment([0.0] * 3, [1.0] * 3)(images, torch.Generator().manual_seed(1))
     torch.manual_seed(1)
     reference = data.train_transform([0.0] * 3, [1.0] * 3)
     theirs = torch.stack([reference(img) for img in images])
@@ -62,7 +62,7 @@ def test_device_augment_pixel_statistics_match_torchvision():
 
 def test_device_augment_draws_differ_per_image_and_normalize():
     images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).expand(64, -1, -1, -1)
-    out = device_augment.DeviceAugment([0.5] * 3, [0.25] * 3)(images, torch.Generator().manual_seed(0))
+    out = training.augment.DeviceAugment([0.5] * 3, [0.25] * 3)(images, torch.Generator().manual_seed(0))
     assert out.shape == (64, 3, 32, 32) and out.dtype == torch.float32
     assert len({tuple(o.flatten()[:50].tolist()) for o in out}) > 32
     assert out.min() >= -2 - 1e-5 and out.max() <= 2 + 1e-5
@@ -84,7 +84,7 @@ def window_of(padded: torch.Tensor, out: torch.Tensor, pad: int) -> tuple[int, i
 
 def test_translate_shows_each_image_shifted_over_a_reflected_border_and_maybe_mirrored():
     images = torch.randint(0, 256, (3000, 3, 8, 8), dtype=torch.uint8)
-    out = device_augment.DeviceTranslate([0.0] * 3, [1 / 255] * 3, pad=2)(
+    out = training.augment.DeviceTranslate([0.0] * 3, [1 / 255] * 3, pad=2)(
         images, torch.Generator().manual_seed(0))
     assert out.shape == images.shape and out.dtype == torch.float32
     padded = torch.nn.functional.pad(images.float(), (2,) * 4, mode="reflect")
@@ -102,7 +102,7 @@ def test_translate_reads_what_torchvision_reflect_crop_reads_and_normalizes():
     torch.manual_seed(0)
     reference = v2.RandomCrop(32, padding=2, padding_mode="reflect")
     seen = {tuple(reference(image[0]).flatten()[:64].tolist()) for _ in range(400)}
-    ours = device_augment.DeviceTranslate([0.5] * 3, [0.25] * 3, pad=2, flip_p=0.0)(
+    ours = training.augment.DeviceTranslate([0.5] * 3, [0.25] * 3, pad=2, flip_p=0.0)(
         image.expand(400, -1, -1, -1), torch.Generator().manual_seed(3))
     pixels = ((ours * 0.25 + 0.5) * 255).round()
     assert {tuple(p.flatten()[:64].tolist()) for p in pixels} == seen   # the same 25 windows

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from conftest import run_args
 from safetensors.torch import load_file, save_file
 
-import loop
 import train
-from distillation import Distillation
+import training.epoch
+import training.runtime
+from training.distillation import Distillation
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +32,10 @@ def one_step_loss(distill, mixing=None) -> tuple[float, torch.Tensor, torch.Tens
     y = torch.randint(0, 10, (8,))
     optimizer = torch.optim.SGD(student.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    row = loop.train_one_epoch(student, optimizer, scheduler, [(x, y)], steps=1,
+    row = training.epoch.train_one_epoch(student, optimizer, scheduler, [(x, y)], steps=1,
                                augment=lambda b, g: b, generator=torch.Generator(), mixing=mixing,
                                label_smoothing=0.0, bf16=False,
-                               procs=loop.Processes(0, 1, torch.device("cpu")), distill=distill)
+                               procs=training.runtime.Processes(0, 1, torch.device("cpu")), distill=distill)
     return row["train_loss"], student(x), x, y
 
 

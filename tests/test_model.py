@@ -359,15 +359,15 @@ def test_patch_dropout_is_off_in_eval_mode():
 
 
 def test_helpers_that_evaluate_leave_the_models_mode_as_it_was():
-    import loop
     import rollout
+    import training.evaluation
 
     model = ViT(dim=32, depth=1, heads=2, mlp_dim=32)
     x = torch.randn(2, 3, 32, 32)
-    scorer = loop.Evaluator([0.5] * 3, [0.5] * 3, 8, torch.device("cpu"), False)
-    for training in (True, False):
+    scorer = training.evaluation.Evaluator([0.5] * 3, [0.5] * 3, 8, torch.device("cpu"), False)
+    for in_training in (True, False):
         for use in (lambda: model.predict_proba(x), lambda: rollout.model_rollout(model, x),
                     lambda: scorer.logits(model, torch.zeros(2, 3, 32, 32, dtype=torch.uint8))):
-            model.train(training)
+            model.train(in_training)
             use()
-            assert model.training is training
+            assert model.training is in_training

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import model_files
+import common.model_folder
+import space.model_source
 from vit_model import ViT
 
 BUNDLED = Path(__file__).resolve().parent.parent / "weights"
@@ -15,7 +16,7 @@ ENV = "VIT_CIFAR_MODEL"
 
 
 def load(source, bundled=BUNDLED):
-    return model_files.load_model(str(source), bundled, ENV)
+    return space.model_source.load_model(str(source), bundled, ENV)
 
 
 def tiny_folder(root: Path, **config) -> Path:
@@ -32,10 +33,10 @@ def tiny_folder(root: Path, **config) -> Path:
 
 def test_source_cli_then_environment_then_bundled(monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
-    assert model_files.source_from(None, BUNDLED, ENV) == str(BUNDLED)
+    assert space.model_source.source_from(None, BUNDLED, ENV) == str(BUNDLED)
     monkeypatch.setenv(ENV, "someone/vit")
-    assert model_files.source_from(None, BUNDLED, ENV) == "someone/vit"
-    assert model_files.source_from("/models/mine", BUNDLED, ENV) == "/models/mine"
+    assert space.model_source.source_from(None, BUNDLED, ENV) == "someone/vit"
+    assert space.model_source.source_from("/models/mine", BUNDLED, ENV) == "/models/mine"
 
 
 def test_bundled_weights_load_with_their_training_record():
@@ -134,7 +135,7 @@ def test_a_mistyped_folder_is_not_taken_for_a_hub_repo(monkeypatch, tmp_path):
 
 def test_a_hub_snapshot_is_checked_like_a_folder(monkeypatch, tmp_path):
     broken = tiny_folder(tmp_path / "hub", std=[0, 0, 0])
-    monkeypatch.setattr(model_files, "snapshot_download", lambda repo, allow_patterns: str(broken))
+    monkeypatch.setattr(space.model_source, "snapshot_download", lambda repo, allow_patterns: str(broken))
     loaded = load("someone/broken-vit")
     assert loaded.model is not None and loaded.folder == BUNDLED  # the bundled model instead
     assert "could not load `someone/broken-vit` from the Hub: config.json `std` must be above 0" \
@@ -142,7 +143,7 @@ def test_a_hub_snapshot_is_checked_like_a_folder(monkeypatch, tmp_path):
     shutil.copy(BUNDLED / "training.json", broken / "training.json")
     good = tiny_folder(tmp_path / "good")
     shutil.copy(BUNDLED / "training.json", good / "training.json")
-    monkeypatch.setattr(model_files, "snapshot_download", lambda repo, allow_patterns: str(good))
+    monkeypatch.setattr(space.model_source, "snapshot_download", lambda repo, allow_patterns: str(good))
     loaded = load("someone/good-vit")
     assert loaded.status == "Model: `someone/good-vit` from the Hugging Face Hub."
     assert loaded.training["recipe"] and loaded.folder == good
@@ -152,7 +153,7 @@ def test_a_hub_snapshot_is_checked_like_a_folder(monkeypatch, tmp_path):
                                   "not json", "[1]"])
 def test_a_training_record_that_cannot_be_right_is_not_shown(tmp_path, text):
     (tmp_path / "training.json").write_text(text)
-    assert "val_acc" not in model_files.read_training(tmp_path)
+    assert "val_acc" not in common.model_folder.read_training(tmp_path)
 
 
 @pytest.mark.parametrize("record", [
@@ -163,7 +164,7 @@ def test_a_training_record_that_cannot_be_right_is_not_shown(tmp_path, text):
 ])
 def test_other_figures_that_cannot_be_right_are_dropped(tmp_path, record):
     (tmp_path / "training.json").write_text(json.dumps({"val_acc": 0.5, **record}))
-    kept = model_files.read_training(tmp_path)
+    kept = common.model_folder.read_training(tmp_path)
     assert kept["val_acc"] == 0.5 and not set(record) - {"class_names"} & set(kept)
 
 
@@ -180,4 +181,4 @@ def test_other_figures_that_cannot_be_right_are_dropped(tmp_path, record):
 ])
 def test_training_fields_of_the_wrong_type_or_value_are_dropped(tmp_path, record, kept):
     (tmp_path / "training.json").write_text(record)
-    assert model_files.read_training(tmp_path) == kept
+    assert common.model_folder.read_training(tmp_path) == kept

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from rollout import (
-    attention_overlay,
     attention_rollout,
     block_attention_map,
     class_token_map,
@@ -12,8 +11,8 @@ from rollout import (
     fuse_heads,
     model_rollout,
     scale_to_unit,
-    upsample_maps,
 )
+from space.pictures import attention_overlay, upsample_maps
 from vit_model import ViT
 
 

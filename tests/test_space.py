@@ -4,7 +4,7 @@ import asyncio
 import os
 import time
 
-import space
+import space.limits
 
 
 class Clock:
@@ -17,7 +17,7 @@ class Clock:
 
 def test_each_visitor_may_upload_so_much_a_minute(tmp_path):
     clock = Clock()
-    budget = space.UploadBudget(tmp_path, per_client=100, in_folder=10_000, clock=clock)
+    budget = space.limits.UploadBudget(tmp_path, per_client=100, in_folder=10_000, clock=clock)
     assert budget.refusal("a", 60) is None and budget.refusal("a", 40) is None
     assert "limited to 0 MB a minute per visitor" in budget.refusal("a", 1)
     assert budget.refusal("b", 100) is None          # another visitor has a budget of its own
@@ -33,9 +33,9 @@ def test_uploads_stop_while_the_folder_is_full_and_resume_when_the_cache_empties
     clock = Clock()
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "photo.jpg").write_bytes(b"x" * 900)
-    budget = space.UploadBudget(tmp_path, per_client=10_000, in_folder=1000, rescan=5, clock=clock)
+    budget = space.limits.UploadBudget(tmp_path, per_client=10_000, in_folder=1000, rescan=5, clock=clock)
     assert budget.refusal("a", 100) is None          # 900 + 100 fit
-    assert budget.refusal("b", 1) == space.BUSY      # counted before the files even land
+    assert budget.refusal("b", 1) == space.limits.BUSY      # counted before the files even land
     (tmp_path / "old" / "photo.jpg").unlink()        # the cache expires it
     clock.now += 5
     assert budget.refusal("b", 500) is None
@@ -45,10 +45,10 @@ def test_the_sweep_removes_the_empty_folders_expired_uploads_leave_but_not_new_o
     for name in ("expired1", "expired2/inner", "fresh", "pictures", "full"):
         (tmp_path / name).mkdir(parents=True)
     (tmp_path / "full" / "a.jpg").write_bytes(b"abc")
-    old = time.time() - 2 * space.EMPTY_FOLDER_AGE
+    old = time.time() - 2 * space.limits.EMPTY_FOLDER_AGE
     for name in ("expired1", "expired2/inner", "expired2", "pictures", "full"):
         os.utime(tmp_path / name, (old, old))
-    budget = space.UploadBudget(tmp_path, keep=(tmp_path / "pictures",))
+    budget = space.limits.UploadBudget(tmp_path, keep=(tmp_path / "pictures",))
     assert budget.sweep() == 3
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["expired2", "fresh", "full", "pictures"]   # expired2 emptied only now
@@ -72,13 +72,13 @@ def call_guard(guard, path, headers):
 
     scope = {"type": "http", "path": path, "root_path": "", "client": ("10.0.0.1", 5000),
              "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
-    asyncio.run(space.RequestGuard(app, uploads=guard)(scope, receive, send))
+    asyncio.run(space.limits.RequestGuard(app, uploads=guard)(scope, receive, send))
     return sent[0]["status"], sent[1]["body"].decode(), bool(reached)
 
 
 def test_the_guard_holds_uploads_to_the_budget_by_the_visitor_the_proxy_saw(tmp_path):
-    budget = space.UploadBudget(tmp_path, per_client=1000)
-    route = space.UPLOAD_ROUTE
+    budget = space.limits.UploadBudget(tmp_path, per_client=1000)
+    route = space.limits.UPLOAD_ROUTE
     assert call_guard(budget, route, {"content-length": "600"}) == (200, "ok", True)
     status, text, reached = call_guard(budget, route, {"content-length": "600"})
     assert (status, reached) == (429, False) and "a minute per visitor" in text

@@ -13,28 +13,35 @@ import pytest
 import torch
 from conftest import interrupted_then_resumed, read_metrics, run_args
 
-import checkpoints
-import loop
-import optimization
-import report
+import common.model_folder
 import train
+import training.batches
+import training.checkpoints
+import training.epoch
+import training.evaluation
+import training.optimization
+import training.runtime
+import training.settings
+import training.trainer
 from data import load_training_data
+from training.errors import RunError
+from training.optimization import OptimizerSettings, build_optimizer, build_scheduler
 from vit_model import ViT
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_milestones_scale_with_epochs():
-    assert optimization.scaled_milestones(160) == [100, 150]
-    assert optimization.scaled_milestones(16) == [10, 15]
-    assert optimization.scaled_milestones(2) == [1, 2]
+    assert training.optimization.scaled_milestones(160) == [100, 150]
+    assert training.optimization.scaled_milestones(16) == [10, 15]
+    assert training.optimization.scaled_milestones(2) == [1, 2]
 
 
 def test_scheduler_follows_the_assignment():
-    args = train.parse_args(["--epochs", "160", "--lr", "1e-3"])
+    args = training.settings.parse_args(["--epochs", "160", "--lr", "1e-3"])
     model = torch.nn.Linear(2, 2)
-    opt = optimization.build_optimizer(model, args, torch.device("cpu"))
-    sched = optimization.build_scheduler(opt, args, steps_per_epoch=3)
+    opt = build_optimizer(model, OptimizerSettings.of(vars(args)), torch.device("cpu"))
+    sched = build_scheduler(opt, OptimizerSettings.of(vars(args)), steps_per_epoch=3)
     assert isinstance(sched, torch.optim.lr_scheduler.MultiStepLR)
     lrs = stepped_lrs(opt, sched, 160 * 3)
     epoch_lr = lrs[::3]
@@ -58,10 +65,10 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
     rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert set(rows[0]) >= {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "machine"}
-    assert result["machine"] == rows[0]["machine"] == loop.Processes(0, 1, torch.device("cpu")).machine()
+    assert result["machine"] == rows[0]["machine"] == training.runtime.Processes(0, 1, torch.device("cpu")).machine()
     from PIL import Image
 
-    for name in report.PLOTS:   # real pictures, not blank canvases
+    for name in common.model_folder.FIGURES:   # real pictures, not blank canvases
         with Image.open(out / name) as picture:
             assert picture.format == "PNG" and min(picture.size) > 200
             assert len(picture.convert("RGB").getcolors(1 << 20) or range(1 << 20)) > 50, name
@@ -73,7 +80,7 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
     data = load_training_data(shared_folder_data, 30, 0)
     model = ViT(dim=64, depth=2, heads=4, mlp_dim=128)
     model.load_state_dict(best["model"])
-    scores = [loop.Evaluator(last["mean"], last["std"], 64, torch.device("cpu"), bf16).evaluate(
+    scores = [training.evaluation.Evaluator(last["mean"], last["std"], 64, torch.device("cpu"), bf16).evaluate(
         model, data.test.images, data.test.labels).acc for bf16 in (False, True)]   # --amp auto: either
     assert result["test_images"] == len(data.test) and result["test_acc"] in scores
     # The export loads through the Hub mixin and predicts exactly as the best checkpoint.
@@ -197,12 +204,12 @@ def test_unreachable_hub_keeps_the_export(shared_folder_data, tmp_path, monkeypa
 # ---------------------------------------------------------------- recipes
 
 def test_assignment_recipe_is_the_default_and_adds_nothing():
-    args = train.parse_args([])
+    args = training.settings.parse_args([])
     assert (args.recipe, args.epochs, args.schedule, args.warmup_epochs) == ("assignment", 160, "step", 0)
-    assert train.build_policy(args.policy) is None
-    assert train.build_mixing(args, 10) is None
+    assert training.augment.build_policy(args.policy) is None
+    assert training.augment.build_mixing(args.mixup_alpha, args.cutmix_alpha, 10) is None
     assert args.label_smoothing == 0.0 and args.decay_all
-    model = train.build_model(args, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
+    model = training.trainer.build_model(args, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
     # Every dropout 0.2, nn.MultiheadAttention's own on the attention weights included.
     assert all(b.drop_path.p == 0 and b.attn.dropout == 0.2 and b.drop1.p == 0.2 for b in model.blocks)
     assert model.pos_drop.p == 0.2 and model.blocks[0].mlp[2].p == 0.2
@@ -211,40 +218,40 @@ def test_assignment_recipe_is_the_default_and_adds_nothing():
 def test_strong_recipe_switches_every_ingredient_on():
     from torchvision.transforms import v2
 
-    args = train.parse_args(["--recipe", "strong"])
+    args = training.settings.parse_args(["--recipe", "strong"])
     assert (args.epochs, args.schedule, args.warmup_epochs, args.label_smoothing) == (200, "cosine", 10, 0.1)
-    policy = train.build_policy(args.policy)
+    policy = training.augment.build_policy(args.policy)
     assert isinstance(policy, v2.AutoAugment) and policy.policy == v2.AutoAugmentPolicy.CIFAR10
-    mixing = train.build_mixing(args, 10)
+    mixing = training.augment.build_mixing(args.mixup_alpha, args.cutmix_alpha, 10)
     assert isinstance(mixing, v2.RandomChoice)
     assert {type(t) for t in mixing.transforms} == {v2.MixUp, v2.CutMix}
-    model = train.build_model(args, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
+    model = training.trainer.build_model(args, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
     rates = [b.drop_path.p for b in model.blocks]
     assert rates[0] == 0 and rates[-1] == pytest.approx(0.1) and rates == sorted(rates)
     assert all(b.attn.dropout == 0.1 and b.drop1.p == 0.0 for b in model.blocks)
 
 
 def test_each_ingredient_can_be_switched_off_alone():
-    args = train.parse_args(["--recipe", "strong", "--policy", "none", "--mixup-alpha", "0",
+    args = training.settings.parse_args(["--recipe", "strong", "--policy", "none", "--mixup-alpha", "0",
                              "--decay-all"])
-    assert train.build_policy(args.policy) is None
-    assert type(train.build_mixing(args, 10)).__name__ == "CutMix"
+    assert training.augment.build_policy(args.policy) is None
+    assert type(training.augment.build_mixing(args.mixup_alpha, args.cutmix_alpha, 10)).__name__ == "CutMix"
     assert args.decay_all and args.label_smoothing == 0.1 and args.drop_path == 0.1
-    with pytest.raises(SystemExit, match="--label-smoothing must be in"):
-        train.check_args(train.parse_args(["--label-smoothing", "1.5"]))
+    with pytest.raises(RunError, match="--label-smoothing must be in"):
+        training.settings.check_args(training.settings.parse_args(["--label-smoothing", "1.5"]))
 
 
 def test_no_weight_decay_on_norms_biases_and_embeddings():
     from vit_model import ViT
 
     model = ViT(depth=2)
-    decay, keep = optimization.param_groups(model, 0.05, decay_all=False)
+    decay, keep = training.optimization.param_groups(model, 0.05, decay_all=False)
     assert decay["weight_decay"] == 0.05 and keep["weight_decay"] == 0.0
     kept = {id(p) for p in keep["params"]}
     for name, p in model.named_parameters():
         exempt = ("bias" in name or "norm" in name or name in ("pos_embed", "cls_token"))
         assert (id(p) in kept) == exempt, name
-    assert len(optimization.param_groups(model, 0.05, decay_all=True)) == 1
+    assert len(training.optimization.param_groups(model, 0.05, decay_all=True)) == 1
 
 
 def stepped_lrs(optimizer, scheduler, steps: int) -> list[float]:
@@ -258,9 +265,9 @@ def stepped_lrs(optimizer, scheduler, steps: int) -> list[float]:
 
 
 def test_warmup_cosine_learning_rate_at_chosen_steps():
-    args = train.parse_args(["--recipe", "strong", "--lr", "1e-3"])  # 200 epochs, 10 warmup
-    opt = optimization.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
-    lrs = stepped_lrs(opt, optimization.build_scheduler(opt, args, steps_per_epoch=10), 2000)
+    args = training.settings.parse_args(["--recipe", "strong", "--lr", "1e-3"])  # 200 epochs, 10 warmup
+    opt = build_optimizer(torch.nn.Linear(2, 2), OptimizerSettings.of(vars(args)), torch.device("cpu"))
+    lrs = stepped_lrs(opt, build_scheduler(opt, OptimizerSettings.of(vars(args)), steps_per_epoch=10), 2000)
     assert lrs[0] == pytest.approx(1e-5)             # first warmup step: 1/100 of the peak
     assert lrs[49] == pytest.approx(0.5e-3)          # halfway through warmup
     assert lrs[99] == pytest.approx(1e-3)            # end of warmup: the peak
@@ -269,8 +276,8 @@ def test_warmup_cosine_learning_rate_at_chosen_steps():
 
 
 def test_mixup_cutmix_targets_sum_to_one():
-    args = train.parse_args(["--recipe", "strong"])
-    mixing = train.build_mixing(args, 10)
+    args = training.settings.parse_args(["--recipe", "strong"])
+    mixing = training.augment.build_mixing(args.mixup_alpha, args.cutmix_alpha, 10)
     torch.manual_seed(0)
     x = torch.randn(32, 3, 32, 32)
     y = torch.arange(32) % 10
@@ -283,16 +290,16 @@ def test_mixup_cutmix_targets_sum_to_one():
 def test_policy_draws_per_image_in_workers():
     images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).expand(64, -1, -1, -1).contiguous()
     labels = torch.zeros(64, dtype=torch.long)
-    procs = loop.Processes(0, 1, torch.device("cpu"))
-    batches = loop.EpochBatches(images, labels, batch_size=64, seed=0, procs=procs,
-                                policy=train.build_policy("autoaugment"), workers=2)
+    procs = training.runtime.Processes(0, 1, torch.device("cpu"))
+    batches = training.batches.EpochBatches(images, labels, batch_size=64, seed=0, procs=procs,
+                                policy=training.augment.build_policy("autoaugment"), workers=2)
     (x, y), = list(batches.epoch(0))
     assert x.dtype == torch.uint8 and x.shape == (64, 3, 32, 32)
     assert len({bytes(img.numpy()) for img in x}) > 20  # one draw per image, not per batch
     (other, _), = list(batches.epoch(1))
     assert not torch.equal(x, other)  # a new epoch draws anew, with the same workers
-    again = loop.EpochBatches(images, labels, batch_size=64, seed=0, procs=procs,
-                              policy=train.build_policy("autoaugment"), workers=1)
+    again = training.batches.EpochBatches(images, labels, batch_size=64, seed=0, procs=procs,
+                              policy=training.augment.build_policy("autoaugment"), workers=1)
     (x_again, _), = list(again.epoch(0))
     assert torch.equal(x, x_again)  # seeded per (epoch, image): a resumed epoch draws the same
 
@@ -304,8 +311,8 @@ def test_policy_draw_in_the_training_process_leaves_the_gpu_generator_alone(monk
     monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
     monkeypatch.setattr(torch.mps, "manual_seed", reseeded.append)
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    dataset = loop.PolicyDataset(images, torch.zeros(4, dtype=torch.long),
-                                 train.build_policy("trivialaugment"), seed=0)
+    dataset = training.batches.PolicyDataset(images, torch.zeros(4, dtype=torch.long),
+                                 training.augment.build_policy("trivialaugment"), seed=0)
     torch.manual_seed(5)
     before = torch.rand(3)
     torch.manual_seed(5)
@@ -321,54 +328,54 @@ def test_torchrun_processes_take_the_gpu_of_their_local_rank(monkeypatch):
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set", d)))
-    monkeypatch.setattr(loop.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
-    monkeypatch.setattr(loop.dist, "get_rank", lambda: 1)
-    monkeypatch.setattr(loop.dist, "get_world_size", lambda: 2)
-    procs = loop.start_processes("cuda")
+    monkeypatch.setattr(training.runtime.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    monkeypatch.setattr(training.runtime.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(training.runtime.dist, "get_world_size", lambda: 2)
+    procs = training.runtime.start_processes("cuda")
     cuda1 = torch.device("cuda", 1)
     assert procs.device == cuda1 and calls == [("set", cuda1), ("nccl", {"device_id": cuda1})]
-    with pytest.raises(SystemExit, match="--device cuda:0 under torchrun: name no index"):
-        loop.start_processes("cuda:0")
-    with pytest.raises(SystemExit, match="cuda:3 is not on this machine"):
-        loop.pick_device("cuda:3")
+    with pytest.raises(RunError, match="--device cuda:0 under torchrun: name no index"):
+        training.runtime.start_processes("cuda:0")
+    with pytest.raises(RunError, match="cuda:3 is not on this machine"):
+        training.runtime.pick_device("cuda:3")
 
 
 def test_main_process_loads_the_data_before_the_others(monkeypatch):
     events = []
-    monkeypatch.setattr(loop.dist, "barrier", lambda: events.append("barrier"))
+    monkeypatch.setattr(training.runtime.dist, "barrier", lambda: events.append("barrier"))
     for rank in (0, 1):
-        procs = loop.Processes(rank, 2, torch.device("cpu"))
+        procs = training.runtime.Processes(rank, 2, torch.device("cpu"))
         assert procs.first_on_main(lambda rank=rank: events.append(f"load {rank}") or rank) == rank
     assert events == ["load 0", "barrier", "barrier", "load 1"]
 
 
 def test_the_card_command_trains_the_run_again_whatever_resumed_it():
-    args = train.parse_args(["--recipe", "budget", "--epochs", "100", "--lr", "5e-4",
+    args = training.settings.parse_args(["--recipe", "budget", "--epochs", "100", "--lr", "5e-4",
                              "--data-dir", "/somewhere/cifar10-jpeg", "--out", "/tmp/x",
                              "--workers", "1", "--ema", "0.999", "--no-decay-all", "--dim", "128"])
     # Only what differs from the recipe (lr 5e-4 and no-decay-all are the budget's own);
     # runtime flags, --out and --resume are left out.
-    assert train.run_command(vars(args)) == ("python train.py --recipe budget --epochs 100 "
+    assert training.settings.run_command(vars(args)) == ("python train.py --recipe budget --epochs 100 "
                                              "--data-dir cifar10-jpeg --ema 0.999 --dim 128")
-    args = train.parse_args(["--epochs", "3", "--decay-all", "--policy", "autoaugment"])
-    assert train.run_command(vars(args)) == ("python train.py --recipe assignment --epochs 3 "
+    args = training.settings.parse_args(["--epochs", "3", "--decay-all", "--policy", "autoaugment"])
+    assert training.settings.run_command(vars(args)) == ("python train.py --recipe assignment --epochs 3 "
                                              "--data-dir data --policy autoaugment")
-    args = train.parse_args(["--recipe", "strong", "--no-decay-all", "--decay-all"])
-    assert train.run_command(vars(args)).endswith("--data-dir data --decay-all")
-    args = train.parse_args(["--recipe", "budget", "--init-from", "/work/main/weights",
+    args = training.settings.parse_args(["--recipe", "strong", "--no-decay-all", "--decay-all"])
+    assert training.settings.run_command(vars(args)).endswith("--data-dir data --decay-all")
+    args = training.settings.parse_args(["--recipe", "budget", "--init-from", "/work/main/weights",
                              "--teacher", "/work/runs/teacher30"])
-    assert train.run_command(vars(args)).endswith("--init-from weights --teacher teacher30")
+    assert training.settings.run_command(vars(args)).endswith("--init-from weights --teacher teacher30")
 
 
 def test_strong_recipe_trains_end_to_end(shared_folder_data, tmp_path, monkeypatch):
     seen = []
-    real_ce = loop.F.cross_entropy
+    real_ce = training.epoch.F.cross_entropy
 
     def recording_ce(logits, target, **kwargs):
         seen.append((target.shape, kwargs.get("label_smoothing")))
         return real_ce(logits, target, **kwargs)
 
-    monkeypatch.setattr(loop.F, "cross_entropy", recording_ce)
+    monkeypatch.setattr(training.epoch.F, "cross_entropy", recording_ce)
     result = train.main(run_args(shared_folder_data, tmp_path / "run", "--recipe", "strong",
                                  "--epochs", "2", "--warmup-epochs", "1", "--workers", "2"))
     training_calls = [s for s in seen if s[1] == 0.1]
@@ -380,9 +387,9 @@ def test_strong_recipe_trains_end_to_end(shared_folder_data, tmp_path, monkeypat
 # ---------------------------------------------------------------- every device
 
 def test_every_epoch_reseeds_from_seed_epoch_and_rank():
-    seeds = {train.seed_for(0, "augment", epoch, rank) for epoch in range(3) for rank in range(4)}
+    seeds = {training.runtime.seed_for(0, "augment", epoch, rank) for epoch in range(3) for rank in range(4)}
     assert len(seeds) == 12   # no two processes or epochs share a stream
-    assert train.seed_for(0, "augment", 1, 0) == train.seed_for(0, "augment", 1, 0)
+    assert training.runtime.seed_for(0, "augment", 1, 0) == training.runtime.seed_for(0, "augment", 1, 0)
 
 
 def test_processes_split_each_epoch_into_full_disjoint_batches():
@@ -390,14 +397,14 @@ def test_processes_split_each_epoch_into_full_disjoint_batches():
     labels = torch.arange(45)
     shards = []
     for rank in range(2):
-        procs = loop.Processes(rank, 2, torch.device("cpu"))
-        batches = loop.EpochBatches(images, labels, batch_size=8, seed=0, procs=procs)
+        procs = training.runtime.Processes(rank, 2, torch.device("cpu"))
+        batches = training.batches.EpochBatches(images, labels, batch_size=8, seed=0, procs=procs)
         got = [y for _, y in batches.epoch(3)]
         assert batches.steps == len(got) == 5 and all(len(y) == 4 for y in got)  # 22 // 4
         shards.append(torch.cat(got))
     assert not set(shards[0].tolist()) & set(shards[1].tolist())
-    procs = loop.Processes(0, 1, torch.device("cpu"))
-    one = loop.EpochBatches(images, labels, batch_size=8, seed=0, procs=procs)
+    procs = training.runtime.Processes(0, 1, torch.device("cpu"))
+    one = training.batches.EpochBatches(images, labels, batch_size=8, seed=0, procs=procs)
     left_out = [set(range(45)) - set(torch.cat([y for _, y in one.epoch(e)]).tolist()) for e in range(4)]
     assert all(len(s) == 5 for s in left_out) and len(set.union(*left_out)) > 5  # a new tail each epoch
 
@@ -406,7 +413,7 @@ def test_checkpoints_hold_cpu_tensors_and_no_generator_states(shared_folder_data
     out = tmp_path / "run"
     train.main(run_args(shared_folder_data, out, "--epochs", "1"))
     last = torch.load(out / "last.pt", weights_only=True)
-    assert "rng" not in last and set(last) >= checkpoints.CHECKPOINT_KEYS
+    assert "rng" not in last and set(last) >= training.checkpoints.CHECKPOINT_KEYS
 
     def tensors(obj):
         if isinstance(obj, torch.Tensor):
@@ -418,7 +425,7 @@ def test_checkpoints_hold_cpu_tensors_and_no_generator_states(shared_folder_data
             for v in obj:
                 yield from tensors(v)
     assert all(t.device.type == "cpu" for t in tensors(last))
-    assert checkpoints.on_cpu({"a": [torch.ones(1)], "b": 2})["b"] == 2
+    assert training.checkpoints.on_cpu({"a": [torch.ones(1)], "b": 2})["b"] == 2
 
 
 @pytest.mark.parametrize("content, reason", [(b"", "it is empty"),
@@ -481,38 +488,38 @@ def test_resume_honours_more_epochs_and_refuses_other_changes(shared_folder_data
 
 
 def test_extended_schedule_continues_from_the_new_plan():
-    args = train.parse_args(["--epochs", "16"])
-    opt = optimization.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+    args = training.settings.parse_args(["--epochs", "16"])
+    opt = build_optimizer(torch.nn.Linear(2, 2), OptimizerSettings.of(vars(args)), torch.device("cpu"))
     opt.param_groups[0]["lr"] = 5e-6   # as a resumed optimizer holds it after both drops
-    optimization.build_scheduler(opt, args, steps_per_epoch=2, done_steps=2 * 12)
+    build_scheduler(opt, OptimizerSettings.of(vars(args)), steps_per_epoch=2, done_steps=2 * 12)
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-5)   # milestones 10 and 15: one drop
 
 
 def test_bf16_only_where_it_is_native_and_faster(monkeypatch):
-    cuda = loop.Processes(0, 1, torch.device("cuda", 0))
+    cuda = training.runtime.Processes(0, 1, torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert not cuda.use_bf16("auto") and cuda.use_bf16("on")   # a T4 or V100 emulates it
-    cpu = loop.Processes(0, 1, torch.device("cpu"))
+    cpu = training.runtime.Processes(0, 1, torch.device("cpu"))
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    monkeypatch.setattr(loop, "cpu_bf16_speedup", lambda: 1.49)   # a Zen 4
+    monkeypatch.setattr(training.runtime, "cpu_bf16_speedup", lambda: 1.49)   # a Zen 4
     assert cpu.use_bf16("auto") and not cpu.use_bf16("off")
     assert cpu.bf16_words("auto") == "bf16 on (measured 1.49x float32's speed)"
-    monkeypatch.setattr(loop, "cpu_bf16_speedup", lambda: 0.56)   # a Xeon whose VM hides AMX
+    monkeypatch.setattr(training.runtime, "cpu_bf16_speedup", lambda: 0.56)   # a Xeon whose VM hides AMX
     assert not cpu.use_bf16("auto") and cpu.use_bf16("on")
     assert cpu.bf16_words("auto") == "bf16 off (measured 0.56x float32's speed)"
     assert cpu.bf16_words("on") == "bf16 on"
-    assert not loop.Processes(0, 1, torch.device("mps")).use_bf16("auto")
+    assert not training.runtime.Processes(0, 1, torch.device("mps")).use_bf16("auto")
 
 
 def test_bf16_speed_is_measured_only_on_cpus_with_bf16_units(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    loop.cpu_bf16_speedup.cache_clear()
-    assert loop.cpu_bf16_speedup() == 0.0 and not loop.cpu_has_native_bf16()
-    assert not loop.Processes(0, 1, torch.device("cpu")).use_bf16("auto")
+    training.runtime.cpu_bf16_speedup.cache_clear()
+    assert training.runtime.cpu_bf16_speedup() == 0.0 and not training.runtime.cpu_has_native_bf16()
+    assert not training.runtime.Processes(0, 1, torch.device("cpu")).use_bf16("auto")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    loop.cpu_bf16_speedup.cache_clear()
-    real_autocast = loop.bf16_autocast
+    training.runtime.cpu_bf16_speedup.cache_clear()
+    real_autocast = training.runtime.bf16_autocast
 
     @contextlib.contextmanager
     def slow_bf16(device, enabled):   # bf16 made 0.5 s slower a step, more than a whole step
@@ -521,42 +528,43 @@ def test_bf16_speed_is_measured_only_on_cpus_with_bf16_units(monkeypatch):
         if enabled:
             time.sleep(0.5)
 
-    monkeypatch.setattr(loop, "bf16_autocast", slow_bf16)
-    loop.cpu_bf16_speedup.cache_clear()
-    speedup = loop.cpu_bf16_speedup()
-    loop.cpu_bf16_speedup.cache_clear()
+    monkeypatch.setattr(training.runtime, "bf16_autocast", slow_bf16)
+    training.runtime.cpu_bf16_speedup.cache_clear()
+    speedup = training.runtime.cpu_bf16_speedup()
+    training.runtime.cpu_bf16_speedup.cache_clear()
     assert 0 < speedup < 0.9
-    assert not loop.Processes(0, 1, torch.device("cpu")).use_bf16("auto")
-    loop.cpu_bf16_speedup.cache_clear()
+    assert not training.runtime.Processes(0, 1, torch.device("cpu")).use_bf16("auto")
+    training.runtime.cpu_bf16_speedup.cache_clear()
 
 
 def test_process_group_backend_follows_the_device(monkeypatch):
     calls = []
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setattr(loop.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
-    monkeypatch.setattr(loop.dist, "get_rank", lambda: 0)
-    monkeypatch.setattr(loop.dist, "get_world_size", lambda: 2)
-    procs = loop.start_processes("cpu")   # --device cpu under torchrun, GPUs or not
+    monkeypatch.setattr(training.runtime.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    monkeypatch.setattr(training.runtime.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(training.runtime.dist, "get_world_size", lambda: 2)
+    procs = training.runtime.start_processes("cpu")   # --device cpu under torchrun, GPUs or not
     assert calls == [("gloo", {})] and procs.world == 2
     assert isinstance(procs.attention_context(), type(torch.nn.attention.sdpa_kernel([])))
-    assert loop.Processes(0, 1, torch.device("cuda")).attention_context().__class__.__name__ == "nullcontext"
+    cuda = training.runtime.Processes(0, 1, torch.device("cuda"))
+    assert cuda.attention_context().__class__.__name__ == "nullcontext"
 
 
 def test_fused_adamw_on_the_cpu():
-    args = train.parse_args([])
-    opt = optimization.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+    args = training.settings.parse_args([])
+    opt = build_optimizer(torch.nn.Linear(2, 2), OptimizerSettings.of(vars(args)), torch.device("cpu"))
     assert opt.defaults["fused"]
 
 
 def test_progress_bar_shows_the_last_step_of_a_short_epoch(capsys):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
-    procs = loop.Processes(0, 1, torch.device("cpu"))
+    procs = training.runtime.Processes(0, 1, torch.device("cpu"))
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    batches = loop.EpochBatches(images, torch.arange(64) % 10, batch_size=16, seed=0, procs=procs)
+    batches = training.batches.EpochBatches(images, torch.arange(64) % 10, batch_size=16, seed=0, procs=procs)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    from device_augment import DeviceAugment
-    row = loop.train_one_epoch(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+    from training.augment import DeviceAugment
+    row = training.epoch.train_one_epoch(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
                                batches.epoch(0), steps=batches.steps,
                                augment=DeviceAugment([0.5] * 3, [0.25] * 3), generator=procs.generator(0),
                                mixing=None, label_smoothing=0.0, bf16=False, procs=procs,
@@ -568,8 +576,10 @@ def test_progress_bar_shows_the_last_step_of_a_short_epoch(capsys):
 @pytest.mark.parametrize("extra", [["--amp", "on"], ["--amp", "off"], ["--compile", "aot_eager"]])
 def test_autocast_and_compiled_runs_train(shared_folder_data, tmp_path, extra, monkeypatch):
     used = []
-    real = loop.bf16_autocast
-    monkeypatch.setattr(loop, "bf16_autocast", lambda device, enabled: used.append(enabled) or real(device, enabled))
+    real = training.runtime.bf16_autocast
+    for module in (training.epoch, training.evaluation):   # the training and the evaluation steps
+        monkeypatch.setattr(module, "bf16_autocast",
+                            lambda device, enabled: used.append(enabled) or real(device, enabled))
     out = tmp_path / "run"
     result = train.main(run_args(shared_folder_data, out, "--epochs", "2", *extra))
     rows = read_metrics(out)
@@ -606,7 +616,7 @@ def test_one_epoch_run_says_what_it_does_after_the_last_epoch(shared_folder_data
 
 def test_linear_schedule_factor_by_hand():
     # 100 steps, the first 10 of them warmup: the decay runs over the other 90.
-    factor = lambda step: optimization.lr_factor(step, total=100, warmup=10, schedule="linear", milestones=[])
+    factor = lambda step: training.optimization.lr_factor(step, total=100, warmup=10, schedule="linear", milestones=[])
     warmup = [factor(s) for s in range(10)]
     assert warmup == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     assert factor(9) == factor(10) == 1.0              # the peak at the end of warmup
@@ -619,13 +629,13 @@ def test_linear_schedule_factor_by_hand():
     steps = [a - b for a, b in zip(decay, decay[1:])]
     assert steps == pytest.approx([1 / 90] * 90)       # a straight line from 1 to 0
     # Without warmup the line starts at the peak on the very first step.
-    no_warmup = [optimization.lr_factor(s, 4, 0, "linear", []) for s in range(5)]
+    no_warmup = [training.optimization.lr_factor(s, 4, 0, "linear", []) for s in range(5)]
     assert no_warmup == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
 
 
 def budget_optimizer(*flags):
-    args = train.parse_args(["--recipe", "budget", "--lr", "1e-3", *flags])
-    return args, optimization.build_optimizer(torch.nn.Linear(2, 2), args, torch.device("cpu"))
+    args = training.settings.parse_args(["--recipe", "budget", "--lr", "1e-3", *flags])
+    return args, build_optimizer(torch.nn.Linear(2, 2), OptimizerSettings.of(vars(args)), torch.device("cpu"))
 
 
 def test_linear_schedule_learning_rates_and_fast_forward():
@@ -633,7 +643,7 @@ def test_linear_schedule_learning_rates_and_fast_forward():
     flags = ["--epochs", "10", "--warmup-epochs", "1"]
     args, opt = budget_optimizer(*flags)
     assert args.schedule == "linear"
-    lrs = stepped_lrs(opt, optimization.build_scheduler(opt, args, steps_per_epoch=10), 100)
+    lrs = stepped_lrs(opt, build_scheduler(opt, OptimizerSettings.of(vars(args)), steps_per_epoch=10), 100)
     after = opt.param_groups[0]["lr"]
     assert lrs[0] == pytest.approx(1e-4) and lrs[4] == pytest.approx(5e-4)
     assert lrs[9] == pytest.approx(1e-3) and lrs[10] == pytest.approx(1e-3)
@@ -645,61 +655,61 @@ def test_linear_schedule_learning_rates_and_fast_forward():
     for done in (0, 5, 10, 37, 55, 99):
         args, opt = budget_optimizer(*flags)
         opt.param_groups[0]["lr"] = 1e-7
-        resumed = stepped_lrs(opt, optimization.build_scheduler(opt, args, steps_per_epoch=10, done_steps=done),
-                              100 - done)
+        scheduler = build_scheduler(opt, OptimizerSettings.of(vars(args)), steps_per_epoch=10, done_steps=done)
+        resumed = stepped_lrs(opt, scheduler, 100 - done)
         assert resumed == pytest.approx(lrs[done:], rel=1e-12, abs=0), done
         assert opt.param_groups[0]["lr"] == 0.0
     args, opt = budget_optimizer(*flags)
-    optimization.build_scheduler(opt, args, steps_per_epoch=10, done_steps=100)
+    build_scheduler(opt, OptimizerSettings.of(vars(args)), steps_per_epoch=10, done_steps=100)
     assert opt.param_groups[0]["lr"] == 0.0
 
 
 def test_budget_recipe_resolves_its_auto_values_from_epochs(tmp_path):
     from torchvision.transforms import v2
 
-    args = train.parse_args(["--recipe", "budget", "--epochs", "50"])
+    args = training.settings.parse_args(["--recipe", "budget", "--epochs", "50"])
     assert (args.warmup_epochs, args.policy) == (2, "trivialaugment")   # 5% of 50 is 2.5: round() gives 2
-    assert isinstance(train.build_policy(args.policy), v2.TrivialAugmentWide)
-    args = train.parse_args(["--recipe", "budget", "--epochs", "20"])
+    assert isinstance(training.augment.build_policy(args.policy), v2.TrivialAugmentWide)
+    args = training.settings.parse_args(["--recipe", "budget", "--epochs", "20"])
     assert (args.warmup_epochs, args.policy) == (1, "none")
-    assert train.build_policy(args.policy) is None
+    assert training.augment.build_policy(args.policy) is None
     # warmup: 5% of the epochs, at least 1; the policy from 40 epochs on.
     for epochs, warmup, policy in [(1, 1, "none"), (10, 1, "none"), (39, 2, "none"),
                                    (40, 2, "trivialaugment"), (100, 5, "trivialaugment"),
                                    (200, 10, "trivialaugment")]:
-        args = train.parse_args(["--recipe", "budget", "--epochs", str(epochs)])
+        args = training.settings.parse_args(["--recipe", "budget", "--epochs", str(epochs)])
         assert (args.warmup_epochs, args.policy) == (warmup, policy), epochs
     # Without --epochs: the recipe's 30 (warmup 1.5 rounds to 2), no policy.
-    args = train.parse_args(["--recipe", "budget", "--data-dir", str(tmp_path)])
+    args = training.settings.parse_args(["--recipe", "budget", "--data-dir", str(tmp_path)])
     assert (args.epochs, args.warmup_epochs, args.policy) == (30, 2, "none")
     assert (args.schedule, args.lr, args.weight_decay, args.decay_all) == ("linear", 5e-4, 0.05, False)
     assert (args.label_smoothing, args.mixup_alpha, args.cutmix_alpha, args.ema) == (0.1, 0.0, 0.0, 0.0)
     assert (args.dropout, args.attn_dropout, args.drop_path, args.patch_keep) == (0.0, 0.0, 0.1, 0.5)
-    train.check_args(args)
-    assert train.build_mixing(args, 10) is None
-    model = train.build_model(args, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
+    training.settings.check_args(args)
+    assert training.augment.build_mixing(args.mixup_alpha, args.cutmix_alpha, 10) is None
+    model = training.trainer.build_model(args, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
     assert model.pos_drop.p == 0 and all(b.drop1.p == 0 and b.attn.dropout == 0 for b in model.blocks)
     assert model.blocks[0].drop_path.p == 0 and model.blocks[-1].drop_path.p == pytest.approx(0.1)
 
 
 def test_budget_recipe_flags_win_over_its_values():
-    args = train.parse_args(["--recipe", "budget", "--epochs", "50", "--warmup-epochs", "0",
+    args = training.settings.parse_args(["--recipe", "budget", "--epochs", "50", "--warmup-epochs", "0",
                              "--policy", "none", "--patch-keep", "1", "--schedule", "cosine",
                              "--drop-path", "0", "--ema", "0.99", "--decay-all"])
     assert (args.warmup_epochs, args.policy, args.patch_keep, args.schedule) == (0, "none", 1.0, "cosine")
     assert (args.drop_path, args.ema, args.decay_all, args.epochs) == (0.0, 0.99, True, 50)
-    args = train.parse_args(["--recipe", "budget", "--epochs", "20", "--warmup-epochs", "0.5",
+    args = training.settings.parse_args(["--recipe", "budget", "--epochs", "20", "--warmup-epochs", "0.5",
                              "--policy", "autoaugment"])
     assert (args.warmup_epochs, args.policy) == (0.5, "autoaugment")
     # An 'auto' value follows only the recipe that has it.
-    assert train.parse_args(["--recipe", "strong", "--epochs", "50"]).warmup_epochs == 10
-    assert train.parse_args(["--epochs", "50"]).policy == "none"
+    assert training.settings.parse_args(["--recipe", "strong", "--epochs", "50"]).warmup_epochs == 10
+    assert training.settings.parse_args(["--epochs", "50"]).policy == "none"
 
 
 def recording_lrs(monkeypatch) -> list[float]:
     """The learning rate of every optimizer step of train.main's epochs."""
     lrs = []
-    real = train.train_one_epoch
+    real = training.epoch.train_one_epoch
 
     def recording(model, optimizer, scheduler, batches, **kwargs):
         def batches_with_lr():
@@ -708,21 +718,21 @@ def recording_lrs(monkeypatch) -> list[float]:
                 yield batch
         return real(model, optimizer, scheduler, batches_with_lr(), **kwargs)
 
-    monkeypatch.setattr(train, "train_one_epoch", recording)
+    monkeypatch.setattr(training.trainer, "train_one_epoch", recording)
     return lrs
 
 
 def recording_tokens(monkeypatch) -> list[tuple[bool, int]]:
     """(training?, tokens) of every batch that reaches the first block of train.main's model."""
     seen = []
-    real = train.build_model
+    real = training.trainer.build_model
 
     def build(*args, **kwargs):
         model = real(*args, **kwargs)
         model.blocks[0].register_forward_pre_hook(lambda m, a: seen.append((m.training, a[0].shape[1])))
         return model
 
-    monkeypatch.setattr(train, "build_model", build)
+    monkeypatch.setattr(training.trainer, "build_model", build)
     return seen
 
 
@@ -794,7 +804,7 @@ def test_budget_run_with_ema_resumes_bit_identically(shared_folder_data, tmp_pat
     assert result_a["val_acc"] == result_b["val_acc"]
     # Each epoch scores the trained weights beside their average; the card compares the two.
     data = load_training_data(shared_folder_data, 30, 3)
-    scorer = loop.Evaluator(a["mean"], a["std"], 64, torch.device("cpu"), False)
+    scorer = training.evaluation.Evaluator(a["mean"], a["std"], 64, torch.device("cpu"), False)
     for part, key in (("model", "val_acc_without_ema"), ("ema", "val_acc")):
         model = ViT(dim=64, depth=2, heads=4, mlp_dim=128)
         model.load_state_dict({k.removeprefix("module."): v for k, v in a[part].items()

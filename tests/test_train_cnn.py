@@ -7,10 +7,12 @@ import pytest
 import torch
 from conftest import interrupted_then_resumed, read_metrics
 
-import optimization
 import train
+import training.optimization
+import training.settings
 from cnn_model import CNN
 from data import load_training_data, to_normalized
+from training.optimization import OptimizerSettings, build_optimizer, build_scheduler
 
 
 def cnn_args(data_dir, out, *extra):
@@ -20,11 +22,11 @@ def cnn_args(data_dir, out, *extra):
 
 
 def test_model_cnn_picks_the_cnn_recipe():
-    args = train.parse_args(["--model", "cnn"])
+    args = training.settings.parse_args(["--model", "cnn"])
     assert (args.recipe, args.model, args.optimizer, args.augment) == ("cnn", "cnn", "sgd", "translate")
     assert (args.batch_size, args.lr, args.momentum, args.label_smoothing) == (1024, 1.3, 0.85, 0.2)
-    assert train.parse_args(["--recipe", "cnn"]).model == "cnn"
-    assert train.parse_args([]).model == "vit"
+    assert training.settings.parse_args(["--recipe", "cnn"]).model == "cnn"
+    assert training.settings.parse_args([]).model == "vit"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -36,15 +38,15 @@ def test_model_cnn_picks_the_cnn_recipe():
 ])
 def test_flags_of_the_other_model_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
-        train.parse_args(argv)
+        training.settings.parse_args(argv)
     assert message in capsys.readouterr().err
 
 
 def test_sgd_trains_batchnorm_shifts_faster_with_the_same_decay_per_step():
-    args = train.parse_args(["--model", "cnn", "--lr", "0.5"])
+    args = training.settings.parse_args(["--model", "cnn", "--lr", "0.5"])
     model = CNN(widths=[8, 16])
-    optimizer = optimization.build_optimizer(model, args, torch.device("cpu"))
-    scheduler = optimization.build_scheduler(optimizer, args, steps_per_epoch=10)
+    optimizer = build_optimizer(model, OptimizerSettings.of(vars(args)), torch.device("cpu"))
+    scheduler = build_scheduler(optimizer, OptimizerSettings.of(vars(args)), steps_per_epoch=10)
     body, shifts = optimizer.param_groups
     assert isinstance(optimizer, torch.optim.SGD) and body["nesterov"] and body["momentum"] == 0.85
     assert {id(p) for p in shifts["params"]} == {id(m.bias) for m in model.modules()

@@ -1,5 +1,6 @@
-"""Augmentation of a whole uint8 batch at once on the training device, one independent
-draw per image, normalized on the way out: what train.py trains with.
+"""A run's augmentation: a whole uint8 batch at once on the training device, one
+independent draw per image, normalized on the way out; the per-image policies drawn in
+DataLoader workers; and MixUp/CutMix on the normalized batch.
 
 `DeviceAugment` is the assignment's RandomHorizontalFlip -> RandomResizedCrop ->
 Normalize (data.train_transform is its torchvision reference, and tests check one against
@@ -13,6 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 from data import CROP_RATIO, CROP_SCALE
 
@@ -110,3 +112,21 @@ class DeviceTranslate:
         cols = torch.where(flip, cols.flip(1), cols)   # the mirror image, shifted the same way
         picked = x[torch.arange(n, device=images.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
         return picked.permute(0, 3, 1, 2).contiguous()
+
+
+def build_policy(name: str) -> v2.Transform | None:
+    """The per-image augmentation policy (a torchvision v2 transform on uint8), or None."""
+    return {"none": None,
+            "autoaugment": v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+            "randaugment": v2.RandAugment(),
+            "trivialaugment": v2.TrivialAugmentWide()}[name]
+
+
+def build_mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.Transform | None:
+    """MixUp and/or CutMix on a normalized batch (one of them per batch when both are on),
+    or None. Returns soft targets that sum to one."""
+    choices = [mix(alpha=alpha, num_classes=num_classes) for mix, alpha in
+               ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha)) if alpha > 0]
+    if len(choices) < 2:
+        return choices[0] if choices else None
+    return v2.RandomChoice(choices)

@@ -1,31 +1,26 @@
-"""The app's model: found (a folder or a Hub repo), checked, loaded, and described.
-
-A model folder holds config.json and model.safetensors, and, when train.py exported it,
-training.json (recipe, validation figures) and the figures curves.png,
-confusion_matrix.png and per_class_accuracy.png. Nothing here is trusted: a config or
-weights that cannot give right answers (missing or non-finite normalization statistics,
-wrong lengths, sizes beyond reason, non-finite parameters) are refused at load with the
-reason, so that such a model never serves.
-"""
+"""A model folder, as train.py exports it and as the app and --init-from read it:
+config.json and model.safetensors, and, from train.py, training.json (recipe, validation
+figures) and the run's plots. Nothing here is trusted: a config or weights that cannot
+give right answers (missing or non-finite normalization statistics, wrong lengths, sizes
+beyond reason, non-finite parameters) are refused at load with the reason."""
 
 from __future__ import annotations
 
 import inspect
 import json
 import math
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from huggingface_hub import snapshot_download
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from vit_model import ViT
 
+# The run's plots, in the order the card and the app show them, with the app's titles.
 FIGURES = {"curves.png": "Training curves", "time_to_accuracy.png": "Time to accuracy",
-           "confusion_matrix.png": "Confusion matrix", "per_class_accuracy.png": "Per-class accuracy"}
-HUB_FILES = ["config.json", "model.safetensors", "training.json", "README.md", *FIGURES]
+           "confusion_matrix.png": "Confusion matrix", "per_class_accuracy.png": "Per-class accuracy",
+           "predictions.png": "Predictions"}
+TRAINING_FILE = "training.json"
+HUB_FILES = ["config.json", "model.safetensors", TRAINING_FILE, "README.md", *FIGURES]
 # Sizes "beyond reason" for this app: far above any ViT that fits a free CPU Space,
 # far below what would exhaust its memory while the model is built.
 LIMITS = {"image_size": (8, 512), "patch_size": (1, 64), "in_channels": (3, 3),
@@ -42,29 +37,6 @@ MAX_ATTENTION_BYTES = 512_000_000
 class ModelError(ValueError):
     """Why a model cannot be served."""
 
-
-@dataclass
-class Loaded:
-    """A loaded model (or None), the status line for the page, its folder and training.json."""
-    model: ViT | None
-    status: str
-    folder: Path | None = None
-    training: dict = field(default_factory=dict)
-
-
-def is_hub_repo_id(source: str) -> bool:
-    """Whether `source` names a Hub repo rather than a folder. A name under a folder that
-    exists here (runs/exp1 beside runs/) is a folder, even if mistyped: it must say so,
-    not fall back to the bundled model as an unreachable repo does."""
-    path = Path(source).expanduser()
-    if path.exists() or source.startswith((".", "/", "~")) \
-            or (path.parts and Path(path.parts[0]).is_dir()):
-        return False
-    try:
-        validate_repo_id(source)
-    except HFValidationError:
-        return False
-    return True
 
 
 def _number_list(config: dict, key: str, length: int) -> list[float]:
@@ -197,44 +169,3 @@ TRAINING_FIELDS = {
     "epochs_before": lambda v: _whole(v) and v > 0,
     "class_names": lambda v: isinstance(v, list) and bool(v) and all(map(_text, v)),
 }
-
-
-def _how_to_fix(bundled: Path, env: str) -> str:
-    return (f"Train one (`python train.py ...`) and copy its `export/` files into "
-            f"`{bundled.name}/`, or point `--model` / `${env}` at a Hub repo or folder "
-            "holding `config.json` and `model.safetensors`.")
-
-
-def load_model(source: str, bundled: Path, env: str) -> Loaded:
-    """The model named by `source` (a Hub repo id or a folder), checked.
-
-    A Hub repo that cannot be loaded (offline, no such repo, refused) falls back to the
-    bundled folder; a folder given explicitly does not, so that asking for a folder
-    never silently shows another model.
-    """
-    reason, folder = None, Path(source).expanduser()
-    if is_hub_repo_id(source):
-        try:
-            folder = Path(snapshot_download(source, allow_patterns=HUB_FILES))
-            model = load_folder(folder)
-            return Loaded(model, f"Model: `{source}` from the Hugging Face Hub.", folder,
-                          read_training(folder))
-        except Exception as err:  # offline, no such repo, no access, a model refused, ...
-            detail = f": {err}" if isinstance(err, ModelError) else f" ({type(err).__name__})"
-            reason, folder = f"could not load `{source}` from the Hub{detail}", bundled
-    try:
-        model = load_folder(folder)
-    except Exception as err:
-        problem = f"{reason}, and the bundled `{folder.name}/` failed too" if reason else \
-            f"no usable weights in `{folder}`"
-        return Loaded(None, f"**No trained model is loaded** ({problem}: {err}). Prediction, "
-                            f"attention rollout and mistakes are off; the augmentation and "
-                            f"patch tabs work. {_how_to_fix(bundled, env)}")
-    where = f"`{folder}`" if folder != bundled else f"the bundled `{folder.name}/` folder"
-    status = f"Model: {where}, because the app {reason}." if reason else f"Model: {where}."
-    return Loaded(model, status, folder, read_training(folder))
-
-
-def source_from(cli_value: str | None, bundled: Path, env: str) -> str:
-    """--model, else $env, else the bundled folder."""
-    return cli_value or os.environ.get(env) or str(bundled)

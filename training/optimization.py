@@ -3,13 +3,33 @@ recipe's optimizer settings build (train.py, and bench.py through it)."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import math
+from collections.abc import Mapping
 
 import torch
 
 ASSIGNMENT_EPOCHS = 160
 ASSIGNMENT_MILESTONES = (100, 150)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """The settings the optimizer and its schedule are built from."""
+    optimizer: str          # "adamw" or "sgd"
+    lr: float               # the peak learning rate
+    weight_decay: float
+    momentum: float         # SGD's momentum, AdamW's beta1
+    decay_all: bool         # AdamW: decay norms, biases and embeddings too
+    bias_lr_scale: float    # SGD: BatchNorm shifts' rate multiplier
+    epochs: int
+    schedule: str           # "step", "cosine" or "linear"
+    warmup_epochs: float
+
+    @classmethod
+    def of(cls, settings: Mapping) -> OptimizerSettings:
+        """The fields of a run's settings (train.py's, as a dict) that shape its optimizer."""
+        return cls(**{f.name: settings[f.name] for f in dataclasses.fields(cls)})
 
 
 def scaled_milestones(epochs: int) -> list[int]:
@@ -39,7 +59,7 @@ def scaled_groups(model: torch.nn.Module, weight_decay: float, scale: float) -> 
              "lr_scale": scale}]
 
 
-def build_optimizer(model: torch.nn.Module, args: argparse.Namespace,
+def build_optimizer(model: torch.nn.Module, args: OptimizerSettings,
                     device: torch.device) -> torch.optim.Optimizer:
     """AdamW, or SGD with Nesterov momentum; fused kernels where the device has them
     (AdamW's: 3.6x faster step() on one CPU thread)."""
@@ -64,7 +84,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: lis
     return ramp * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, steps_per_epoch: int,
+def build_scheduler(optimizer: torch.optim.Optimizer, args: OptimizerSettings, steps_per_epoch: int,
                     done_steps: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped after every optimizer step, and fast-forwarded past `done_steps` on a
     resume, so it follows the plan of the (possibly extended) run. The assignment's

@@ -25,10 +25,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-import loop
-import optimization
-import train
-from data import CROP_RATIO, CROP_SCALE, ImageTensorDataset, train_transform
+import training.augment
+import training.batches
+import training.optimization
+import training.runtime
+import training.settings
+import training.trainer
+from data import CROP_RATIO, CROP_SCALE, train_transform
+from training.batches import ImageTensorDataset
+from training.epoch import train_one_epoch
+from training.optimization import OptimizerSettings, build_optimizer, build_scheduler
 from vit_model import CIFAR10_CLASSES, ViT
 
 # ---------------------------------------------------------------- the naive baseline
@@ -133,26 +139,26 @@ def from_train_py(images: torch.Tensor, labels: torch.Tensor, mean: list[float],
                   batch_size: int, seed: int, device: torch.device, bf16: bool,
                   recipe: str = "assignment") -> TrainPy:
     """train.py's recipe, model, optimizer, augmentation and epoch loop, unchanged: an
-    epoch is one loop.train_one_epoch over the first steps x batch images, which ends
+    epoch is one epoch.train_one_epoch over the first steps x batch images, which ends
     with the epoch's single host synchronization."""
-    cfg = train.parse_args(["--recipe", recipe, "--batch-size", str(batch_size),
+    cfg = training.settings.parse_args(["--recipe", recipe, "--batch-size", str(batch_size),
                             "--epochs", "1", "--seed", str(seed)])
-    procs = loop.Processes(0, 1, device)
-    model = train.build_model(cfg, CIFAR10_CLASSES, mean, std, images.shape[-1]).to(device)
-    optimizer = optimization.build_optimizer(model, cfg, device)
-    batches = loop.EpochBatches(images, labels, batch_size=cfg.batch_size, seed=cfg.seed,
-                                procs=procs, policy=train.build_policy(cfg.policy))
-    scheduler = optimization.build_scheduler(optimizer, cfg, batches.steps)
-    augment = train.build_augment(cfg, mean, std, images.shape[-1])
-    mixing = train.build_mixing(cfg, len(CIFAR10_CLASSES))
+    procs = training.runtime.Processes(0, 1, device)
+    model = training.trainer.build_model(cfg, CIFAR10_CLASSES, mean, std, images.shape[-1]).to(device)
+    optimizer = build_optimizer(model, OptimizerSettings.of(vars(cfg)), device)
+    batches = training.batches.EpochBatches(images, labels, batch_size=cfg.batch_size, seed=cfg.seed,
+                                procs=procs, policy=training.augment.build_policy(cfg.policy))
+    scheduler = build_scheduler(optimizer, OptimizerSettings.of(vars(cfg)), batches.steps)
+    augment = training.trainer.build_augment(cfg, mean, std, images.shape[-1])
+    mixing = training.augment.build_mixing(cfg.mixup_alpha, cfg.cutmix_alpha, len(CIFAR10_CLASSES))
     generator = procs.generator(cfg.seed)
 
     def epoch(fast: nn.Module, steps: int) -> None:
-        loop.train_one_epoch(fast, optimizer, scheduler, itertools.islice(batches.epoch(0), steps),
+        train_one_epoch(fast, optimizer, scheduler, itertools.islice(batches.epoch(0), steps),
                              steps=steps, augment=augment, generator=generator, mixing=mixing,
                              label_smoothing=cfg.label_smoothing, bf16=bf16, procs=procs)
 
-    return TrainPy(cfg, model, lambda m: optimization.build_optimizer(m, cfg, device), epoch,
+    return TrainPy(cfg, model, lambda m: build_optimizer(m, OptimizerSettings.of(vars(cfg)), device), epoch,
                    procs.attention_context, augment)
 
 
@@ -180,7 +186,7 @@ def loader_contender(name: str, model: nn.Module, optimizer: torch.optim.Optimiz
     """The usual loop over a DataLoader (model already on the device), with the same
     bookkeeping as train.py's."""
     fast = torch.compile(model) if compile_model else model
-    autocast = loop.bf16_autocast(device, bf16)
+    autocast = training.runtime.bf16_autocast(device, bf16)
 
     def run(steps: int) -> float:
         fast.train()

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from starlette.middleware import Middleware
 
-from atomic_files import atomic_write
+from common.atomic_files import atomic_write
 
 # A 2 MB image inline as base64 (photo.MAX_INLINE_BYTES) is 2.7 MB of JSON; nothing else
 # the app takes is big.

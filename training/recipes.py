@@ -6,7 +6,7 @@ values are saved with the run (last.pt, training.json, model card).
 
 from __future__ import annotations
 
-from optimization import ASSIGNMENT_EPOCHS
+from training.optimization import ASSIGNMENT_EPOCHS
 
 RECIPES = {
     # The course assignment, exactly: MultiStepLR, flip + mild crop, every dropout 0.2

@@ -12,7 +12,6 @@ and shows the mistakes with their top 3 and their attention rollout.
 
 from __future__ import annotations
 
-import argparse
 import os
 import zipfile
 from dataclasses import dataclass
@@ -22,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model_files import attention_bytes
-from pictures import enlarge
-from rollout import attention_overlay, model_rollout, scale_to_unit
+from common.model_folder import attention_bytes
+from rollout import model_rollout, scale_to_unit
+from space.pictures import attention_overlay, enlarge
 from vit_model import ViT
 
-SAMPLE = Path(__file__).resolve().parent / "examples" / "val_sample.npz"
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "val_sample.npz"
 PER_CLASS, VAL_SIZE, SPLIT_SEED, PICK_SEED = 50, 5000, 0, 0
 ANY = "any"
 # The attention maps one batch of find_mistakes may hold (the bundled model: 81 MB for 100).
@@ -52,7 +51,7 @@ class Mistakes:
 
 def build_sample(data_dir: str | os.PathLike, out: str | os.PathLike = SAMPLE) -> Path:
     """Draw PER_CLASS validation images per class (seeded) and save them as one .npz."""
-    from atomic_files import atomic_write
+    from common.atomic_files import atomic_write
     from data import load_split, split_indices
 
     train = load_split(data_dir, "train")
@@ -141,15 +140,3 @@ def picture(mistakes: Mistakes, i: int, size: int = 96, gap: int = 4) -> tuple[n
     guesses = ", ".join(f"{names[k]} {100 * float(p):.0f}%" for p, k in zip(top.values, top.indices))
     caption = f"{names[mistakes.sample.labels[i]]} → {guesses}"
     return np.concatenate([crisp, white, overlay], axis=1), caption
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Rebuild the app's bundled validation sample.")
-    parser.add_argument("--data-dir", required=True, help="CIFAR-10 (class folders or torchvision)")
-    parser.add_argument("--out", default=str(SAMPLE), help=f"output .npz (default {SAMPLE})")
-    args = parser.parse_args()
-    print(f"wrote {build_sample(args.data_dir, args.out)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from atomic_files import atomic_write
-from report import RunSummary, machine_spans, minutes_at_epochs
+from common.atomic_files import atomic_write
+from training.card import RunSummary
+from training.lineage import machine_spans, minutes_at_epochs
 
 if TYPE_CHECKING:  # for annotations: matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure

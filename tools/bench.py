@@ -9,7 +9,7 @@ alike and the ratios stay meaningful even when the absolute numbers do not:
 
   project  train.py's fast path: the uint8 images on the device, data.DeviceAugment,
            vit_model.ViT, bf16 autocast and attention kernels as train.py picks them,
-           loop.train_one_epoch itself;
+           epoch.train_one_epoch itself;
   timm     timm's VisionTransformer of the same size, fed by a torchvision DataLoader
            running data.train_transform (the v2 reference chain) per image, with the
            same optimizer and autocast and torch's default attention kernel;
@@ -34,10 +34,10 @@ from dataclasses import dataclass
 
 import torch
 
-import loop
-from atomic_files import atomic_write, json_text
-from contenders import Contender, build_contenders, sync
-from data import channel_stats, training_data_or_exit
+import training.runtime
+from common.atomic_files import atomic_write, json_text
+from data import DataError, channel_stats, load_training_data
+from tools.contenders import Contender, build_contenders, sync
 from vit_model import CIFAR10_CLASSES, count_parameters, forward_flops
 
 CONTENDERS = ("project", "timm", "naive", "cnn")
@@ -117,7 +117,7 @@ def time_inference(c: Contender, device: torch.device, batch: int, reps: int, im
     model = c.infer_model
     model.eval()
     x = torch.randn(batch, 3, image_size, image_size, device=device)
-    autocast = loop.bf16_autocast(device, c.bf16)
+    autocast = training.runtime.bf16_autocast(device, c.bf16)
     with torch.no_grad(), autocast:
         for _ in range(2):
             model(x)
@@ -153,7 +153,10 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, seconds: float 
 def load_images(args: argparse.Namespace, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """n uint8 training images with labels: the first n real ones, or random ones."""
     if args.data_dir:
-        data = training_data_or_exit(args.data_dir)
+        try:
+            data = load_training_data(args.data_dir)
+        except DataError as err:
+            raise SystemExit(f"error: {err}") from None
         if len(data.train_idx) < n:
             raise SystemExit(f"error: {args.data_dir} has {len(data.train_idx)} training images, "
                              f"the benchmark needs steps x batch size = {n}")
@@ -169,7 +172,7 @@ def load_images(args: argparse.Namespace, n: int) -> tuple[torch.Tensor, torch.T
 
 def measure(args: argparse.Namespace, device: torch.device, timing: Timing) -> tuple[dict, dict]:
     """(results per contender, setup shared by all)."""
-    procs = loop.Processes(0, 1, device)
+    procs = training.runtime.Processes(0, 1, device)
     bf16 = procs.use_bf16(args.amp)
     images, labels, data_description = load_images(args, timing.steps * args.batch_size)
     mean, std = channel_stats(images)
@@ -195,8 +198,8 @@ def measure(args: argparse.Namespace, device: torch.device, timing: Timing) -> t
              "threads": torch.get_num_threads(), "batch_size": args.batch_size,
              "steps": timing.steps, "warmup": timing.warmup, "repeats": timing.repeats,
              "infer_batch": args.infer_batch, "data": data_description,
-             "cpu_has_native_bf16": device.type == "cpu" and loop.cpu_has_native_bf16(),
-             "cpu_bf16_speedup": loop.cpu_bf16_speedup() if device.type == "cpu" else None,
+             "cpu_has_native_bf16": device.type == "cpu" and training.runtime.cpu_has_native_bf16(),
+             "cpu_bf16_speedup": training.runtime.cpu_bf16_speedup() if device.type == "cpu" else None,
              "matmul_peak_tflops": {str(d).removeprefix("torch."): p for d, p in peaks.items()}}
     return results, setup
 
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Measure, print the table; returns (and with --json writes) the results per
     contender, plus the shared settings under "setup"."""
     args = parse_args(argv)
-    device = loop.pick_device(args.device)
+    device = training.runtime.pick_device(args.device)
     timing = timing_for(args, device)
     check_args(args, timing)
     threads = torch.get_num_threads()

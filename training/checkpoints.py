@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from atomic_files import atomic_save, atomic_write, json_text
-from model_files import ModelError, load_folder
+from common.atomic_files import atomic_save, atomic_write, json_text
+from common.model_folder import ModelError, load_folder
+from training.errors import RunError
 
 ARCHITECTURE = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", "num_classes")
 
@@ -46,13 +47,13 @@ def on_cpu(obj: object) -> object:
 def load_checkpoint(path: Path, resume_hint: bool = False) -> dict:
     """A checkpoint of train.py, or one clear message naming the file and what to do."""
     if not path.exists():
-        raise SystemExit(f"error: --resume, but {path} does not exist" if resume_hint
-                         else f"error: checkpoint {path} does not exist")
+        raise RunError(f"--resume, but {path} does not exist" if resume_hint
+                       else f"checkpoint {path} does not exist")
     advice = (f"delete {path.parent} (or use another --out) to start the run afresh"
               if resume_hint else "train again to rewrite it")
     damaged = damaged_member(path)
     if damaged:
-        raise SystemExit(f"error: {path} is damaged: its {damaged} fails its checksum (a disk or "
+        raise RunError(f"{path} is damaged: its {damaged} fails its checksum (a disk or "
                          f"copy error changed it); {advice}")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -60,12 +61,12 @@ def load_checkpoint(path: Path, resume_hint: bool = False) -> dict:
         reason = "it is empty" if path.stat().st_size == 0 else (
             "it holds objects other than tensors and plain values" if "weights_only" in str(err)
             else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}")
-        raise SystemExit(f"error: {path} is not a readable train.py checkpoint ({reason}); "
+        raise RunError(f"{path} is not a readable train.py checkpoint ({reason}); "
                          f"it may be truncated or come from another program: {advice}") from None
     needed = CHECKPOINT_KEYS if path.name == "last.pt" else {"model", "epoch"}
     missing = needed - set(saved) if isinstance(saved, dict) else needed
     if missing:
-        raise SystemExit(f"error: {path} was not written by this version of train.py (it "
+        raise RunError(f"{path} was not written by this version of train.py (it "
                          f"lacks {', '.join(sorted(missing))}): {advice}")
     return saved
 
@@ -128,12 +129,12 @@ class RunState:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise SystemExit(f"error: the run's last.pt does not fit the model its settings build "
+            raise RunError(f"the run's last.pt does not fit the model its settings build "
                              f"({' '.join(str(err).split())[:300]}); it was written by another "
                              "version of train.py or changed since: start the run afresh in a new --out") from None
         if ema is not None:
             if saved.get("ema") is None:
-                raise SystemExit("error: the checkpoint has no EMA weights to continue")
+                raise RunError("the checkpoint has no EMA weights to continue")
             ema.load_state_dict(saved["ema"])
 
     def regrown_note(self, args: argparse.Namespace) -> str | None:
@@ -171,16 +172,16 @@ class Parent:
         try:
             model = load_folder(path)
         except (ModelError, OSError) as err:
-            raise SystemExit(f"error: --init-from {folder}: {err}") from None
+            raise RunError(f"--init-from {folder}: {err}") from None
         except Exception as err:   # safetensors' own errors: a truncated or foreign file
-            raise SystemExit(f"error: --init-from {folder}: its model.safetensors is unreadable "
+            raise RunError(f"--init-from {folder}: its model.safetensors is unreadable "
                              f"({type(err).__name__}: {err})") from None
         try:
             training = json.loads((path / "training.json").read_text())
         except (OSError, ValueError):
             training = None
         if not isinstance(training, dict) or not isinstance(training.get("history"), list):
-            raise SystemExit(f"error: --init-from {folder}: no readable training.json beside "
+            raise RunError(f"--init-from {folder}: no readable training.json beside "
                              "the weights, so nothing says which images the model was "
                              "validated on; fine-tuning it could train on them")
         config = json.loads((path / "config.json").read_text())
@@ -199,5 +200,5 @@ class Parent:
         if not torch.allclose(torch.tensor(self.config["mean"]), torch.tensor(wanted["mean"]), atol=1e-6):
             problems.append("the training images (their mean differs from the model's)")
         if problems:
-            raise SystemExit(f"error: the model in --init-from {wanted['init_from']} does not fit "
+            raise RunError(f"the model in --init-from {wanted['init_from']} does not fit "
                              f"this run: {'; '.join(problems)}")

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 from data import val_size
-from recipes import MODELS, POLICIES, RECIPES, recipe_defaults, recipe_help
+from training.errors import RunError
+from training.recipes import MODELS, POLICIES, RECIPES, recipe_defaults, recipe_help
 
 # How a resumed run may differ from its start: these come from the new command line (its
 # defaults included), --data-dir and --epochs only when given; everything else is the run's.
@@ -191,15 +192,15 @@ def resumed_args(args: argparse.Namespace, argv: list[str] | None, saved: dict,
     conflicts = [f"--{k.replace('_', '-')} {getattr(args, k)} (the run has {merged.get(k)})"
                  for k in sorted(given - RESUME_MAY_CHANGE) if getattr(args, k) != merged.get(k)]
     if conflicts:
-        raise SystemExit("error: --resume continues a run with the settings it was started "
-                         f"with; cannot change {', '.join(conflicts)}. Use a new --out to train "
-                         "with other settings.")
+        raise RunError("--resume continues a run with the settings it was started "
+                       f"with; cannot change {', '.join(conflicts)}. Use a new --out to train "
+                       "with other settings.")
     # --amp changes the numbers a step computes: the run keeps its own unless one is given.
     merged.update({k: getattr(args, k) for k in RESUME_RUNTIME - {"amp"} | (given & {"data_dir", "amp"})})
     if "epochs" in given and args.epochs != merged["epochs"]:
         if args.epochs < done:
-            raise SystemExit(f"error: --epochs {args.epochs}, but the run in {args.out} has "
-                             f"already trained {done} epochs")
+            raise RunError(f"--epochs {args.epochs}, but the run in {args.out} has "
+                           f"already trained {done} epochs")
         merged["epochs"] = args.epochs
     return argparse.Namespace(**merged)
 
@@ -210,7 +211,7 @@ def check_args(args: argparse.Namespace) -> None:
                 for name, value in sorted(vars(args).items())
                 if isinstance(value, float) and not math.isfinite(value)]
     if problems:   # nan passes every comparison below unnoticed
-        raise SystemExit("error: " + "; ".join(problems))
+        raise RunError("; ".join(problems))
     if not 0 <= args.momentum < 1 or args.bias_lr_scale <= 0:
         problems.append(f"--momentum must be in [0, 1) and --bias-lr-scale positive, got "
                         f"{args.momentum:g} and {args.bias_lr_scale:g}")
@@ -238,7 +239,7 @@ def check_args(args: argparse.Namespace) -> None:
         problems.append("--distill and --temperature shape distillation: give a --teacher too")
     problems += out_problems(Path(args.out))
     if problems:
-        raise SystemExit("error: " + "; ".join(problems))
+        raise RunError("; ".join(problems))
 
 
 def hub_problems(repo_id: str) -> list[str]:

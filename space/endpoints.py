@@ -14,13 +14,12 @@ from typing import BinaryIO
 import gradio as gr
 import torch
 
-import photo
-import space
 from data import to_normalized
-from mistakes import ANY, SPLIT_SEED, VAL_SIZE, Mistakes, find_mistakes, load_sample, picture, select
-from model_files import Loaded
-from pictures import augmented_views, block_maps, enlarge, patch_views, rollout_figure
 from rollout import HEAD_FUSIONS, model_rollout, scale_to_unit
+from space import limits, photo
+from space.mistakes import ANY, SPLIT_SEED, VAL_SIZE, Mistakes, find_mistakes, load_sample, picture, select
+from space.model_source import Loaded
+from space.pictures import augmented_views, block_maps, enlarge, patch_views, rollout_figure
 from vit_model import tta_logits
 
 MISTAKES_SHOWN = 24  # the most confident mistakes of a filter, in one screen or two
@@ -84,7 +83,7 @@ class Endpoints:
         self.mean, self.std = (self.model.mean, self.model.std) if self.model else ([0.5] * 3,) * 2
         self.heads = self.model.blocks[0].attn.num_heads if self.model is not None else 0
         self.patch_sizes = [p for p in range(1, self.size + 1) if self.size % p == 0]
-        self.last_view = space.LastCall()
+        self.last_view = limits.LastCall()
         self.sample, self.no_sample = None, "No trained model is loaded."
         if self.model is not None:
             try:
@@ -104,7 +103,7 @@ class Endpoints:
         with self._mistakes_lock:
             if self._mistakes is None and self.sample is not None:
                 self._mistakes = find_mistakes(self.model, self.sample)
-                space.release_memory()  # the attention maps of 500 images are freed
+                limits.release_memory()  # the attention maps of 500 images are freed
         return self._mistakes
 
     def find_mistakes_now(self) -> None:
@@ -113,7 +112,7 @@ class Endpoints:
         threading.Thread(target=lambda: self.mistakes, name="find-mistakes", daemon=True).start()
 
     def _png(self, pixels) -> str:
-        return space.save_png(pixels, self.out)
+        return limits.save_png(pixels, self.out)
 
     def _require(self):
         if self.model is None:
@@ -126,7 +125,7 @@ class Endpoints:
         try:
             return photo.load_photo(photo_source(image), self.size)
         finally:
-            space.release_memory()  # a large decode's freed pages go back to the system
+            limits.release_memory()  # a large decode's freed pages go back to the system
 
     def _probs(self, logits: torch.Tensor) -> dict[str, float]:
         probs = logits.float().softmax(-1)[0]
@@ -220,9 +219,9 @@ class Endpoints:
         key = (_one_of(true_class, "The true class", names),
                _one_of(predicted_class, "The predicted class", names))
         # Each filter's answer is drawn once; its pictures are served again while they
-        # last (space.renew), and drawn anew once the cache has deleted one.
+        # last (limits.renew), and drawn anew once the cache has deleted one.
         answer = self._galleries.get(key)
-        if answer is None or not all(space.renew(path) for path, _ in answer[0]):
+        if answer is None or not all(limits.renew(path) for path, _ in answer[0]):
             answer = self._galleries[key] = self._draw_mistakes(*key)
         return answer
 

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from data import denormalize, tile_patches, train_transform
-from rollout import attention_overlay, block_attention_map, colour_scale, scale_to_unit
+from data import denormalize, train_transform
+from rollout import block_attention_map, scale_to_unit
 from vit_model import patchify
 
 DISPLAY_SIZE = 256
@@ -37,6 +38,18 @@ def augmented_views(image: torch.Tensor, count: int, seed: int, mean: Sequence[f
     with _RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return [denormalize(transform(image), mean, std) for _ in range(count)]
+
+
+def tile_patches(patches: torch.Tensor, columns: int, gap: int = 1, fill: float = 1.0) -> torch.Tensor:
+    """(N, C, p, p) patches laid out in rows of `columns`, `gap` pixels of `fill` apart:
+    a (C, H, W) picture, for the patch figure and the app's patch tab."""
+    n, c, p, _ = patches.shape
+    rows, step = -(-n // columns), p + gap
+    out = torch.full((c, rows * step - gap, min(n, columns) * step - gap), fill, dtype=patches.dtype)
+    for k, patch in enumerate(patches):  # a display helper: at most 1024 patches
+        r, col = divmod(k, columns)
+        out[:, r * step:r * step + p, col * step:col * step + p] = patch
+    return out
 
 
 def tile_enlarged(patches: torch.Tensor, columns: int, cell: int, gap: int) -> np.ndarray:
@@ -65,6 +78,41 @@ def patch_views(image: torch.Tensor, patch_size: int) -> tuple[np.ndarray, np.nd
                f"and projected to one token, after a learned class token: "
                f"{n + 1} tokens in all.")
     return grid, sequence, caption
+
+
+def upsample_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, grid, grid) -> (B, size, size), bilinear, so the map lies over the image."""
+    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear",
+                         align_corners=False)[:, 0]
+
+
+def _tint(picture: np.ndarray, heat: np.ndarray, strength: float, cmap: str) -> np.ndarray:
+    """Blend a colormap over an (H, W, 3) [0, 1] picture with opacity strength * heat."""
+    from matplotlib import colormaps
+
+    # The colormap's darkest third is skipped: near-black would read as shadow, not heat.
+    colored = colormaps[cmap](0.35 + 0.65 * heat)[..., :3]
+    opacity = strength * heat[..., None]
+    return (255 * ((1 - opacity) * picture + opacity * colored)).round().astype(np.uint8)
+
+
+def attention_overlay(image: torch.Tensor, heat: torch.Tensor, size: int = 256,
+                      strength: float = 0.75, cmap: str = "inferno") -> np.ndarray:
+    """A readable rollout picture: the uint8 image (3, H, W) enlarged to size x size,
+    tinted by a (grid, grid) map in [0, 1] whose opacity grows with the map, so the
+    image shows through where attention is low and the colour marks where it is high."""
+    picture = F.interpolate(image[None].float() / 255, size=(size, size), mode="bicubic",
+                            align_corners=False)[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    heat = upsample_maps(heat[None], size)[0].clamp(0, 1).numpy()
+    return _tint(picture, heat, strength, cmap)
+
+
+def colour_scale(width: int, height: int = 14, strength: float = 0.75,
+                 cmap: str = "inferno") -> np.ndarray:
+    """The key to attention_overlay: 0 at the left to 1 at the right, drawn the same way
+    over mid-grey; (height, width, 3) uint8."""
+    ramp = np.broadcast_to(np.linspace(0, 1, width), (height, width))
+    return _tint(np.full((height, width, 3), 0.5), ramp, strength, cmap)
 
 
 def rollout_figure(image: torch.Tensor, heat: torch.Tensor, size: int = DISPLAY_SIZE,

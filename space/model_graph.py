@@ -1,20 +1,16 @@
 """The model's computation graph as a picture (torchview, drawn by graphviz's `dot`) and
-its layer table (torchinfo), traced from the real module with one input.
-
-    python model_graph.py     # docs/model_graph.png for the bundled weights/
+its layer table (torchinfo), traced from the real module with one input. `python -m tools.draw_figures` draws
+docs/model_graph.png with it.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-
-HERE = Path(__file__).resolve().parent
 
 
 def dot_missing() -> str | None:
@@ -52,18 +48,3 @@ def layer_table(model: torch.nn.Module, image_size: int) -> str:
     table = str(summary(model, input_size=(1, 3, image_size, image_size), depth=3, verbose=0,
                         col_names=("output_size", "num_params"), device="cpu"))
     return "\n".join(line for line in table.splitlines() if "mult-adds" not in line)
-
-
-def main() -> None:
-    from vit_model import ViT
-
-    parser = argparse.ArgumentParser(description="Draw a model's computation graph.")
-    parser.add_argument("--model", default=str(HERE / "weights"), help="model folder or Hub repo")
-    parser.add_argument("--out", default=str(HERE / "docs" / "model_graph.png"), help="PNG to write")
-    args = parser.parse_args()
-    model = ViT.from_pretrained(args.model).eval()
-    print(f"wrote {draw(model, model.image_size, args.out)}")
-
-
-if __name__ == "__main__":
-    main()

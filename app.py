@@ -7,8 +7,8 @@ model is, how it trained and where it fails.
     VIT_CIFAR_MODEL=USER/REPO python app.py     # the same, as a Space variable would set it
 
 Named API endpoints for gradio_client: /view (the image the model reads), /predict,
-/rollout, /augment, /patches, /mistakes. Photos are read by photo.py, the model is
-checked by model_files.py, the endpoints live in endpoints.py; this file holds the page.
+/rollout, /augment, /patches, /mistakes. Photos are read by space/photo.py, the model is
+checked by common/model_folder.py, the endpoints live in space/endpoints.py; this file holds the page.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class _ImagePayload(ImageData):
 
 def photo_input(**kwargs) -> gr.Image:
     """A gr.Image whose payload reaches the endpoint untouched (the events run with
-    preprocess=False), so that photo.py does all the decoding, within its limits."""
+    preprocess=False), so that space/photo.py does all the decoding, within its limits."""
     component = gr.Image(type="filepath", image_mode=None, format="png", **kwargs)
     component.data_model = _ImagePayload
     return component

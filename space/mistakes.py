@@ -7,7 +7,7 @@ the app says so when the served model's training.json shows another split. It lo
 allow_pickle=False, runs the loaded model on it once (in the background at start-up),
 and shows the mistakes with their top 3 and their attention rollout.
 
-    python mistakes.py --data-dir /path/to/cifar10-jpeg    # rebuild the sample
+    python -m tools.rebuild_sample --data-dir /path/to/cifar10-jpeg    # rebuild the sample
 """
 
 from __future__ import annotations

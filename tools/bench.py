@@ -1,7 +1,7 @@
 """Training throughput and inference latency: this project against timm and a naive baseline.
 
-    python bench.py --device cpu --json bench.json
-    python bench.py --device cuda --compile          # 200 steps a contender by default on a GPU
+    python -m tools.bench --device cpu --json bench.json
+    python -m tools.bench --device cuda --compile          # 200 steps a contender by default on a GPU
 
 Three contenders train the same network (3.2M parameters, patch 4, width 256, 6 blocks,
 8 heads, MLP 512, dropout 0.2) in one run, side by side, so that a busy machine slows them

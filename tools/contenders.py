@@ -1,4 +1,4 @@
-"""The contenders that bench.py times, each a model and a training loop.
+"""The contenders that tools/bench.py times, each a model and a training loop.
 
   project  train.py's own loop and model (from_train_py: the one function that knows
            train.py's internals);

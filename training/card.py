@@ -1,5 +1,5 @@
 """Every written account of a run: its summary, lineage and machines, the model card, the
-export folder and the Hub upload (its PNGs are figures.py's). train.py calls
+export folder and the Hub upload (its PNGs are plots.py's). train.py calls
 `export_model` once after its last epoch; nothing here trains.
 """
 

@@ -1,5 +1,5 @@
 """The optimizer, the learning-rate schedule and the weight average of a run: what each
-recipe's optimizer settings build (train.py, and bench.py through it)."""
+recipe's optimizer settings build (train.py, and tools/bench.py through it)."""
 
 from __future__ import annotations
 

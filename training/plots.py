@@ -1,7 +1,7 @@
 """Every PNG of a run, and the one matplotlib set-up of the project: `pyplot()` (the
 non-interactive Agg backend, imported only when a figure is drawn) and `save_figure`
 (atomically, then closed). train.py calls `write_run_plots` once after its last epoch;
-the data figures of `python data.py` are data_figures.py's.
+the docs' data figures are tools/draw_figures.py's.
 """
 
 from __future__ import annotations

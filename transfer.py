@@ -81,8 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the CIFAR-trained model folder (config.json + model.safetensors), e.g. "
                         "an export/ of train.py (default: weights/ for --model vit, weights/cnn/ for cnn)")
     p.add_argument("--epochs", type=above(int), default=12, help="epochs of each of the three runs")
-    p.add_argument("--lr", type=above(float), default=1e-3,
-                   help="AdamW learning rate of the scratch and probe runs; the fine-tune uses a tenth")
+    p.add_argument("--lr", type=above(float), default=3e-3,
+                   help="AdamW peak learning rate of the linear probe; the fine-tune's is a tenth of it")
+    p.add_argument("--scratch-lr", type=above(float), default=1e-3,
+                   help="AdamW peak learning rate of the run from scratch")
     p.add_argument("--batch-size", type=above(int), default=32, help="images per training step")
     p.add_argument("--val-fraction", type=fraction, default=0.2, help="held out per class for validation")
     p.add_argument("--seed", type=above(int, 0, equal=True), default=0,
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "transfer.py", *(sys.argv[1:] if argv is None else argv)])
     settings = Settings(data_dir=args.data_dir, out=args.out, model=args.model,
                         source=args.source or BUNDLED[args.model], epochs=args.epochs, lr=args.lr,
+                        scratch_lr=args.scratch_lr,
                         batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
                         weight_decay=args.weight_decay, translate=args.translate, device=device,
                         overwrite=args.overwrite, command=command)

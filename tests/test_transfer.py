@@ -11,6 +11,7 @@ from PIL import Image
 import model_files
 import transfer
 from cnn_model import CNN
+from data import channel_stats
 from training.transfer import (
     HEAD,
     Settings,
@@ -21,6 +22,7 @@ from training.transfer import (
     probe_start,
     read_class_folder,
     run_transfer,
+    scratch_start,
     stratified_split,
     train_stage,
 )
@@ -93,8 +95,11 @@ def changed(before: dict, after: dict) -> set[str]:
 def test_the_probe_trains_the_new_head_only_and_the_fine_tune_the_backbone(kind, sources, photos, tmp_path):
     source = load_source(sources[kind], kind)
     model = probe_start(source, CLASSES, seed=0)
+    assert (model.mean, model.std) == (source.model.mean, source.model.std)   # the source's normalization
     fixed = fixed_by_design(model)
     split = split_of(photos)
+    scratch = scratch_start(source, CLASSES, split.train_images, seed=0)
+    assert (scratch.mean, scratch.std) == channel_stats(split.train_images)   # the new images' own
     start = {k: v.clone() for k, v in model.state_dict().items()}
     train_stage(model, "probe", split, settings(photos, tmp_path, kind, sources[kind], epochs=2), fixed)
     probed = {k: v.clone() for k, v in model.state_dict().items()}

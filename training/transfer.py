@@ -25,9 +25,10 @@ run (the whitening stem's weights and the batch-norm scales, never trained on CI
 either); everything else trains in the fine-tune.
 
 Every run: AdamW (weight decay on matrices only), one warm-up epoch then cosine decay,
+peak learning rate 1e-3 from scratch, 3e-3 for the probe, 3e-4 for the fine-tune,
 batch 32, augmentation flip + random 2-pixel translation over a reflected border
 (device_augment.DeviceTranslate, the CNN recipe's). The best epoch of each run on
-validation is kept; the best of the three is exported (transfer_output.py).
+validation is kept; the best of the three is exported (transfer_report.py).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class Settings:
     model: str                  # "vit" or "cnn"
     source: Path                # the CIFAR-trained model folder (--from)
     epochs: int = 12            # of each of the three runs
-    lr: float = 1e-3            # scratch and probe; the fine-tune's is FINETUNE_LR_FACTOR of it
+    lr: float = 3e-3            # the probe's; the fine-tune's is FINETUNE_LR_FACTOR of it
+    scratch_lr: float = 1e-3
     batch_size: int = 32
     val_fraction: float = 0.2
     seed: int = 0
@@ -323,7 +325,7 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.T
 def train_stage(model: ViT | CNN, stage: str, split: Split, settings: Settings, fixed: set[str],
                 log: Log = print) -> Run:
     """Train one run for settings.epochs epochs, validating after each; keeps the best."""
-    lr = settings.lr * (FINETUNE_LR_FACTOR if stage == "finetune" else 1.0)
+    lr = stage_lr(settings, stage)
     named = trainable(model, stage, fixed)
     run = Run(stage, lr, settings.epochs, sum(p.numel() for _, p in named))
     device = split.train_images.device
@@ -352,8 +354,9 @@ def train_stage(model: ViT | CNN, stage: str, split: Split, settings: Settings, 
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
         if not math.isfinite(loss_sum):
-            raise TransferError(f"the {STAGE_NAMES[stage]} run diverged in epoch {epoch} (loss not a "
-                                f"number): lower --lr (now {settings.lr:g})")
+            flag = "--scratch-lr" if stage == "scratch" else "--lr"
+            raise TransferError(f"the {STAGE_NAMES[stage]} run diverged in epoch {epoch} (loss not a number "
+                                f"at learning rate {lr:g}): lower {flag}")
         val = scorer.evaluate(model, split.val_images, split.val_labels)
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
                "train_acc": correct / seen, "val_loss": val.loss, "val_acc": val.acc,
@@ -365,6 +368,12 @@ def train_stage(model: ViT | CNN, stage: str, split: Split, settings: Settings, 
         log(epoch_line(stage, row, settings.epochs, time.time() - start))
     run.minutes = (time.time() - start) / 60
     return run
+
+
+def stage_lr(settings: Settings, stage: str) -> float:
+    """The run's peak learning rate: the fine-tune's is the probe's cut tenfold."""
+    return {"scratch": settings.scratch_lr, "probe": settings.lr,
+            "finetune": settings.lr * FINETUNE_LR_FACTOR}[stage]
 
 
 def epoch_line(stage: str, row: dict, epochs: int, elapsed: float) -> str:
@@ -421,10 +430,11 @@ def run_transfer(settings: Settings, log: Log = print) -> dict:
     scratch = scratch_start(source, names, split.train_images.cpu(), settings.seed).to(device)
     fixed = fixed_by_design(scratch)
     runs = {}
-    log(f"run 1/3: {STAGE_NAMES['scratch']}, every weight random")
+    log(f"run 1/3: {STAGE_NAMES['scratch']}, every weight random, learning rate {settings.scratch_lr:g}")
     runs["scratch"] = train_stage(scratch, "scratch", split, settings, fixed, log)
     transferred = probe_start(source, names, settings.seed).to(device)
-    log(f"run 2/3: {STAGE_NAMES['probe']}, {source.folder} frozen, a new {len(names)}-class head")
+    log(f"run 2/3: {STAGE_NAMES['probe']}, {source.folder} frozen, a new {len(names)}-class head, "
+        f"learning rate {settings.lr:g}")
     runs["probe"] = train_stage(transferred, "probe", split, settings, fixed, log)
     log(f"run 3/3: {STAGE_NAMES['finetune']} from the probe's last weights, learning rate "
         f"{settings.lr * FINETUNE_LR_FACTOR:g}")

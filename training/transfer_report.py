@@ -17,7 +17,6 @@ from loop import Evaluator, Processes
 from report import confusion_matrix, per_class_accuracy
 from training.transfer import (
     EVAL_BATCH,
-    FINETUNE_LR_FACTOR,
     KIND_NAMES,
     STAGE_NAMES,
     STAGES,
@@ -27,6 +26,7 @@ from training.transfer import (
     Source,
     Split,
     load_source,
+    stage_lr,
 )
 from vit_model import ViT
 
@@ -91,7 +91,7 @@ def source_words(source: Source) -> str:
 
 def recipe_words(settings: Settings, stage: str) -> str:
     """How the exported run trained, every ingredient with its value."""
-    lr = settings.lr * (FINETUNE_LR_FACTOR if stage == "finetune" else 1)
+    lr = stage_lr(settings, stage)
     trained = {"scratch": "every weight from a random start, normalised with the new training images' "
                           "mean/std",
                "probe": "only the new classification layer, the rest frozen in eval mode",

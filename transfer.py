@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--from", dest="source", type=Path, default=None,
                    help="the CIFAR-trained model folder (config.json + model.safetensors), e.g. "
                         "an export/ of train.py (default: weights/ for --model vit, weights/cnn/ for cnn)")
-    p.add_argument("--epochs", type=above(int), default=12, help="epochs of each of the three runs")
+    p.add_argument("--epochs", type=above(int), default=20, help="epochs of each of the three runs")
     p.add_argument("--lr", type=above(float), default=3e-3,
                    help="AdamW peak learning rate of the linear probe; the fine-tune's is a tenth of it")
     p.add_argument("--scratch-lr", type=above(float), default=1e-3,

@@ -217,7 +217,7 @@ def test_bad_inputs_are_refused_with_the_reason(sources, photos, tmp_path, capsy
         extra.unlink()
     (few / "dogs" / "bad.jpg").write_bytes(b"")
     message = refusal(["--data-dir", str(few), *common], capsys)
-    assert "dogs/ has 3" in message and "1 unreadable files skipped" in message
+    assert "dogs/ has 3" in message and "(1 unreadable file skipped)" in message
     data = ["--data-dir", str(photos), "--out", str(tmp_path / "out")]
     assert "is not a model folder" in refusal([*data, "--from", str(photos)], capsys)
     run = tmp_path / "a-run"

@@ -59,7 +59,7 @@ KIND_NAMES = {"vit": "ViT", "cnn": "CNN"}
 HEAD = ("head.weight", "head.bias")
 # With an 80/20 split, five images give a class one to validate on and four to train on.
 MIN_PER_CLASS = 5
-FINETUNE_LR_FACTOR = 0.1
+FINETUNE_LR_DIVISOR = 10
 EVAL_BATCH = 256
 Log = Callable[[str], None]
 
@@ -75,8 +75,8 @@ class Settings:
     out: Path
     model: str                  # "vit" or "cnn"
     source: Path                # the CIFAR-trained model folder (--from)
-    epochs: int = 12            # of each of the three runs
-    lr: float = 3e-3            # the probe's; the fine-tune's is FINETUNE_LR_FACTOR of it
+    epochs: int = 20            # of each of the three runs
+    lr: float = 3e-3            # the probe's; the fine-tune's is FINETUNE_LR_DIVISOR times smaller
     scratch_lr: float = 1e-3
     batch_size: int = 32
     val_fraction: float = 0.2
@@ -141,7 +141,8 @@ def read_class_folder(data_dir: Path, size: int, log: Log = print) -> FolderImag
     if short:
         raise TransferError(f"too few readable images: {', '.join(short)}; each class needs at "
                             f"least {MIN_PER_CLASS} (some to validate on, the rest to train on)"
-                            + (f" ({len(out.skipped)} unreadable files skipped)" if out.skipped else ""))
+                            + (f" ({len(out.skipped)} unreadable file{'s' if len(out.skipped) != 1 else ''} "
+                               "skipped)" if out.skipped else ""))
     out.images, out.labels = torch.stack(images), torch.tensor(labels)
     return out
 
@@ -373,7 +374,7 @@ def train_stage(model: ViT | CNN, stage: str, split: Split, settings: Settings, 
 def stage_lr(settings: Settings, stage: str) -> float:
     """The run's peak learning rate: the fine-tune's is the probe's cut tenfold."""
     return {"scratch": settings.scratch_lr, "probe": settings.lr,
-            "finetune": settings.lr * FINETUNE_LR_FACTOR}[stage]
+            "finetune": settings.lr / FINETUNE_LR_DIVISOR}[stage]
 
 
 def epoch_line(stage: str, row: dict, epochs: int, elapsed: float) -> str:
@@ -410,7 +411,9 @@ def read_split(settings: Settings, size: int, log: Log) -> tuple[Split, str]:
     split = Split(folder.images[train].to(device), folder.labels[train].to(device),
                   folder.images[val].to(device), folder.labels[val].to(device), folder.class_names)
     per_class = ", ".join(f"{name} {int((folder.labels == k).sum())}" for k, name in enumerate(folder.class_names))
-    words = (f"{folder.root.name}/ ({len(folder.labels)} photos of {len(folder.class_names)} classes: "
+    root = folder.root   # "train/" alone would not say which photos
+    name = f"{root.parent.name}/{root.name}" if root.name == "train" else root.name
+    words = (f"{name}/ ({len(folder.labels)} photos of {len(folder.class_names)} classes: "
              f"{per_class}; read at {size}x{size}): {len(train)} training / {len(val)} validation "
              f"images (stratified, split seed {settings.seed})"
              + (f"; {len(folder.skipped)} unreadable files skipped" if folder.skipped else ""))
@@ -437,7 +440,7 @@ def run_transfer(settings: Settings, log: Log = print) -> dict:
         f"learning rate {settings.lr:g}")
     runs["probe"] = train_stage(transferred, "probe", split, settings, fixed, log)
     log(f"run 3/3: {STAGE_NAMES['finetune']} from the probe's last weights, learning rate "
-        f"{settings.lr * FINETUNE_LR_FACTOR:g}")
+        f"{settings.lr / FINETUNE_LR_DIVISOR:g}")
     runs["finetune"] = train_stage(transferred, "finetune", split, settings, fixed, log)
     return transfer_report.finish(settings, source, split, words, runs,
                                   {"scratch": scratch, "probe": transferred, "finetune": transferred}, log)

@@ -136,7 +136,7 @@ tags: [image-classification, transfer-learning, {source.kind}, pytorch, pytorch_
 metrics: [accuracy]
 ---
 
-# {kind} for {len(record['class_names'])} classes of its user's own ({names})
+# {kind} for {len(record['class_names'])} classes of its own: {names}
 
 Trained by `transfer.py` of vit-cifar: {record['recipe_description']}.
 Started from: {record['started_from'] or 'nothing (random weights)'}.
@@ -198,7 +198,8 @@ def finish(settings: Settings, source: Source, split: Split, words: str, runs: d
     machine = Processes(0, 1, split.val_images.device).machine()
     settings.out.mkdir(parents=True, exist_ok=True)
     plot = settings.out / "transfer.png"
-    save_plot(runs, plot, f"{KIND_NAMES[source.kind]} on {', '.join(split.class_names)}: {words.split(':')[0]}")
+    save_plot(runs, plot, f"{KIND_NAMES[source.kind]} on {', '.join(split.class_names)}: {len(split.train_labels)} "
+                          f"training / {scores['val_images']} validation images, {settings.epochs} epochs a run")
     record = training_record(settings, source, runs, best, scores, words, machine)
     export_dir = export(model.cpu(), settings.out, record, model_card(settings, source, runs, best, record), plot)
     reloaded = load_source(export_dir, source.kind).model   # the ViT through app.py's loader

@@ -63,11 +63,14 @@ def save_plot(runs: dict[str, Run], path: Path, title: str) -> None:
             kwargs = dict(color=COLORS[stage], linestyle=style, marker="o", markersize=3, label=label)
             loss_ax.plot(epochs, [h[f"{part}_loss"] for h in history], **kwargs)
             acc_ax.plot(epochs, [100 * h[f"{part}_acc"] for h in history], **kwargs)
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.get_major_locator().set_params(integer=True)   # epochs, not 2.5
     loss_ax.set_xlabel("epoch of the run"), loss_ax.set_ylabel("cross-entropy"), loss_ax.grid(alpha=0.3)
     acc_ax.set_xlabel("epoch of the run"), acc_ax.set_ylabel("accuracy (%)"), acc_ax.grid(alpha=0.3)
-    acc_ax.legend(fontsize=7)
+    # Below the plots, where it hides no curve.
+    fig.legend(*acc_ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     save_figure(fig, path)
 
 
@@ -92,11 +95,13 @@ def source_words(source: Source) -> str:
 def recipe_words(settings: Settings, stage: str) -> str:
     """How the exported run trained, every ingredient with its value."""
     lr = stage_lr(settings, stage)
+    kept = ("batch norm kept in eval mode (CIFAR's running statistics)" if settings.model == "cnn"
+            else "the source's dropout and drop path on")
     trained = {"scratch": "every weight from a random start, normalised with the new training images' "
                           "mean/std",
                "probe": "only the new classification layer, the rest frozen in eval mode",
                "finetune": f"every weight, after a {settings.epochs}-epoch linear probe at lr {settings.lr:g}, "
-                           "batch norm (CNN) kept in eval mode"}[stage]
+                           f"{kept}"}[stage]
     return (f"{STAGE_NAMES[stage]}, {settings.epochs} epochs: {trained}; AdamW lr {lr:g} (1 warm-up "
             f"epoch, cosine decay), weight decay {settings.weight_decay:g} on matrices, batch "
             f"{settings.batch_size}, flip + translation by up to {settings.translate} pixels")

@@ -212,6 +212,7 @@ def test_bad_inputs_are_refused_with_the_reason(sources, photos, tmp_path, capsy
     assert "does not exist" in refusal(["--data-dir", str(tmp_path / "nowhere"), *common], capsys)
     one = make_photos(tmp_path / "one", classes=["cats"])
     assert "at least two classes" in refusal(["--data-dir", str(one), *common], capsys)
+    assert f"pass its parent {one}" in refusal(["--data-dir", str(one / "cats"), *common], capsys)
     few = make_photos(tmp_path / "few")
     for extra in sorted((few / "dogs").iterdir())[3:]:
         extra.unlink()

@@ -117,9 +117,12 @@ def read_class_folder(data_dir: Path, size: int, log: Log = print) -> FolderImag
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(folders) < 2:
         found = f" ({folders[0].name})" if folders else ""
+        loose = any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir())
         raise TransferError(f"{root} has {len(folders)} class folder{'s' if len(folders) != 1 else ''}"
                             f"{found}: a classifier needs at least two classes, one folder of "
-                            f"images each ({root}/<class>/*.jpg)")
+                            f"images each ({root}/<class>/*.jpg)"
+                            + (f"; it holds images itself, as one class folder does: pass its parent "
+                               f"{root.parent}" if loose else ""))
     out = FolderImages(torch.empty(0), torch.empty(0), [p.name for p in folders], root)
     images, labels, counts = [], [], []
     for label, folder in enumerate(folders):

@@ -362,6 +362,7 @@ def train_stage(model: ViT | CNN, stage: str, split: Split, settings: Settings, 
             raise TransferError(f"the {STAGE_NAMES[stage]} run diverged in epoch {epoch} (loss not a number "
                                 f"at learning rate {lr:g}): lower {flag}")
         val = scorer.evaluate(model, split.val_images, split.val_labels)
+        # "lr": where the schedule stands after the epoch's last step.
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
                "train_acc": correct / seen, "val_loss": val.loss, "val_acc": val.acc,
                "seconds": time.time() - epoch_start}

@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the transfer; an input it refuses is one `error: ...` line and exit status 2."""
     args = parse_args(argv)
-    from atomic_files import WriteError
+    from common.atomic_files import WriteError
     from training.transfer import Settings, TransferError, run_transfer
 
     try:

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-import model_files
+import common.model_folder
+import space.model_source
 import transfer
 from cnn_model import CNN
 from data import channel_stats
@@ -168,9 +169,9 @@ def test_the_export_loads_strictly_with_the_new_classes(kind, sources, photos, t
     assert (out / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     export = out / "export"
     config = json.loads((export / "config.json").read_text())
-    model_files.check_config(config)
+    common.model_folder.check_config(config)
     if kind == "vit":   # through the loader app.py uses, which loads strictly
-        model = model_files.load_model(str(export), Path("no-bundled"), "NO_ENV").model
+        model = space.model_source.load_model(str(export), Path("no-bundled"), "NO_ENV").model
         assert isinstance(model, ViT)
     else:               # this branch's app serves ViT folders only; the CNN loads strictly by itself
         model = CNN.from_pretrained(export)
@@ -179,7 +180,7 @@ def test_the_export_loads_strictly_with_the_new_classes(kind, sources, photos, t
     assert model.mean == pytest.approx(config["mean"])
     if saved["best"] != "scratch":   # transferred weights keep the source's normalization
         assert model.mean == pytest.approx(load_source(sources[kind], kind).model.mean)
-    training = model_files.read_training(export)
+    training = common.model_folder.read_training(export)
     assert training["class_names"] == CLASSES and len(training["per_class_acc"]) == 3
     assert training["val_acc"] == best["best_val_acc"] and training["val_images"] == 3
 

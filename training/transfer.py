@@ -45,11 +45,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnn_model import CNN
+from common.model_folder import ModelError, check_config, load_folder
 from data import IMAGE_SUFFIXES, channel_stats, split_indices, to_normalized
-from device_augment import DeviceTranslate
-from loop import Evaluator
-from model_files import ModelError, check_config, load_folder
-from photo import UserError, load_photo
+from space.photo import UserError, load_photo
+from training.augment import DeviceTranslate
+from training.evaluation import Evaluator
 from vit_model import ViT
 
 STAGES = ("scratch", "probe", "finetune")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from atomic_files import WriteError, atomic_write, write_json
-from figures import pyplot, save_figure
-from loop import Evaluator, Processes
-from report import confusion_matrix, per_class_accuracy
+from common.atomic_files import WriteError, atomic_write, write_json
+from training.evaluation import Evaluator, confusion_matrix, per_class_accuracy
+from training.plots import pyplot, save_figure
+from training.runtime import Processes
 from training.transfer import (
     EVAL_BATCH,
     KIND_NAMES,
@@ -109,7 +109,7 @@ def recipe_words(settings: Settings, stage: str) -> str:
 
 def training_record(settings: Settings, source: Source, runs: dict[str, Run], best: str,
                     scores: dict, words: str, machine: str) -> dict:
-    """export/training.json: the fields app.py reads (model_files.TRAINING_FIELDS), the
+    """export/training.json: the fields app.py reads (common.model_folder.TRAINING_FIELDS), the
     history of the exported run, and the three runs' figures."""
     run = runs[best]
     minutes = run.minutes + (runs["probe"].minutes if best == "finetune" else 0)

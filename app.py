@@ -78,12 +78,14 @@ def user_error(message: str) -> gr.Error:
 
 def answers(fn: Callable[..., _T]) -> Callable[..., _T]:
     """The one place where a caller's mistake (photo.UserError) becomes their message."""
+
     @functools.wraps(fn)
     def endpoint(*args):
         try:
             return fn(*args)
         except photo.UserError as err:
             raise user_error(str(err)) from None
+
     return endpoint
 
 
@@ -95,8 +97,9 @@ class _ImagePayload(ImageData):
 
     @classmethod
     def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> ImageData:
-        message = (f"The image must be a file (gradio_client.handle_file(path)) or a base64 "
-                   f"data: URL, not {str(obj)[:60]!r}.")
+        message = (
+            f"The image must be a file (gradio_client.handle_file(path)) or a base64 data: URL, not {str(obj)[:60]!r}."
+        )
         if isinstance(obj, dict) and obj.get("path") is not None and not is_file_obj_with_meta(obj):
             raise user_error(message)
         try:
@@ -115,6 +118,7 @@ def photo_input(**kwargs) -> gr.Image:
 
 # ---------------------------------------------------------------- the page
 
+
 def markdown_text(value: object) -> str:
     """A value from a model folder as literal text on one line of a Markdown table: its
     own markup, HTML and table pipes shown, not obeyed."""
@@ -127,36 +131,59 @@ def header(loaded: Loaded) -> str:
     info, model = loaded.training, loaded.model
     if model is None:
         return ""
-    accuracy = (f"{100 * info['val_acc']:.1f}%" + (f" on {info['val_images']} held-out images"
-                                                     if info.get("val_images") else "")
-                ) if "val_acc" in info else "unknown"
+    accuracy = (
+        (
+            f"{100 * info['val_acc']:.1f}%"
+            + (f" on {info['val_images']} held-out images" if info.get("val_images") else "")
+        )
+        if "val_acc" in info
+        else "unknown"
+    )
     recipe = markdown_text(info.get("recipe") or "unknown")
-    if info.get("epochs"):   # a fine-tuned model: the epochs it started from, then its own
-        recipe += f", {info['epochs_before']} + {info['epochs']} epochs" if info.get(
-            "epochs_before") else f", {info['epochs']} epochs"
-    return (f"Sorts any photo into one of **{len(model.class_names)} classes** "
-            f"({markdown_text(', '.join(model.class_names))}) from a **{model.image_size}x{model.image_size}** "
-            f"input. Validation accuracy: **{accuracy}**; training recipe: **{recipe}**.")
+    if info.get("epochs"):  # a fine-tuned model: the epochs it started from, then its own
+        recipe += (
+            f", {info['epochs_before']} + {info['epochs']} epochs"
+            if info.get("epochs_before")
+            else f", {info['epochs']} epochs"
+        )
+    return (
+        f"Sorts any photo into one of **{len(model.class_names)} classes** "
+        f"({markdown_text(', '.join(model.class_names))}) from a **{model.image_size}x{model.image_size}** "
+        f"input. Validation accuracy: **{accuracy}**; training recipe: **{recipe}**."
+    )
 
 
 def results_markdown(loaded: Loaded) -> str:
     """The training settings and validation figures from training.json ("" if none)."""
     info = loaded.training
-    rows = [("recipe", info.get("recipe")), ("settings", info.get("recipe_description")),
-            ("epochs", info.get("epochs")), ("started from", info.get("started_from")),
-            ("teacher", info.get("distilled_from")), ("validation accuracy",
-                                            f"{100 * info['val_acc']:.2f}%" if "val_acc" in info else None),
-            ("validation with flip TTA", f"{100 * info['val_acc_flip_tta']:.2f}%"
-             if "val_acc_flip_tta" in info else None),
-            ("validation images", info.get("val_images")), ("data", info.get("data")),
-            ("machine", info.get("machine")), ("training time", f"{info['training_minutes']} min"
-                                               if info.get("training_minutes") else None)]
+    rows = [
+        ("recipe", info.get("recipe")),
+        ("settings", info.get("recipe_description")),
+        ("epochs", info.get("epochs")),
+        ("started from", info.get("started_from")),
+        ("teacher", info.get("distilled_from")),
+        ("validation accuracy", f"{100 * info['val_acc']:.2f}%" if "val_acc" in info else None),
+        ("validation with flip TTA", f"{100 * info['val_acc_flip_tta']:.2f}%" if "val_acc_flip_tta" in info else None),
+        ("validation images", info.get("val_images")),
+        ("data", info.get("data")),
+        ("machine", info.get("machine")),
+        ("training time", f"{info['training_minutes']} min" if info.get("training_minutes") else None),
+    ]
     if "per_class_acc" in info:  # checked against class_names by read_training
-        rows.append(("per-class accuracy", ", ".join(
-            f"{n} {100 * a:.1f}%" for n, a in zip(info["class_names"], info["per_class_acc"]))))
+        rows.append(
+            (
+                "per-class accuracy",
+                ", ".join(f"{n} {100 * a:.1f}%" for n, a in zip(info["class_names"], info["per_class_acc"])),
+            )
+        )
     rows = [(k, v) for k, v in rows if v not in (None, "")]
-    return "\n".join(["| | as recorded in training.json |", "|---|---|",
-                      *(f"| {k} | {markdown_text(v)} |" for k, v in rows)]) if rows else ""
+    return (
+        "\n".join(
+            ["| | as recorded in training.json |", "|---|---|", *(f"| {k} | {markdown_text(v)} |" for k, v in rows)]
+        )
+        if rows
+        else ""
+    )
 
 
 def model_tab(loaded: Loaded, out: Path) -> None:
@@ -168,9 +195,11 @@ def model_tab(loaded: Loaded, out: Path) -> None:
         gr.Markdown("No trained model is loaded.")
         return
     parameters = sum(p.numel() for p in model.parameters())
-    gr.Markdown(f"**{parameters:,} parameters.** The graph is traced from the loaded module "
-                f"with one {model.image_size}x{model.image_size} input (torchview, drawn by "
-                "graphviz); the table lists each layer's output shape and parameters (torchinfo).")
+    gr.Markdown(
+        f"**{parameters:,} parameters.** The graph is traced from the loaded module "
+        f"with one {model.image_size}x{model.image_size} input (torchview, drawn by "
+        "graphviz); the table lists each layer's output shape and parameters (torchinfo)."
+    )
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=240):
             try:  # a picture of the model is worth having, not worth failing to start over
@@ -190,15 +219,30 @@ def answer_row(size: int) -> tuple[gr.Image, gr.Image, gr.Label, gr.Checkbox, gr
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=300):
             with gr.Row():
-                image = photo_input(label="Your image", sources=["upload", "clipboard"],
-                                    height=230, elem_id="photo", scale=3, min_width=100)
-                seen = photo_input(label=f"Model input, {size}x{size}", interactive=False,
-                                   height=230, elem_id="seen", scale=2, buttons=[], min_width=100)
+                image = photo_input(
+                    label="Your image",
+                    sources=["upload", "clipboard"],
+                    height=230,
+                    elem_id="photo",
+                    scale=3,
+                    min_width=100,
+                )
+                seen = photo_input(
+                    label=f"Model input, {size}x{size}",
+                    interactive=False,
+                    height=230,
+                    elem_id="seen",
+                    scale=2,
+                    buttons=[],
+                    min_width=100,
+                )
         with gr.Column(scale=2, min_width=260):
             label = gr.Label(num_top_classes=TOP_K, label=f"Top {TOP_K} classes", elem_id="label")
-            flip = gr.Checkbox(False, label="Flip TTA: also read the mirror image",
-                               info="average the answers for the image and its mirror image; "
-                                    "the rollout explains the image as shown")
+            flip = gr.Checkbox(
+                False,
+                label="Flip TTA: also read the mirror image",
+                info="average the answers for the image and its mirror image; the rollout explains the image as shown",
+            )
         with gr.Column(scale=4, min_width=300):
             heatmap = gr.Image(label="Attention rollout", format="png", height=300)
             caption = gr.Markdown(label="Rollout caption", show_label=False)
@@ -206,18 +250,37 @@ def answer_row(size: int) -> tuple[gr.Image, gr.Image, gr.Label, gr.Checkbox, gr
 
 
 def rollout_tab(ends: Endpoints, seen: gr.Image, heatmap: gr.Image, caption: gr.Markdown) -> tuple:
-    gr.Markdown("Which patches the class token drew from, through all blocks and the "
-                "residual paths (Abnar & Zuidema, 2020): the picture at the top.")
+    gr.Markdown(
+        "Which patches the class token drew from, through all blocks and the "
+        "residual paths (Abnar & Zuidema, 2020): the picture at the top."
+    )
     with gr.Row():
         fusion = gr.Radio(list(HEAD_FUSIONS), value="mean", label="Head fusion")
-        discard = gr.Slider(0, 0.95, value=0.0, step=0.05, label="Discard ratio",
-                            info="drop this fraction of the weakest patch-to-patch attentions")
-        block_head = gr.Dropdown(list(HEAD_FUSIONS) + [f"head {h + 1}" for h in range(ends.heads)],
-                                 value="mean", label="Block by block: head")
+        discard = gr.Slider(
+            0,
+            0.95,
+            value=0.0,
+            step=0.05,
+            label="Discard ratio",
+            info="drop this fraction of the weakest patch-to-patch attentions",
+        )
+        block_head = gr.Dropdown(
+            list(HEAD_FUSIONS) + [f"head {h + 1}" for h in range(ends.heads)],
+            value="mean",
+            label="Block by block: head",
+        )
     gr.Markdown("**Raw attention of the class token, block by block** (each scaled to its maximum)")
     depth = len(ends.model.blocks) if ends.model is not None else 6
-    blocks = gr.Gallery(label="Attention by block", show_label=False, columns=depth, rows=1, height="auto",
-                        format="png", elem_id="blocks", allow_preview=False)
+    blocks = gr.Gallery(
+        label="Attention by block",
+        show_label=False,
+        columns=depth,
+        rows=1,
+        height="auto",
+        format="png",
+        elem_id="blocks",
+        allow_preview=False,
+    )
     controls = [fusion, discard, block_head]
     return ends.rollout, [seen, *controls], [heatmap, blocks, caption], controls, "rollout"
 
@@ -226,15 +289,30 @@ def mistakes_tab(demo: gr.Blocks, ends: Endpoints) -> None:
     """Filters and the gallery of mistakes, filled when the page loads."""
     names = [ANY] + (ends.model.class_names if ends.model is not None else [])
     with gr.Row():
-        filters = [gr.Dropdown(names, value=ANY, label="True class"),
-                   gr.Dropdown(names, value=ANY, label="Predicted class")]
-    summary = gr.Markdown(ends.no_sample if ends.sample is None else "", label="Mistakes summary",
-                          show_label=False)
-    gallery = gr.Gallery(label="Mistakes", show_label=False, columns=4, height="auto", format="png",
-                         elem_id="mistakes", object_fit="contain")
+        filters = [
+            gr.Dropdown(names, value=ANY, label="True class"),
+            gr.Dropdown(names, value=ANY, label="Predicted class"),
+        ]
+    summary = gr.Markdown(ends.no_sample if ends.sample is None else "", label="Mistakes summary", show_label=False)
+    gallery = gr.Gallery(
+        label="Mistakes",
+        show_label=False,
+        columns=4,
+        height="auto",
+        format="png",
+        elem_id="mistakes",
+        object_fit="contain",
+    )
     triggers = [f.change for f in filters] + ([demo.load] if ends.sample is not None else [])
-    gr.on(triggers, answers(ends.mistakes_for), filters, [gallery, summary], api_name="mistakes",
-          concurrency_id="app", preprocess=False)
+    gr.on(
+        triggers,
+        answers(ends.mistakes_for),
+        filters,
+        [gallery, summary],
+        api_name="mistakes",
+        concurrency_id="app",
+        preprocess=False,
+    )
 
 
 def results_tab(loaded: Loaded, figures: list[tuple[Path, str]]) -> None:
@@ -244,20 +322,24 @@ def results_tab(loaded: Loaded, figures: list[tuple[Path, str]]) -> None:
     for row in (wide, [f for f in figures if f not in wide]):
         with gr.Row(equal_height=False):
             for path, title in row:  # each figure has its own title, so no label over it
-                gr.Image(str(path), label=title, show_label=False, interactive=False,
-                         buttons=["fullscreen"], min_width=380)
+                gr.Image(
+                    str(path), label=title, show_label=False, interactive=False, buttons=["fullscreen"], min_width=380
+                )
 
 
 def augment_tab(ends: Endpoints, seen: gr.Image) -> tuple:
-    gr.Markdown("The assignment recipe's training transform (random horizontal flip, then a "
-                "random resized crop of 80-100% of the area), shown de-normalized. The served "
-                "model's own recipe, in the Model tab, may add a per-image policy, MixUp or "
-                "PatchDropout on top of it.")
+    gr.Markdown(
+        "The assignment recipe's training transform (random horizontal flip, then a "
+        "random resized crop of 80-100% of the area), shown de-normalized. The served "
+        "model's own recipe, in the Model tab, may add a per-image policy, MixUp or "
+        "PatchDropout on top of it."
+    )
     with gr.Row():
         count = gr.Slider(1, 32, value=8, step=1, label="Augmented versions")
         seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed")
-    views = gr.Gallery(label="Augmented versions", show_label=False, columns=6, height="auto", format="png",
-                       elem_id="views")
+    views = gr.Gallery(
+        label="Augmented versions", show_label=False, columns=6, height="auto", format="png", elem_id="views"
+    )
     return ends.augment, [seen, count, seed], [views], [count, seed], "augment"
 
 
@@ -270,8 +352,9 @@ def patches_tab(ends: Endpoints, seen: gr.Image) -> tuple:
     return ends.patches, [seen, patch_size], [grid, sequence, caption], [patch_size], "patches"
 
 
-def build_demo(loaded: Loaded, out: Path | None = None,
-               delete_cache: tuple[int, int] = DELETE_CACHE, warm: bool = False) -> gr.Blocks:
+def build_demo(
+    loaded: Loaded, out: Path | None = None, delete_cache: tuple[int, int] = DELETE_CACHE, warm: bool = False
+) -> gr.Blocks:
     """The page for a loaded model (or none: the model's parts then say why); `warm`
     starts finding the model's mistakes at once, in the background (the server does)."""
     out = Path(out or picture_folder())
@@ -279,14 +362,20 @@ def build_demo(loaded: Loaded, out: Path | None = None,
     if warm:
         ends.find_mistakes_now()
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.jpg"))
-    figures = [(loaded.folder / f, t) for f, t in FIGURES.items()
-               if loaded.folder is not None and (loaded.folder / f).is_file()]
+    figures = [
+        (loaded.folder / f, t)
+        for f, t in FIGURES.items()
+        if loaded.folder is not None and (loaded.folder / f).is_file()
+    ]
     with gr.Blocks(title="ViT on CIFAR-10", delete_cache=delete_cache, analytics_enabled=False) as demo:
-        gr.Markdown(f"# A Vision Transformer trained from scratch on CIFAR-10\n{header(loaded)}"
-                    f"\n\n{loaded.status}")
+        gr.Markdown(f"# A Vision Transformer trained from scratch on CIFAR-10\n{header(loaded)}\n\n{loaded.status}")
         image, seen, label, flip, heatmap, caption = answer_row(ends.size)
-        gr.Examples(examples, inputs=image, examples_per_page=len(examples) or 1,
-                    label="Examples: CIFAR-10 validation images (the model never trained on them)")
+        gr.Examples(
+            examples,
+            inputs=image,
+            examples_per_page=len(examples) or 1,
+            label="Examples: CIFAR-10 validation images (the model never trained on them)",
+        )
         with gr.Accordion("How your image is read", open=False):
             gr.Markdown(photo.rules(ends.size))
         with gr.Tabs():
@@ -316,13 +405,19 @@ def wire(ends: Endpoints, image: gr.Image, seen: gr.Image, tabs: list[tuple]) ->
     shown, through a private copy of that tab's event. (Triggering on `seen.change` instead
     would loop: gradio's Image fires change whenever its value object is replaced, equal or not.)"""
     common = dict(preprocess=False, concurrency_id="app")
-    shown = image.change(answers(ends.view), [image], [seen], api_name="view",
-                         trigger_mode="always_last", **common)
+    shown = image.change(answers(ends.view), [image], [seen], api_name="view", trigger_mode="always_last", **common)
     for fn, inputs, outs, controls, name in tabs:
         shown.success(answers(fn), inputs, outs, api_name=name, **common)
         if controls:
-            gr.on([c.change for c in controls], answers(once_shown(fn)), inputs, outs,
-                  api_visibility="private", trigger_mode="always_last", **common)
+            gr.on(
+                [c.change for c in controls],
+                answers(once_shown(fn)),
+                inputs,
+                outs,
+                api_visibility="private",
+                trigger_mode="always_last",
+                **common,
+            )
     outputs = [seen] + [o for tab in tabs for o in tab[2]]
     # Clearing the upload clears every answer, in the browser only.
     image.clear(None, None, outputs, js=f"() => Array({len(outputs)}).fill(null)")
@@ -330,11 +425,13 @@ def wire(ends: Endpoints, image: gr.Image, seen: gr.Image, tabs: list[tuple]) ->
 
 def once_shown(fn: Callable[..., _T]) -> Callable[..., _T]:
     """`fn`, answering nothing (and saying nothing) while no image has been shown yet."""
+
     @functools.wraps(fn)
     def endpoint(seen, *controls):
         if seen is None:
             raise gr.Error(photo.NO_IMAGE, visible=False, print_exception=False)
         return fn(seen, *controls)
+
     return endpoint
 
 
@@ -344,15 +441,22 @@ def picture_folder() -> Path:
     return Path(gr.utils.get_upload_folder()) / "vit-cifar"
 
 
-def serve(demo: gr.Blocks, host: str, port: int,
-          block: bool = True) -> tuple[gr.routes.App, str, str | None]:
+def serve(demo: gr.Blocks, host: str, port: int, block: bool = True) -> tuple[gr.routes.App, str, str | None]:
     """Launch with the app's limits; block=False returns at once (for tests)."""
     uploads = limits.UploadBudget(gr.utils.get_upload_folder(), keep=(picture_folder(),))
     endpoints = {fn.api_name: len(fn.inputs) for fn in demo.fns.values() if fn.api_name}
-    return demo.launch(server_name=host, server_port=port, max_file_size=photo.MAX_FILE_BYTES,
-                       prevent_thread_lock=not block, show_error=True, quiet=not block, css=CSS,
-                       enable_monitoring=False, state_session_capacity=STATE_SESSIONS,
-                       app_kwargs={"middleware": [limits.request_guard(uploads, endpoints)]})
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        max_file_size=photo.MAX_FILE_BYTES,
+        prevent_thread_lock=not block,
+        show_error=True,
+        quiet=not block,
+        css=CSS,
+        enable_monitoring=False,
+        state_session_capacity=STATE_SESSIONS,
+        app_kwargs={"middleware": [limits.request_guard(uploads, endpoints)]},
+    )
 
 
 def load_model(source: str) -> Loaded:
@@ -362,15 +466,24 @@ def load_model(source: str) -> Loaded:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None,
-                        help=f"Hub repo id or local folder with config.json and model.safetensors "
-                             f"(default: ${MODEL_ENV}, else the bundled {BUNDLED_WEIGHTS.name}/)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"Hub repo id or local folder with config.json and model.safetensors "
+        f"(default: ${MODEL_ENV}, else the bundled {BUNDLED_WEIGHTS.name}/)",
+    )
     # A Space sets GRADIO_SERVER_NAME=0.0.0.0; locally the app stays on this machine.
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="address to serve on, default $GRADIO_SERVER_NAME or 127.0.0.1 "
-                             "(0.0.0.0 to reach it from other machines)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
-                        help="port to serve on, default $GRADIO_SERVER_PORT or 7860")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to serve on, default $GRADIO_SERVER_NAME or 127.0.0.1 (0.0.0.0 to reach it from other machines)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+        help="port to serve on, default $GRADIO_SERVER_PORT or 7860",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core per concurrent request; see CONCURRENCY_LIMIT
     loaded = load_model(source_from(args.model, BUNDLED_WEIGHTS, MODEL_ENV))

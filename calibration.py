@@ -22,7 +22,7 @@ OOD_SCORES = ("max_softmax", "max_logit", "energy")
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> float:
     """The temperature T > 0 that minimizes the negative log-likelihood of softmax(logits / T)."""
-    log_t = torch.zeros((), requires_grad=True)   # T = exp(log_t) stays positive
+    log_t = torch.zeros((), requires_grad=True)  # T = exp(log_t) stays positive
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
     logits, labels = logits.detach().float(), labels.detach()
 
@@ -83,9 +83,11 @@ def _logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Calibration and out-of-distribution figures "
-                                     "of the bundled models on validation images and other photos.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="Calibration and out-of-distribution figures "
+        "of the bundled models on validation images and other photos.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--data-dir", required=True, help="the CIFAR-10 data the models trained on")
     parser.add_argument("--ood-dir", required=True, help="photos of things none of the classes")
     parser.add_argument("--models", default="weights,weights/cnn", help="model folders, comma-separated")
@@ -100,23 +102,27 @@ def main() -> None:
     data = load_training_data(args.data_dir)
     val_images, val_labels = data.images[data.val_idx], data.labels[data.val_idx]
     photos = torch.stack([load_photo(p, 32) for p in sorted(Path(args.ood_dir).glob("*.jpg"))])
-    half = len(val_labels) // 2   # fit on one half of validation, measure on the other
+    half = len(val_labels) // 2  # fit on one half of validation, measure on the other
     for folder in args.models.split(","):
         config = json.loads((Path(folder) / "config.json").read_text())
         model = (CNN if "widths" in config else ViT).from_pretrained(folder)
         logits, outside = _logits(model, val_images), _logits(model, photos)
         t = fit_temperature(logits[:half], val_labels[:half])
         test, labels = logits[half:], val_labels[half:]
-        print(f"{folder}: temperature {t:.3f}; ECE on {len(labels)} held-out validation images "
-              f"{100 * expected_calibration_error(test.softmax(1), labels):.2f}% before, "
-              f"{100 * expected_calibration_error((test / t).softmax(1), labels):.2f}% after")
+        print(
+            f"{folder}: temperature {t:.3f}; ECE on {len(labels)} held-out validation images "
+            f"{100 * expected_calibration_error(test.softmax(1), labels):.2f}% before, "
+            f"{100 * expected_calibration_error((test / t).softmax(1), labels):.2f}% after"
+        )
         for kind in OOD_SCORES:
             inside, other = ood_score(test, kind, t), ood_score(outside, kind, t)
             cut = threshold_keeping(ood_score(logits[:half], kind, t))
-            print(f"  {kind:12s} AUROC {auroc(inside, other):.3f}; keeping 95% of validation "
-                  f"(threshold fitted on the other half): {100 * (inside >= cut).float().mean():.1f}% "
-                  f"of validation and {100 * (other >= cut).float().mean():.1f}% of the "
-                  f"{len(other)} other photos kept")
+            print(
+                f"  {kind:12s} AUROC {auroc(inside, other):.3f}; keeping 95% of validation "
+                f"(threshold fitted on the other half): {100 * (inside >= cut).float().mean():.1f}% "
+                f"of validation and {100 * (other >= cut).float().mean():.1f}% of the "
+                f"{len(other)} other photos kept"
+            )
 
 
 if __name__ == "__main__":

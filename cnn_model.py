@@ -22,8 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 class Stage(nn.Module):
@@ -76,13 +75,14 @@ class CNN(
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
         self.image_size, self.logit_scale = image_size, logit_scale
-        self.class_names = list(class_names or (CIFAR10_CLASSES if num_classes == 10 else
-                                                [str(i) for i in range(num_classes)]))
+        self.class_names = list(
+            class_names or (CIFAR10_CLASSES if num_classes == 10 else [str(i) for i in range(num_classes)])
+        )
         self.mean = list(mean) if mean is not None else [0.5] * in_channels
         self.std = list(std) if std is not None else [0.5] * in_channels
-        stem_width = 2 * in_channels * whiten_kernel ** 2
+        stem_width = 2 * in_channels * whiten_kernel**2
         self.stem = nn.Conv2d(in_channels, stem_width, whiten_kernel, bias=True)
-        self.stem.weight.requires_grad_(False)   # set from the data by whiten(), then fixed
+        self.stem.weight.requires_grad_(False)  # set from the data by whiten(), then fixed
         chans = [stem_width, *widths]
         self.stages = nn.Sequential(*(Stage(a, b, bn_momentum) for a, b in zip(chans, chans[1:])))
         self.head = nn.Linear(widths[-1], num_classes)
@@ -94,7 +94,7 @@ class CNN(
         for module in self.modules():
             if isinstance(module, nn.Conv2d) and module is not self.stem:
                 module.reset_parameters()
-                nn.init.dirac_(module.weight[:module.in_channels])
+                nn.init.dirac_(module.weight[: module.in_channels])
             elif isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()
                 module.weight.requires_grad_(False)
@@ -108,7 +108,7 @@ class CNN(
         the patches' principal directions divided by the square root of its variance, and
         its negative (so that the GELU after it keeps both signs)."""
         k = self.stem.kernel_size[0]
-        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)            # B, C, H', W', k, k
+        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # B, C, H', W', k, k
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, images.shape[1] * k * k)
         variances, directions = torch.linalg.eigh(patches.T @ patches / len(patches))
         filters = (directions.T / (variances[:, None] + eps).sqrt()).flip(0)
@@ -117,7 +117,7 @@ class CNN(
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, widths[-1], h, w): the last stage's map, before pooling."""
-        x = x.contiguous(memory_format=torch.channels_last)   # oneDNN's and cuDNN's fast layout
+        x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's and cuDNN's fast layout
         return self.stages(F.gelu(self.stem(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,8 +129,7 @@ class CNN(
         class's score from that position's features alone. Their mean over positions plus
         the head's bias for the class is exactly the class's logit. `class_index` is one
         class for all images or one per image."""
-        maps = torch.einsum("bchw,kc->bkhw", self.features(x).float() * self.logit_scale,
-                            self.head.weight.float())
+        maps = torch.einsum("bchw,kc->bkhw", self.features(x).float() * self.logit_scale, self.head.weight.float())
         index = torch.as_tensor(class_index, device=maps.device).expand(len(x))
         return maps[torch.arange(len(x), device=maps.device), index]
 
@@ -141,17 +140,17 @@ class CNN(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Print the CNN's layer table and the cost "
-                                     "of a forward pass.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="Print the CNN's layer table and the cost of a forward pass.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--widths", default="64,256,256", help="one width per stage")
     args = parser.parse_args()
     from torch.utils.flop_counter import FlopCounterMode
     from torchinfo import summary
 
     model = CNN(widths=[int(w) for w in args.widths.split(",")]).eval()
-    print(summary(model, input_size=(1, 3, 32, 32), depth=3, verbose=0,
-                  col_names=("output_size", "num_params")))
+    print(summary(model, input_size=(1, 3, 32, 32), depth=3, verbose=0, col_names=("output_size", "num_params")))
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.zeros(1, 3, 32, 32))

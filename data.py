@@ -42,8 +42,8 @@ class DataError(ValueError):
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor   # (N, C, H, W) uint8
-    labels: torch.Tensor   # (N,) int64
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
     class_names: list[str]
 
     def __len__(self) -> int:
@@ -52,8 +52,8 @@ class ImageSet:
 
 # ---------------------------------------------------------------- loading and caching
 
-def load_split(data_dir: str | os.PathLike, split: str = "train",
-               download: bool = False) -> ImageSet | None:
+
+def load_split(data_dir: str | os.PathLike, split: str = "train", download: bool = False) -> ImageSet | None:
     """The images of one split ("train" or "test") as uint8 tensors: a class-folder copy,
     or the official CIFAR-10 in torchvision's layout, downloaded into an empty or missing
     folder only when `download` says so.
@@ -69,9 +69,11 @@ def load_split(data_dir: str | os.PathLike, split: str = "train",
             return None
         return _load_folder_split(root, split)
     if not root.exists() and not download:
-        raise DataError(f"data folder {root} does not exist: pass --data-dir a folder with "
-                        f"train/<class>/ images, or add --download to fetch the official "
-                        f"CIFAR-10 (170 MB) into {root}")
+        raise DataError(
+            f"data folder {root} does not exist: pass --data-dir a folder with "
+            f"train/<class>/ images, or add --download to fetch the official "
+            f"CIFAR-10 (170 MB) into {root}"
+        )
     return _load_torchvision_split(root, split, download)
 
 
@@ -84,10 +86,8 @@ def _misplaced_hint(root: Path) -> str:
     below = sorted(p.parent for p in root.glob("*/train") if p.is_dir())
     if below:
         return f"its subfolder {below[0]} has train/<class>/ images: pass that as --data-dir"
-    if any(p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())
-           for p in root.iterdir()):
-        return (f"it holds class folders itself: it looks like a train/ folder, so pass "
-                f"its parent {root.parent}")
+    if any(p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir()) for p in root.iterdir()):
+        return f"it holds class folders itself: it looks like a train/ folder, so pass its parent {root.parent}"
     return "pass the folder that holds train/<class>/*.jpg, or an empty folder to download CIFAR-10 into"
 
 
@@ -95,13 +95,17 @@ def _load_torchvision_split(root: Path, split: str, download: bool) -> ImageSet:
     from torchvision.datasets import CIFAR10
 
     other = {p.name for p in root.iterdir()} - CIFAR10_FILES if root.exists() else set()
-    if other:   # a folder one level off must not start a 170 MB download, nor train on it
-        raise DataError(f"data folder {root} has no train/<class>/ images and is not an empty "
-                        f"folder for CIFAR-10's download: {_misplaced_hint(root)}")
+    if other:  # a folder one level off must not start a 170 MB download, nor train on it
+        raise DataError(
+            f"data folder {root} has no train/<class>/ images and is not an empty "
+            f"folder for CIFAR-10's download: {_misplaced_hint(root)}"
+        )
     if not download and not (root / "cifar-10-batches-py").is_dir():
-        raise DataError(f"data folder {root} holds no images: pass --data-dir a folder with "
-                        f"train/<class>/ images, or add --download to fetch the official "
-                        f"CIFAR-10 (170 MB) into it")
+        raise DataError(
+            f"data folder {root} holds no images: pass --data-dir a folder with "
+            f"train/<class>/ images, or add --download to fetch the official "
+            f"CIFAR-10 (170 MB) into it"
+        )
     try:
         ds = CIFAR10(str(root), train=split == "train", download=download)
     except Exception as err:  # no network, a broken archive, a full disk, ...
@@ -117,9 +121,11 @@ def _list_folder_split(split_dir: Path) -> tuple[list[str], list[tuple[Path, int
     class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/*.jpg")
-    if len(class_dirs) == 1:   # every image "right": a 100% model that has learned nothing
-        raise DataError(f"{split_dir} has one class folder ({class_dirs[0].name}): a classifier "
-                        f"needs images of at least two classes, one folder each")
+    if len(class_dirs) == 1:  # every image "right": a 100% model that has learned nothing
+        raise DataError(
+            f"{split_dir} has one class folder ({class_dirs[0].name}): a classifier "
+            f"needs images of at least two classes, one folder each"
+        )
     files = []
     for label, class_dir in enumerate(class_dirs):
         found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -147,8 +153,7 @@ def _decode(path: Path) -> torch.Tensor:
             rgb = im.convert("RGB")
     except Exception as err:
         raise DataError(f"cannot read image {path}: {err}") from err
-    return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(
-        rgb.height, rgb.width, 3).permute(2, 0, 1)
+    return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3).permute(2, 0, 1)
 
 
 def _load_folder_split(root: Path, split: str) -> ImageSet:
@@ -160,22 +165,23 @@ def _load_folder_split(root: Path, split: str) -> ImageSet:
         try:
             state = torch.load(cache, weights_only=True)
             return ImageSet(state["images"], state["labels"], state["class_names"])
-        except Exception as err:   # truncated by a full disk or a copy: decode again
-            print(f"note: the decode cache {cache} is unreadable ({type(err).__name__}); "
-                  "decoding the images again", file=sys.stderr)
+        except Exception as err:  # truncated by a full disk or a copy: decode again
+            print(
+                f"note: the decode cache {cache} is unreadable ({type(err).__name__}); decoding the images again",
+                file=sys.stderr,
+            )
             cache.unlink(missing_ok=True)
     images = []
-    for path, _ in tqdm(files, desc=f"decoding {split} images (once)", unit="img",
-                        mininterval=1.0, leave=False):
+    for path, _ in tqdm(files, desc=f"decoding {split} images (once)", unit="img", mininterval=1.0, leave=False):
         images.append(_decode(path))
         _check_size(images, files)
     result = ImageSet(torch.stack(images), torch.tensor([label for _, label in files]), class_names)
     try:
         atomic_save({"images": result.images, "labels": result.labels, "class_names": class_names}, cache)
-    except OSError as err:   # a read-only copy of the data: decode again next time
+    except OSError as err:  # a read-only copy of the data: decode again next time
         print(f"note: no decode cache in {cache.parent} ({err.strerror or err})", file=sys.stderr)
         return result
-    for stale in set(cache.parent.glob(f"{split}-*.pt")) - {cache}:   # of files since changed
+    for stale in set(cache.parent.glob(f"{split}-*.pt")) - {cache}:  # of files since changed
         stale.unlink(missing_ok=True)
     return result
 
@@ -185,11 +191,14 @@ def _check_size(images: list[torch.Tensor], files: list[tuple[Path, int]]) -> No
     k = len(images) - 1
     h, w = images[k].shape[1:]
     if h != w:
-        raise DataError(f"image {files[k][0]} is {w}x{h}: images must be square (the ViT "
-                        "cuts them into a square grid of patches)")
+        raise DataError(
+            f"image {files[k][0]} is {w}x{h}: images must be square (the ViT cuts them into a square grid of patches)"
+        )
     if k and images[k].shape[1:] != images[0].shape[1:]:
-        raise DataError(f"images differ in size: {files[0][0]} is {images[0].shape[2]}x"
-                        f"{images[0].shape[1]} but {files[k][0]} is {w}x{h}; resize them to one size")
+        raise DataError(
+            f"images differ in size: {files[0][0]} is {images[0].shape[2]}x"
+            f"{images[0].shape[1]} but {files[k][0]} is {w}x{h}; resize them to one size"
+        )
 
 
 def val_size(text: str) -> float:
@@ -199,8 +208,7 @@ def val_size(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a fraction nor a count") from None
     if not math.isfinite(value) or value <= 0 or (value >= 1 and not value.is_integer()):
-        raise argparse.ArgumentTypeError(f"{text} must be a fraction between 0 and 1 or a "
-                                         "whole number of images")
+        raise argparse.ArgumentTypeError(f"{text} must be a fraction between 0 and 1 or a whole number of images")
     return value
 
 
@@ -209,8 +217,10 @@ def split_indices(n: int, val_size: float, seed: int) -> tuple[torch.Tensor, tor
     fraction of n (below 1) or a count."""
     count = round(val_size * n) if 0 < val_size < 1 else int(val_size)
     if not 0 < count < n:
-        raise DataError(f"validation size {count} must be at least 1 and below the {n} "
-                        f"images of the training split (--val-size {val_size:g})")
+        raise DataError(
+            f"validation size {count} must be at least 1 and below the {n} "
+            f"images of the training split (--val-size {val_size:g})"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[count:].sort().values, perm[:count].sort().values
 
@@ -233,23 +243,25 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 class TrainingData:
     """The training split of a data folder, cut into the images trained on and the ones
     held out for validation, with the training images' statistics and the test split."""
-    images: torch.Tensor      # (N, C, H, W) uint8, the whole training split
-    labels: torch.Tensor      # (N,) int64
+
+    images: torch.Tensor  # (N, C, H, W) uint8, the whole training split
+    labels: torch.Tensor  # (N,) int64
     class_names: list[str]
     train_idx: torch.Tensor
     val_idx: torch.Tensor
     mean: list[float]
     std: list[float]
     test: ImageSet | None
-    description: str          # source and split sizes, in words
+    description: str  # source and split sizes, in words
 
     @property
     def image_size(self) -> int:
         return self.images.shape[-1]
 
 
-def load_training_data(data_dir: str | os.PathLike, val_size: float = 0.1, seed: int = 0,
-                       train_subset: int = 0, download: bool = False) -> TrainingData:
+def load_training_data(
+    data_dir: str | os.PathLike, val_size: float = 0.1, seed: int = 0, train_subset: int = 0, download: bool = False
+) -> TrainingData:
     """Load a data folder (CIFAR-10 downloaded into it if `download`), split it with
     `seed`, keep `train_subset` training images (0: all) and compute mean/std on the
     images trained on. Raises DataError."""
@@ -257,31 +269,37 @@ def load_training_data(data_dir: str | os.PathLike, val_size: float = 0.1, seed:
     test_set = load_split(data_dir, "test", download)
     train_idx, val_idx = split_indices(len(train_set), val_size, seed)
     if train_subset > len(train_idx):
-        raise DataError(f"--train-subset {train_subset} is more than the {len(train_idx)} "
-                        f"training images of {data_dir}")
+        raise DataError(
+            f"--train-subset {train_subset} is more than the {len(train_idx)} training images of {data_dir}"
+        )
     if train_subset:
         pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed))
         train_idx = train_idx[pick[:train_subset]].sort().values
     mean, std = channel_stats(train_set.images[train_idx])
-    source = ("class folders" if (Path(data_dir) / "train").is_dir()
-              else "official CIFAR-10 via torchvision")
-    description = (f"{Path(data_dir).resolve().name}/ ({source}): {len(train_idx)} training / "
-                   f"{len(val_idx)} validation images (split seed {seed})"
-                   + (f", {len(test_set)} test images" if test_set else ", no test split"))
-    return TrainingData(train_set.images, train_set.labels, train_set.class_names, train_idx,
-                        val_idx, mean, std, test_set, description)
+    source = "class folders" if (Path(data_dir) / "train").is_dir() else "official CIFAR-10 via torchvision"
+    description = (
+        f"{Path(data_dir).resolve().name}/ ({source}): {len(train_idx)} training / "
+        f"{len(val_idx)} validation images (split seed {seed})"
+        + (f", {len(test_set)} test images" if test_set else ", no test split")
+    )
+    return TrainingData(
+        train_set.images, train_set.labels, train_set.class_names, train_idx, val_idx, mean, std, test_set, description
+    )
 
 
 # ---------------------------------------------------------------- reference transforms
 
+
 def train_transform(mean: Sequence[float], std: Sequence[float], size: int = 32) -> v2.Compose:
     """The assignment's augmentation, for one uint8 image tensor (C, H, W)."""
-    return v2.Compose([
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean, std),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
 
 
 def to_normalized(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -299,16 +317,22 @@ def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Load CIFAR-10 and print its split and statistics "
-                                     "(python -m tools.draw_figures draws its figures).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data-dir", required=True,
-                        help="class-folder copy (<dir>/train/<class>/*.jpg) or a folder "
-                             "holding the official CIFAR-10 (see --download)")
-    parser.add_argument("--download", action="store_true",
-                        help="download the official CIFAR-10 (170 MB) into an empty --data-dir")
-    parser.add_argument("--val-size", type=val_size, default=0.1,
-                        help="held out for validation: a fraction, or a number of images")
+    parser = argparse.ArgumentParser(
+        description="Load CIFAR-10 and print its split and statistics "
+        "(python -m tools.draw_figures draws its figures).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--data-dir",
+        required=True,
+        help="class-folder copy (<dir>/train/<class>/*.jpg) or a folder holding the official CIFAR-10 (see --download)",
+    )
+    parser.add_argument(
+        "--download", action="store_true", help="download the official CIFAR-10 (170 MB) into an empty --data-dir"
+    )
+    parser.add_argument(
+        "--val-size", type=val_size, default=0.1, help="held out for validation: a fraction, or a number of images"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     args = parser.parse_args(argv)
     try:

@@ -54,8 +54,12 @@ def discard_weakest(attention: torch.Tensor, ratio: float) -> torch.Tensor:
     return out
 
 
-def attention_rollout(attentions: Sequence[torch.Tensor | None], head_fusion: str = "mean",
-                      discard_ratio: float = 0.0, num_blocks: int | None = None) -> torch.Tensor:
+def attention_rollout(
+    attentions: Sequence[torch.Tensor | None],
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+    num_blocks: int | None = None,
+) -> torch.Tensor:
     """Rollout matrices (B, T, T) from each block's attention (B, heads, T, T), first block
     first. Every row of the result sums to 1.
 
@@ -69,7 +73,8 @@ def attention_rollout(attentions: Sequence[torch.Tensor | None], head_fusion: st
         raise ValueError(
             f"attention rollout needs one attention map per block ({expected}), got "
             f"{len(attentions) - missing} maps and {missing} missing; run the model with "
-            "return_attention=True (the fused attention kernel returns no weights)")
+            "return_attention=True (the fused attention kernel returns no weights)"
+        )
     first = attentions[0]
     b, _, t, _ = first.shape
     eye = torch.eye(t, dtype=torch.float32, device=first.device)
@@ -97,13 +102,16 @@ def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
     return maps / peak.view(-1, *([1] * (maps.ndim - 1)))
 
 
-def block_attention_map(attentions: Sequence[torch.Tensor | None], block: int,
-                        head: int | str = "mean") -> torch.Tensor:
+def block_attention_map(
+    attentions: Sequence[torch.Tensor | None], block: int, head: int | str = "mean"
+) -> torch.Tensor:
     """The raw attention of one block, (B, grid, grid): the class token's row over the
     patches for one head (an index) or the heads fused ("mean", "max", "min")."""
     if not 0 <= block < len(attentions) or attentions[block] is None:
-        raise ValueError(f"no attention map for block {block} (have {len(attentions)} blocks; "
-                         "run the model with return_attention=True)")
+        raise ValueError(
+            f"no attention map for block {block} (have {len(attentions)} blocks; "
+            "run the model with return_attention=True)"
+        )
     attention = attentions[block].float()
     if isinstance(head, str):
         fused = fuse_heads(attention, head)
@@ -115,8 +123,9 @@ def block_attention_map(attentions: Sequence[torch.Tensor | None], block: int,
 
 
 @torch.no_grad()
-def model_rollout(model: torch.nn.Module, x: torch.Tensor, head_fusion: str = "mean",
-                  discard_ratio: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def model_rollout(
+    model: torch.nn.Module, x: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Run a vit_model.ViT on normalized images x in eval mode (its mode is restored);
     returns (logits, rollout maps (B, grid, grid), each block's attention)."""
     was_training = model.training

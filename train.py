@@ -42,25 +42,37 @@ from vit_model import ViT, count_parameters
 
 # ---------------------------------------------------------------- checks, model, augmentation
 
-def check_data_fits(args: argparse.Namespace, data: TrainingData, world: int,
-                    parent: Parent | None) -> None:
+
+def check_data_fits(args: argparse.Namespace, data: TrainingData, world: int, parent: Parent | None) -> None:
     """Checks that need the data: the patch grid, the batch size, the --init-from model."""
     size = data.image_size
     if args.model == "vit" and size % args.patch_size:
         divisors = ", ".join(str(p) for p in range(1, size + 1) if size % p == 0)
-        raise RunError(f"--patch-size {args.patch_size} does not divide the "
-                         f"{size}x{size} images (use one of {divisors})")
+        raise RunError(
+            f"--patch-size {args.patch_size} does not divide the {size}x{size} images (use one of {divisors})"
+        )
     if args.batch_size % world:
         raise RunError(f"--batch-size {args.batch_size} is not divisible by {world} processes")
     if len(data.train_idx) < args.batch_size:
-        raise RunError(f"--batch-size {args.batch_size} is larger than the "
-                         f"{len(data.train_idx)} training images")
+        raise RunError(f"--batch-size {args.batch_size} is larger than the {len(data.train_idx)} training images")
     if parent:
-        parent.check_fits({**vars(args), "image_size": size, "num_classes": len(data.class_names),
-                           "mean": data.mean}, len(data.val_idx))
+        parent.check_fits(
+            {**vars(args), "image_size": size, "num_classes": len(data.class_names), "mean": data.mean},
+            len(data.val_idx),
+        )
 
-def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunState,
-           data: TrainingData, procs: Processes, bf16: bool, teacher: dict | None) -> dict:
+
+def finish(
+    model: ViT,
+    *,
+    run_dir: Path,
+    args: argparse.Namespace,
+    state: RunState,
+    data: TrainingData,
+    procs: Processes,
+    bf16: bool,
+    teacher: dict | None,
+) -> dict:
     """Evaluate the best checkpoint again (plain and with flip TTA), draw the plots,
     write the export and results.json; returns the results."""
     print("evaluating the best checkpoint on the validation images ...", flush=True)
@@ -72,15 +84,26 @@ def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunSta
     flipped = scorer.evaluate(model, val_images, val_labels, flip=True)
     test = data.test and scorer.evaluate(model, data.test.images, data.test.labels)
     summary = card.RunSummary(
-        recipe=args.recipe, recipe_description=console.describe_recipe(vars(args), scaled_milestones(args.epochs)),
-        data=data.description, machine=lineage.machines_of(lineage.lineage(vars(state))),
+        recipe=args.recipe,
+        recipe_description=console.describe_recipe(vars(args), scaled_milestones(args.epochs)),
+        data=data.description,
+        machine=lineage.machines_of(lineage.lineage(vars(state))),
         command=run_command(state.settings),
-        epochs=args.epochs, best_epoch=best["epoch"], val_acc=val.acc, val_acc_flip_tta=flipped.acc,
-        val_images=len(val_labels), split_seed=args.seed, class_names=data.class_names,
+        epochs=args.epochs,
+        best_epoch=best["epoch"],
+        val_acc=val.acc,
+        val_acc_flip_tta=flipped.acc,
+        val_images=len(val_labels),
+        split_seed=args.seed,
+        class_names=data.class_names,
         confusion=evaluation.confusion_matrix(val_labels, val.preds, len(data.class_names)).tolist(),
-        history=state.history, settings=shareable_settings(state.settings),
-        test_acc=test.acc if test else None, test_images=len(data.test) if data.test else 0,
-        parent=lineage.public_record(state.parent), teacher=lineage.public_record(teacher))
+        history=state.history,
+        settings=shareable_settings(state.settings),
+        test_acc=test.acc if test else None,
+        test_images=len(data.test) if data.test else 0,
+        parent=lineage.public_record(state.parent),
+        teacher=lineage.public_record(teacher),
+    )
     print("drawing the plots ...", flush=True)
     plots.write_run_plots(summary, run_dir, val_images, val_labels, val.preds)
     print("writing the export ...", flush=True)
@@ -90,14 +113,17 @@ def finish(model: ViT, *, run_dir: Path, args: argparse.Namespace, state: RunSta
     return result
 
 
-def prepare_run(args: argparse.Namespace,
-                argv: list[str] | None) -> tuple[argparse.Namespace, dict | None, RunState | None]:
+def prepare_run(
+    args: argparse.Namespace, argv: list[str] | None
+) -> tuple[argparse.Namespace, dict | None, RunState | None]:
     """The settings, the saved checkpoint (or None) and the run state (or None)."""
     if not args.resume:
         check_args(args)
         if (Path(args.out) / "last.pt").exists() and not args.overwrite:
-            raise RunError(f"{args.out} holds a run (its last.pt): add --resume to "
-                             "continue it, --overwrite to replace it, or choose another --out")
+            raise RunError(
+                f"{args.out} holds a run (its last.pt): add --resume to "
+                "continue it, --overwrite to replace it, or choose another --out"
+            )
         return args, None, None
     run_dir = Path(args.out)
     saved = load_checkpoint(run_dir / "last.pt", resume_hint=True)
@@ -109,15 +135,17 @@ def prepare_run(args: argparse.Namespace,
     return args, saved, state
 
 
-def run_state(args: argparse.Namespace, data: TrainingData, state: RunState | None,
-              parent: Parent | None) -> RunState:
+def run_state(args: argparse.Namespace, data: TrainingData, state: RunState | None, parent: Parent | None) -> RunState:
     """A new run's state, or the resumed one after checking that the data is the same."""
     if state is None:
-        return RunState(settings=vars(args).copy(), mean=data.mean, std=data.std,
-                        parent=parent.training if parent else None)
+        return RunState(
+            settings=vars(args).copy(), mean=data.mean, std=data.std, parent=parent.training if parent else None
+        )
     if not torch.allclose(torch.tensor(state.mean), torch.tensor(data.mean), atol=1e-6):
-        raise RunError(f"the images in {args.data_dir} are not the ones this run was "
-                         "trained on (their mean differs from the checkpoint's)")
+        raise RunError(
+            f"the images in {args.data_dir} are not the ones this run was "
+            "trained on (their mean differs from the checkpoint's)"
+        )
     state.settings = vars(args).copy()
     return state
 
@@ -125,18 +153,22 @@ def run_state(args: argparse.Namespace, data: TrainingData, state: RunState | No
 def diverged_message(args: argparse.Namespace, epoch: int, lr: float) -> str:
     """What to say when the loss stops being a number: nothing of that epoch is kept."""
     kept = f"last.pt keeps epoch {epoch - 1}" if epoch > 1 else "nothing was saved"
-    return (f"the training loss became NaN or infinite in epoch {epoch} (learning rate "
-            f"{lr:.3g} at its start): the run diverged, and {kept}. Lower --lr or lengthen "
-            f"--warmup-epochs, then start again (--overwrite) in {args.out}")
+    return (
+        f"the training loss became NaN or infinite in epoch {epoch} (learning rate "
+        f"{lr:.3g} at its start): the run diverged, and {kept}. Lower --lr or lengthen "
+        f"--warmup-epochs, then start again (--overwrite) in {args.out}"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict | None:
     """Train as the command line says; the run's results (None on other processes)."""
     try:
         return run(argv)
-    except WriteError as err:   # every file is written whole or not at all
-        raise SystemExit(f"error: {err}; the files written before are intact: free space (or "
-                         "make the folder writable) and continue with --resume") from None
+    except WriteError as err:  # every file is written whole or not at all
+        raise SystemExit(
+            f"error: {err}; the files written before are intact: free space (or "
+            "make the folder writable) and continue with --resume"
+        ) from None
     except (RunError, DataError, ModelError) as err:
         raise SystemExit(f"error: {err}") from None
 
@@ -146,8 +178,9 @@ def run(argv: list[str] | None) -> dict | None:
     run_dir = Path(args.out)
     procs = start_processes(args.device)
     bf16 = procs.use_bf16(args.amp)
-    data = procs.first_on_main(lambda: load_training_data(
-        args.data_dir, args.val_size, args.seed, args.train_subset, args.download))
+    data = procs.first_on_main(
+        lambda: load_training_data(args.data_dir, args.val_size, args.seed, args.train_subset, args.download)
+    )
     parent = Parent.load(args.init_from) if args.init_from and not saved else None
     check_data_fits(args, data, procs.world, parent)
     note = state and state.regrown_note(args)
@@ -158,10 +191,16 @@ def run(argv: list[str] | None) -> dict | None:
     if procs.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_leftovers(run_dir)
-        print(f"{data.description}; {count_parameters(trainer.model):,} parameters; "
-              f"{procs.machine()}; {procs.bf16_words(args.amp)}; "
-              + (f"resuming after epoch {state.epoch} of {args.epochs}" if saved
-                 else f"{args.epochs} epochs of {trainer.batches.steps} steps"), flush=True)
+        print(
+            f"{data.description}; {count_parameters(trainer.model):,} parameters; "
+            f"{procs.machine()}; {procs.bf16_words(args.amp)}; "
+            + (
+                f"resuming after epoch {state.epoch} of {args.epochs}"
+                if saved
+                else f"{args.epochs} epochs of {trainer.batches.steps} steps"
+            ),
+            flush=True,
+        )
         if note:
             print(note, flush=True)
 
@@ -169,13 +208,13 @@ def run(argv: list[str] | None) -> dict | None:
     while state.epoch < args.epochs:
         start, lr = time.time(), trainer.optimizer.param_groups[0]["lr"]
         row = trainer.train_epoch(args, state.epoch, procs, bf16)
-        if not math.isfinite(row["train_loss"]):   # every process sees the reduced loss
+        if not math.isfinite(row["train_loss"]):  # every process sees the reduced loss
             raise RunError(diverged_message(args, state.epoch + 1, lr))
         state.epoch += 1
         if procs.main:
             val = scorer.evaluate(trainer.scored, val_images, val_labels)
             row = {"epoch": state.epoch, "lr": lr, **row, "val_loss": val.loss, "val_acc": val.acc}
-            if trainer.ema is not None:   # the weights as trained, beside their average
+            if trainer.ema is not None:  # the weights as trained, beside their average
                 row["val_acc_without_ema"] = scorer.evaluate(trainer.model, val_images, val_labels).acc
             row.update(seconds=time.time() - start, machine=procs.machine())
             if note:
@@ -184,11 +223,22 @@ def run(argv: list[str] | None) -> dict | None:
             console.print_epoch(state.epoch, row, args.epochs, first=state.epoch == first_epoch + 1)
         procs.barrier()
     if procs.main:
-        result = finish(trainer.scored, run_dir=run_dir, args=args, state=state, data=data,
-                        procs=procs, bf16=bf16, teacher=trainer.teacher_record)
-        print(f"best validation accuracy {100 * result['val_acc']:.2f}% at epoch "
-              f"{result['best_epoch']} ({100 * result['val_acc_flip_tta']:.2f}% with flip "
-              f"TTA); export in {result['export']}", flush=True)
+        result = finish(
+            trainer.scored,
+            run_dir=run_dir,
+            args=args,
+            state=state,
+            data=data,
+            procs=procs,
+            bf16=bf16,
+            teacher=trainer.teacher_record,
+        )
+        print(
+            f"best validation accuracy {100 * result['val_acc']:.2f}% at epoch "
+            f"{result['best_epoch']} ({100 * result['val_acc_flip_tta']:.2f}% with flip "
+            f"TTA); export in {result['export']}",
+            flush=True,
+        )
     procs.close()
     if result and args.push_to_hub:
         try:
@@ -202,5 +252,6 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:
-        raise SystemExit("interrupted: the run's last.pt holds its last finished epoch; "
-                         "continue it with --resume") from None
+        raise SystemExit(
+            "interrupted: the run's last.pt holds its last finished epoch; continue it with --resume"
+        ) from None

@@ -26,6 +26,7 @@ BUNDLED = {"vit": HERE / "weights", "cnn": HERE / "weights" / "cnn"}
 
 def above(kind: type, low: float = 0, equal: bool = False) -> Callable[[str], float]:
     """argparse type: a number of `kind` above `low` (or equal to it, with `equal`)."""
+
     def parse(text: str) -> float:
         try:
             value = kind(text)
@@ -34,6 +35,7 @@ def above(kind: type, low: float = 0, equal: bool = False) -> Callable[[str], fl
         if not (value >= low if equal else value > low) or value != value or value == float("inf"):
             raise argparse.ArgumentTypeError(f"{text} must be {'at least' if equal else 'above'} {low}")
         return value
+
     return parse
 
 
@@ -56,9 +58,13 @@ def device_or_error(name: str) -> str:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"--device {name} is not a device name (cpu, cuda, cuda:1, mps)") from None
-    if (device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count())
-            or device.type == "mps" and not torch.backends.mps.is_available()
-            or device.type not in ("cpu", "cuda", "mps")):
+    if (
+        device.type == "cuda"
+        and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count())
+        or device.type == "mps"
+        and not torch.backends.mps.is_available()
+        or device.type not in ("cpu", "cuda", "mps")
+    ):
         raise ValueError(f"--device {name} is not on this machine")
     return name
 
@@ -72,27 +78,48 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=Formatter)
-    p.add_argument("--data-dir", required=True, type=Path,
-                   help="one folder of photos per class: DIR/<class>/*.jpg|png (or DIR/train/<class>/)")
-    p.add_argument("--out", required=True, type=Path,
-                   help="folder for results.json, transfer.png and export/")
+    p.add_argument(
+        "--data-dir",
+        required=True,
+        type=Path,
+        help="one folder of photos per class: DIR/<class>/*.jpg|png (or DIR/train/<class>/)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="folder for results.json, transfer.png and export/")
     p.add_argument("--model", choices=sorted(BUNDLED), default="cnn", help="which network to transfer")
-    p.add_argument("--from", dest="source", type=Path, default=None,
-                   help="the CIFAR-trained model folder (config.json + model.safetensors), e.g. "
-                        "an export/ of train.py (default: weights/ for --model vit, weights/cnn/ for cnn)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=None,
+        help="the CIFAR-trained model folder (config.json + model.safetensors), e.g. "
+        "an export/ of train.py (default: weights/ for --model vit, weights/cnn/ for cnn)",
+    )
     p.add_argument("--epochs", type=above(int), default=20, help="epochs of each of the three runs")
-    p.add_argument("--lr", type=above(float), default=3e-3,
-                   help="AdamW peak learning rate of the linear probe; the fine-tune's is a tenth of it")
-    p.add_argument("--scratch-lr", type=above(float), default=1e-3,
-                   help="AdamW peak learning rate of the run from scratch")
+    p.add_argument(
+        "--lr",
+        type=above(float),
+        default=3e-3,
+        help="AdamW peak learning rate of the linear probe; the fine-tune's is a tenth of it",
+    )
+    p.add_argument(
+        "--scratch-lr", type=above(float), default=1e-3, help="AdamW peak learning rate of the run from scratch"
+    )
     p.add_argument("--batch-size", type=above(int), default=32, help="images per training step")
     p.add_argument("--val-fraction", type=fraction, default=0.2, help="held out per class for validation")
-    p.add_argument("--seed", type=above(int, 0, equal=True), default=0,
-                   help="seed of the split, the new layers and the batches")
-    p.add_argument("--weight-decay", type=above(float, 0, equal=True), default=0.05,
-                   help="AdamW weight decay on matrices")
-    p.add_argument("--translate", type=int, choices=range(0, 5), default=2, metavar="{0..4}",
-                   help="random translation in pixels (with random flips)")
+    p.add_argument(
+        "--seed", type=above(int, 0, equal=True), default=0, help="seed of the split, the new layers and the batches"
+    )
+    p.add_argument(
+        "--weight-decay", type=above(float, 0, equal=True), default=0.05, help="AdamW weight decay on matrices"
+    )
+    p.add_argument(
+        "--translate",
+        type=int,
+        choices=range(0, 5),
+        default=2,
+        metavar="{0..4}",
+        help="random translation in pixels (with random flips)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if there is one)")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     return p.parse_args(argv)
@@ -110,12 +137,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     command = shlex.join(["python", "transfer.py", *(sys.argv[1:] if argv is None else argv)])
-    settings = Settings(data_dir=args.data_dir, out=args.out, model=args.model,
-                        source=args.source or BUNDLED[args.model], epochs=args.epochs, lr=args.lr,
-                        scratch_lr=args.scratch_lr,
-                        batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
-                        weight_decay=args.weight_decay, translate=args.translate, device=device,
-                        overwrite=args.overwrite, command=command)
+    settings = Settings(
+        data_dir=args.data_dir,
+        out=args.out,
+        model=args.model,
+        source=args.source or BUNDLED[args.model],
+        epochs=args.epochs,
+        lr=args.lr,
+        scratch_lr=args.scratch_lr,
+        batch_size=args.batch_size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        weight_decay=args.weight_decay,
+        translate=args.translate,
+        device=device,
+        overwrite=args.overwrite,
+        command=command,
+    )
     try:
         run_transfer(settings, log=lambda line: print(line, flush=True))
     except (TransferError, WriteError) as err:

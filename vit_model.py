@@ -18,8 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -38,8 +37,7 @@ def unpatchify(patches: torch.Tensor, patch_size: int, height: int, width: int) 
     b, n, d = patches.shape
     p = patch_size
     if p <= 0 or height % p or width % p or n != (height // p) * (width // p) or d % (p * p):
-        raise ValueError(f"{n} patches of {d} values do not tile a {height}x{width} image "
-                         f"with patch size {p}")
+        raise ValueError(f"{n} patches of {d} values do not tile a {height}x{width} image with patch size {p}")
     c = d // (p * p)
     x = patches.reshape(b, height // p, width // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
     return x.reshape(b, c, height, width)
@@ -47,7 +45,7 @@ def unpatchify(patches: torch.Tensor, patch_size: int, height: int, width: int) 
 
 # Dropout keeps an element when a uniform 32-bit word falls below this many of the 2**32
 # words: the keep probability is exact to 2**-32 (torch.rand's floats resolve 2**-24).
-_WORDS = 2 ** 32
+_WORDS = 2**32
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -68,7 +66,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     kept_words = round((1.0 - p) * _WORDS)
     # random_(-2**63, None) fills all 64 bits; seen as int32, each half is uniform over
     # all 2**32 values, exactly kept_words of which lie below kept_words - 2**31.
-    words = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-2 ** 63, None)
+    words = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-(2**63), None)
     words = words.view(torch.int32)[:n].view(x.shape)
     # The comparison writes 0 / 1 straight into x's dtype, then one in-place scaling:
     # 2-3x cheaper than torch.where or a bool mask converted afterwards.
@@ -102,29 +100,31 @@ class DropPath(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float,
-                 attn_dropout: float, drop_path: float):
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, attn_dropout: float, drop_path: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=attn_dropout, batch_first=True)
         self.drop1 = Dropout(dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, mlp_dim), nn.GELU(), Dropout(dropout),
-            nn.Linear(mlp_dim, dim), Dropout(dropout),
+            nn.Linear(dim, mlp_dim),
+            nn.GELU(),
+            Dropout(dropout),
+            nn.Linear(mlp_dim, dim),
+            Dropout(dropout),
         )
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         h, weights = attention(self.norm1(x), self.attn, need_weights, self.training)
         x = x + self.drop_path(self.drop1(h))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, weights
 
 
-def attention(x: torch.Tensor, mha: nn.MultiheadAttention, need_weights: bool = False,
-              training: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def attention(
+    x: torch.Tensor, mha: nn.MultiheadAttention, need_weights: bool = False, training: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Self-attention of batch-first x with mha's parameters: what nn.MultiheadAttention
     computes, without its (L, B, E) transposes and layout copies.
 
@@ -188,8 +188,9 @@ class ViT(
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
         self.patch_size = patch_size
         self.image_size = image_size
-        self.class_names = list(class_names or (CIFAR10_CLASSES if num_classes == 10 else
-                                                [str(i) for i in range(num_classes)]))
+        self.class_names = list(
+            class_names or (CIFAR10_CLASSES if num_classes == 10 else [str(i) for i in range(num_classes)])
+        )
         self.mean = list(mean) if mean is not None else [0.5] * in_channels
         self.std = list(std) if std is not None else [0.5] * in_channels
         num_patches = (image_size // patch_size) ** 2
@@ -200,9 +201,7 @@ class ViT(
         self.pos_drop = Dropout(dropout)
         # Stochastic depth grows linearly with depth, as in DeiT and timm.
         rates = torch.linspace(0, drop_path, depth).tolist()
-        self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_dim, dropout, attn_dropout, r) for r in rates
-        )
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_dim, dropout, attn_dropout, r) for r in rates)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
         self.reset_parameters()
@@ -225,8 +224,9 @@ class ViT(
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False,
-                patch_keep: float = 1.0) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor | None]]:
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False, patch_keep: float = 1.0
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor | None]]:
         """Logits for normalized images (B, C, H, W).
 
         With return_attention=True, also the list of each block's attention weights,
@@ -304,17 +304,19 @@ def forward_flops(model: nn.Module, image_size: int = 32) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Print the ViT's layer table and the cost of "
-                                     "a forward pass.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="Print the ViT's layer table and the cost of a forward pass.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--patch-size", type=int, default=4, help="patch side in pixels")
     parser.add_argument("--batch-size", type=int, default=1, help="batch size for the table")
     args = parser.parse_args()
     from torchinfo import summary
 
     model = ViT(patch_size=args.patch_size)
-    table = summary(model, input_size=(args.batch_size, 3, 32, 32), depth=3, verbose=0,
-                    col_names=("output_size", "num_params"))
+    table = summary(
+        model, input_size=(args.batch_size, 3, 32, 32), depth=3, verbose=0, col_names=("output_size", "num_params")
+    )
     # torchinfo's own "mult-adds" line misses the attention inside nn.MultiheadAttention
     # and labels its unit as bytes; the count below is taken on the real operators.
     print("\n".join(line for line in str(table).splitlines() if "mult-adds" not in line))

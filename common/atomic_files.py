@@ -55,12 +55,14 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
 
 def json_text(obj: object, indent: int | None = None) -> str:
     """Strict JSON (no NaN): a non-finite number, as a diverged run records, becomes null."""
+
     def finite(o):
         if isinstance(o, float) and not math.isfinite(o):
             return None
         if isinstance(o, dict):
             return {k: finite(v) for k, v in o.items()}
         return [finite(v) for v in o] if isinstance(o, (list, tuple)) else o
+
     return json.dumps(finite(obj), indent=indent, allow_nan=False)
 
 

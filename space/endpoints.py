@@ -44,8 +44,10 @@ def sample_caveat(training: dict) -> str:
     trained on another split (or whose training.json does not say) may have seen some."""
     if (training.get("split_seed"), training.get("val_images")) == (SPLIT_SEED, VAL_SIZE):
         return ""
-    return (" **This model's training.json does not show the same validation split, so it "
-            "may have trained on some of these images.**")
+    return (
+        " **This model's training.json does not show the same validation split, so it "
+        "may have trained on some of these images.**"
+    )
 
 
 def payload_key(payload: str | os.PathLike | dict | None) -> str:
@@ -59,8 +61,13 @@ def payload_key(payload: str | os.PathLike | dict | None) -> str:
 
 
 def _whole(value, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value != int(value) or not low <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value != int(value)
+        or not low <= value <= high
+    ):
         raise photo.UserError(f"{name} must be a whole number from {low} to {high}, not {value!r}.")
     return int(value)
 
@@ -116,8 +123,10 @@ class Endpoints:
 
     def _require(self):
         if self.model is None:
-            raise photo.UserError("No trained model is loaded, so there is nothing to predict "
-                                  "with: see the note at the top of the page for how to add weights.")
+            raise photo.UserError(
+                "No trained model is loaded, so there is nothing to predict "
+                "with: see the note at the top of the page for how to add weights."
+            )
         return self.model
 
     def read(self, image: str | os.PathLike | dict | None) -> torch.Tensor:
@@ -138,8 +147,10 @@ class Endpoints:
         if image is None:  # a cleared upload: nothing to show, and no message on the page
             raise gr.Error(photo.NO_IMAGE, visible=False, print_exception=False)
         outcome, fresh = self.last_view.run(
-            getattr(request, "session_hash", None), payload_key(image),
-            lambda: self._png(self.read(image).permute(1, 2, 0).numpy()))
+            getattr(request, "session_hash", None),
+            payload_key(image),
+            lambda: self._png(self.read(image).permute(1, 2, 0).numpy()),
+        )
         if outcome.exception() is not None and not fresh:  # already shown for this image
             raise gr.Error(str(outcome.exception()), visible=False, print_exception=False)
         path = outcome.result()
@@ -155,34 +166,38 @@ class Endpoints:
         with torch.no_grad():
             return self._probs(tta_logits(model, x, flip_tta))
 
-    def rollout(self, image: str | os.PathLike | dict | None, head_fusion: str, discard_ratio: float,
-                block_head: str) -> tuple[str, list[tuple[str, str]], str]:
+    def rollout(
+        self, image: str | os.PathLike | dict | None, head_fusion: str, discard_ratio: float, block_head: str
+    ) -> tuple[str, list[tuple[str, str]], str]:
         """/rollout: the image beside its attention rollout (with the colour scale), each
         block's raw attention for one head or the heads fused, and a caption."""
         model = self._require()
         _one_of(head_fusion, "Head fusion", HEAD_FUSIONS)
-        if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)) \
-                or not 0 <= discard_ratio < 1:
+        if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)) or not 0 <= discard_ratio < 1:
             raise photo.UserError(f"The discard ratio must be at least 0 and below 1, not {discard_ratio!r}.")
         heads = [f"head {h + 1}" for h in range(self.heads)]
         head = _one_of(block_head, "Block head", list(HEAD_FUSIONS) + heads)
         head = heads.index(head) if head in heads else head
         small = self.read(image)
         logits, maps, attentions = model_rollout(
-            model, to_normalized(small[None], model.mean, model.std), head_fusion, discard_ratio)
+            model, to_normalized(small[None], model.mean, model.std), head_fusion, discard_ratio
+        )
         probs = self._probs(logits)
         best = max(probs, key=probs.get)
         # The class, not its probability: the top 5 may read the mirror image too (flip
         # TTA), and one class must not show two probabilities on one page.
-        caption = (f"Explaining **{best}**, the model's top class for the image alone. Left: the "
-                   f"{self.size}x{self.size} input; right: attention rollout over it. Colour "
-                   "scale (under the rollout): clear = little of the class token's attention, "
-                   "bright yellow = the most in this image.")
+        caption = (
+            f"Explaining **{best}**, the model's top class for the image alone. Left: the "
+            f"{self.size}x{self.size} input; right: attention rollout over it. Colour "
+            "scale (under the rollout): clear = little of the class token's attention, "
+            "bright yellow = the most in this image."
+        )
         blocks = [(self._png(p), c) for p, c in block_maps(small, attentions, head)]
         return self._png(rollout_figure(small, scale_to_unit(maps)[0])), blocks, caption
 
-    def augment(self, image: str | os.PathLike | dict | None, count: int | float,
-                seed: int | float | None) -> list[tuple[str, str]]:
+    def augment(
+        self, image: str | os.PathLike | dict | None, count: int | float, seed: int | float | None
+    ) -> list[tuple[str, str]]:
         """/augment: the image as the model reads it, then `count` augmented versions."""
         if seed is None:
             raise photo.UserError("Enter a seed: any whole number from 0 up gives repeatable draws.")
@@ -190,21 +205,24 @@ class Endpoints:
         seed = _whole(seed, "The seed", 0, 2**32 - 1)
         small = self.read(image)
         views = augmented_views(small, count, seed, self.mean, self.std)
-        return [(self._png(enlarge(small, 128)), f"input, {self.size}x{self.size}")] + \
-            [(self._png(enlarge(v, 128)), f"augmented {i + 1}") for i, v in enumerate(views)]
+        return [(self._png(enlarge(small, 128)), f"input, {self.size}x{self.size}")] + [
+            (self._png(enlarge(v, 128)), f"augmented {i + 1}") for i, v in enumerate(views)
+        ]
 
-    def patches(self, image: str | os.PathLike | dict | None,
-                patch_size: int | float | str) -> tuple[str, str, str]:
+    def patches(self, image: str | os.PathLike | dict | None, patch_size: int | float | str) -> tuple[str, str, str]:
         """/patches: the grid of patches, the token sequence, and a caption. The patch size
         may come as text ("8"): Gradio's API description lists the choices that way."""
         if isinstance(patch_size, str) and patch_size.strip().isdigit():
             patch_size = int(patch_size)
         if isinstance(patch_size, bool) or not isinstance(patch_size, (int, float)):
-            raise photo.UserError(f"The patch size must be a number, one of "
-                                  f"{', '.join(map(str, self.patch_sizes))}, not {patch_size!r}.")
+            raise photo.UserError(
+                f"The patch size must be a number, one of {', '.join(map(str, self.patch_sizes))}, not {patch_size!r}."
+            )
         if patch_size not in self.patch_sizes:
-            raise photo.UserError(f"Patch size {patch_size} does not divide {self.size}; use one "
-                                  f"of {', '.join(map(str, self.patch_sizes))}.")
+            raise photo.UserError(
+                f"Patch size {patch_size} does not divide {self.size}; use one "
+                f"of {', '.join(map(str, self.patch_sizes))}."
+            )
         grid, sequence, caption = patch_views(self.read(image), int(patch_size))
         return self._png(grid), self._png(sequence), caption
 
@@ -216,8 +234,7 @@ class Endpoints:
         if self.sample is None:
             raise photo.UserError(self.no_sample)
         names = [ANY] + self.sample.class_names
-        key = (_one_of(true_class, "The true class", names),
-               _one_of(predicted_class, "The predicted class", names))
+        key = (_one_of(true_class, "The true class", names), _one_of(predicted_class, "The predicted class", names))
         # Each filter's answer is drawn once; its pictures are served again while they
         # last (limits.renew), and drawn anew once the cache has deleted one.
         answer = self._galleries.get(key)
@@ -229,10 +246,12 @@ class Endpoints:
         found = self.mistakes
         chosen = select(found, true_class, predicted_class)
         total, wrong = len(found.sample.labels), len(found.wrong)
-        summary = (f"The model gets **{wrong} of the {total}** sample images wrong "
-                   f"({100 * (total - wrong) / total:.1f}% right). This filter: {len(chosen)}"
-                   f"{f', the {MISTAKES_SHOWN} most confident shown' if len(chosen) > MISTAKES_SHOWN else ''}. "
-                   f"Each: the image, its rollout, then true class → top 3. The sample: "
-                   f"{found.sample.description}.{self.caveat}")
+        summary = (
+            f"The model gets **{wrong} of the {total}** sample images wrong "
+            f"({100 * (total - wrong) / total:.1f}% right). This filter: {len(chosen)}"
+            f"{f', the {MISTAKES_SHOWN} most confident shown' if len(chosen) > MISTAKES_SHOWN else ''}. "
+            f"Each: the image, its rollout, then true class → top 3. The sample: "
+            f"{found.sample.description}.{self.caveat}"
+        )
         shown = [picture(found, i) for i in chosen[:MISTAKES_SHOWN]]
         return [(self._png(p), c) for p, c in shown], summary

@@ -48,9 +48,16 @@ class UploadBudget:
     folder (its size measured at most every `rescan` seconds, when empty folders that
     the cache left behind are removed too)."""
 
-    def __init__(self, folder: str | os.PathLike, per_client: int = UPLOAD_BYTES_PER_MINUTE,
-                 in_folder: int = UPLOAD_FOLDER_BYTES, keep: tuple[str | os.PathLike, ...] = (),
-                 window: float = 60.0, rescan: float = 5.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        per_client: int = UPLOAD_BYTES_PER_MINUTE,
+        in_folder: int = UPLOAD_FOLDER_BYTES,
+        keep: tuple[str | os.PathLike, ...] = (),
+        window: float = 60.0,
+        rescan: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.folder, self.keep = Path(folder), {Path(k).resolve() for k in keep}
         self.per_client, self.in_folder, self.window, self.rescan = per_client, in_folder, window, rescan
         self.clock, self.sent, self.stored, self.scanned = clock, {}, 0, -float("inf")
@@ -65,8 +72,10 @@ class UploadBudget:
         recent = [(t, n) for t, n in self.sent.get(client, []) if now - t < self.window]
         if sum(n for _, n in recent) + size > self.per_client:
             self.sent[client] = recent
-            return (f"Uploads are limited to {self.per_client // 1_000_000} MB a minute per "
-                    "visitor; wait a minute and upload again.")
+            return (
+                f"Uploads are limited to {self.per_client // 1_000_000} MB a minute per "
+                "visitor; wait a minute and upload again."
+            )
         if self.stored + size > self.in_folder:
             return BUSY
         self.sent[client], self.stored = [*recent, (now, size)], self.stored + size
@@ -77,11 +86,11 @@ class UploadBudget:
         total = 0
         for root, dirs, files in os.walk(self.folder, topdown=False):
             for name in files:
-                with contextlib.suppress(OSError):   # deleted meanwhile
+                with contextlib.suppress(OSError):  # deleted meanwhile
                     total += os.stat(os.path.join(root, name)).st_size
             here = Path(root)
             if not dirs and not files and here != self.folder and here.resolve() not in self.keep:
-                with contextlib.suppress(OSError):   # refilled or removed meanwhile
+                with contextlib.suppress(OSError):  # refilled or removed meanwhile
                     # A folder younger than a minute may be an upload's, about to be filled.
                     if time.time() - here.stat().st_mtime > EMPTY_FOLDER_AGE:
                         here.rmdir()
@@ -94,8 +103,13 @@ class RequestGuard:
     http(s) address, which Gradio would download, with no size limit, before any
     check of the app's ran; uploads are held to an UploadBudget."""
 
-    def __init__(self, app, limit: int = MAX_BODY_BYTES, uploads: UploadBudget | None = None,
-                 endpoints: dict[str, int] | None = None):
+    def __init__(
+        self,
+        app,
+        limit: int = MAX_BODY_BYTES,
+        uploads: UploadBudget | None = None,
+        endpoints: dict[str, int] | None = None,
+    ):
         # endpoints: each named endpoint's number of inputs (Gradio's own answer to a call
         # with too few prints its component objects, memory addresses and all)
         self.app, self.limit, self.uploads, self.endpoints = app, limit, uploads, endpoints or {}
@@ -109,8 +123,12 @@ class RequestGuard:
         called = route.removeprefix(CALL_ROUTE).split("/")[0] if route.startswith(CALL_ROUTE) else None
         if self.endpoints and called is not None and called not in self.endpoints:
             # Gradio answers an unknown name with a 500 and a traceback in the log.
-            return await self._refuse(send, 404, f"No endpoint named {called[:80]!r}: this app's "
-                                      f"are {', '.join('/' + e for e in sorted(self.endpoints))}.")
+            return await self._refuse(
+                send,
+                404,
+                f"No endpoint named {called[:80]!r}: this app's "
+                f"are {', '.join('/' + e for e in sorted(self.endpoints))}.",
+            )
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await self._refuse(send)
@@ -132,42 +150,48 @@ class RequestGuard:
     def _body_problem(self, called: str | None, body: bytes) -> str | None:
         """Why a JSON body is refused: an image by web address, or a call with too few inputs."""
         if called is None and b"http" not in body.lower() and b"\\u" not in body:
-            return None   # no address can hide in it: skip parsing
+            return None  # no address can hide in it: skip parsing
         try:
             payload = json.loads(body)
-        except ValueError:   # not JSON: Gradio refuses it itself
+        except ValueError:  # not JSON: Gradio refuses it itself
             return None
         if names_a_web_address(payload):
             return WEB_ADDRESS
         values = payload.get("data") if isinstance(payload, dict) else None
         needed = self.endpoints.get(called or "", 0)
         if isinstance(values, list) and len(values) < needed:
-            return (f"/{called} takes {needed} inputs and got {len(values)}: send all of them, "
-                    f"{{\"data\": [...]}} (gradio_client fills in the defaults itself).")
+            return (
+                f"/{called} takes {needed} inputs and got {len(values)}: send all of them, "
+                f'{{"data": [...]}} (gradio_client fills in the defaults itself).'
+            )
         return None
 
     async def _upload(self, scope, receive, send):
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if self.uploads is not None:
             if not declared.isdigit():
-                return await self._refuse(send, 411, "An upload must declare its size "
-                                                     "(Content-Length).")
+                return await self._refuse(send, 411, "An upload must declare its size (Content-Length).")
             refusal = self.uploads.refusal(_client(scope), int(declared))
             if refusal:
                 return await self._refuse(send, 507 if refusal == BUSY else 429, refusal)
         return await self.app(scope, receive, send)
 
     async def _refuse(self, send, status: int = 413, text: str = "") -> None:
-        body = (text or f"Request body over {self.limit // 1_000_000} MB: send images as "
-                        "file uploads.").encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"text/plain"),
-                                (b"content-length", str(len(body)).encode())]})
+        body = (text or f"Request body over {self.limit // 1_000_000} MB: send images as file uploads.").encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
-WEB_ADDRESS = ("Images are not fetched from web addresses: download the image and upload "
-               "the file (gradio_client.handle_file(path)) or send it as a base64 data: URL.")
+WEB_ADDRESS = (
+    "Images are not fetched from web addresses: download the image and upload "
+    "the file (gradio_client.handle_file(path)) or send it as a base64 data: URL."
+)
 
 
 def names_a_web_address(payload: object) -> bool:
@@ -189,7 +213,7 @@ def names_a_web_address(payload: object) -> bool:
 def _route(scope) -> str:
     """The request's path below the app's mount point (a proxy may mount it under one)."""
     path, root = scope["path"], scope.get("root_path", "")
-    return (path[len(root):] if root and path.startswith(root) else path).rstrip("/")
+    return (path[len(root) :] if root and path.startswith(root) else path).rstrip("/")
 
 
 def _client(scope) -> str:
@@ -289,7 +313,8 @@ def release_memory() -> None:
         trim(0)
 
 
-def request_guard(uploads: UploadBudget | None = None, endpoints: dict[str, int] | None = None,
-                  limit: int = MAX_BODY_BYTES) -> Middleware:
+def request_guard(
+    uploads: UploadBudget | None = None, endpoints: dict[str, int] | None = None, limit: int = MAX_BODY_BYTES
+) -> Middleware:
     """RequestGuard as a FastAPI middleware entry (launch's app_kwargs)."""
     return Middleware(RequestGuard, limit=limit, uploads=uploads, endpoints=endpoints)

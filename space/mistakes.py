@@ -35,8 +35,8 @@ BATCH_ATTENTION_BYTES = 256_000_000
 
 @dataclass
 class Sample:
-    images: torch.Tensor   # (N, 3, H, W) uint8
-    labels: torch.Tensor   # (N,) int64
+    images: torch.Tensor  # (N, 3, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
     class_names: list[str]
     description: str
 
@@ -44,9 +44,9 @@ class Sample:
 @dataclass
 class Mistakes:
     sample: Sample
-    probs: torch.Tensor    # (N, classes) of the loaded model
-    maps: torch.Tensor     # (N, grid, grid) rollout, each scaled to its maximum
-    wrong: list[int]       # sample positions the model gets wrong, most confident first
+    probs: torch.Tensor  # (N, classes) of the loaded model
+    maps: torch.Tensor  # (N, grid, grid) rollout, each scaled to its maximum
+    wrong: list[int]  # sample positions the model gets wrong, most confident first
 
 
 def build_sample(data_dir: str | os.PathLike, out: str | os.PathLike = SAMPLE) -> Path:
@@ -57,15 +57,20 @@ def build_sample(data_dir: str | os.PathLike, out: str | os.PathLike = SAMPLE) -
     train = load_split(data_dir, "train")
     _, val = split_indices(len(train), VAL_SIZE, SPLIT_SEED)
     order = val[torch.randperm(len(val), generator=torch.Generator().manual_seed(PICK_SEED))]
-    chosen = torch.cat([order[train.labels[order] == k][:PER_CLASS]
-                        for k in range(len(train.class_names))])
-    description = (f"{PER_CLASS} images per class drawn at random (seed {PICK_SEED}) from the "
-                   f"{VAL_SIZE} validation images of the training split (split seed "
-                   f"{SPLIT_SEED}), held out from training by every model trained on that "
-                   "split, the bundled ones included")
-    arrays = {"images": train.images[chosen].permute(0, 2, 3, 1).numpy(),
-              "labels": train.labels[chosen].numpy(), "indices": chosen.numpy(),
-              "class_names": np.array(train.class_names), "description": np.array(description)}
+    chosen = torch.cat([order[train.labels[order] == k][:PER_CLASS] for k in range(len(train.class_names))])
+    description = (
+        f"{PER_CLASS} images per class drawn at random (seed {PICK_SEED}) from the "
+        f"{VAL_SIZE} validation images of the training split (split seed "
+        f"{SPLIT_SEED}), held out from training by every model trained on that "
+        "split, the bundled ones included"
+    )
+    arrays = {
+        "images": train.images[chosen].permute(0, 2, 3, 1).numpy(),
+        "labels": train.labels[chosen].numpy(),
+        "indices": chosen.numpy(),
+        "class_names": np.array(train.class_names),
+        "description": np.array(description),
+    }
     atomic_write(out, lambda file: np.savez_compressed(file, **arrays))
     return Path(out)
 
@@ -84,11 +89,20 @@ def load_sample(path: str | os.PathLike = SAMPLE) -> Sample:
         raise ValueError(f"{path} lacks the arrays {', '.join(missing)}")
     images, labels = arrays["images"], arrays["labels"]
     names, description = [str(n) for n in arrays["class_names"]], str(arrays["description"])
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or \
-            labels.shape != images.shape[:1] or not ((0 <= labels) & (labels < len(names))).all():
+    if (
+        images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[-1] != 3
+        or labels.shape != images.shape[:1]
+        or not ((0 <= labels) & (labels < len(names))).all()
+    ):
         raise ValueError(f"{path} does not hold uint8 RGB images with labels for {len(names)} classes")
-    return Sample(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                  torch.from_numpy(labels.astype(np.int64)), names, description)
+    return Sample(
+        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        torch.from_numpy(labels.astype(np.int64)),
+        names,
+        description,
+    )
 
 
 @torch.no_grad()
@@ -97,16 +111,19 @@ def find_mistakes(model: ViT, sample: Sample, batch: int = 100) -> Mistakes:
     in batches of at most `batch` whose attention maps fit BATCH_ATTENTION_BYTES."""
     from data import to_normalized
 
-    per_image = attention_bytes(len(model.blocks), model.blocks[0].attn.num_heads,
-                                model.pos_embed.shape[1])
+    per_image = attention_bytes(len(model.blocks), model.blocks[0].attn.num_heads, model.pos_embed.shape[1])
     batch = max(1, min(batch, BATCH_ATTENTION_BYTES // per_image))
     images = sample.images
     if images.shape[-1] != model.image_size:
-        images = F.interpolate(images.float(), size=model.image_size, mode="bicubic",
-                               antialias=True).round().clamp(0, 255).to(torch.uint8)
+        images = (
+            F.interpolate(images.float(), size=model.image_size, mode="bicubic", antialias=True)
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+        )
     probs, maps = [], []
     for start in range(0, len(images), batch):
-        x = to_normalized(images[start:start + batch], model.mean, model.std)
+        x = to_normalized(images[start : start + batch], model.mean, model.std)
         logits, rollout, _ = model_rollout(model, x)
         probs.append(logits.float().softmax(-1))
         maps.append(scale_to_unit(rollout))
@@ -114,17 +131,21 @@ def find_mistakes(model: ViT, sample: Sample, batch: int = 100) -> Mistakes:
     confidence, predicted = probs.max(-1)
     wrong = (predicted != sample.labels).nonzero().flatten()
     wrong = wrong[confidence[wrong].argsort(descending=True)].tolist()
-    return Mistakes(Sample(images, sample.labels, sample.class_names, sample.description),
-                    probs, torch.cat(maps), wrong)
+    return Mistakes(
+        Sample(images, sample.labels, sample.class_names, sample.description), probs, torch.cat(maps), wrong
+    )
 
 
 def select(mistakes: Mistakes, true: str, predicted: str) -> list[int]:
     """The mistakes with the given true and predicted class (ANY for either); the
     caller has checked that each is ANY or one of the sample's classes."""
     names = mistakes.sample.class_names
-    return [i for i in mistakes.wrong
-            if (true == ANY or names[mistakes.sample.labels[i]] == true)
-            and (predicted == ANY or names[int(mistakes.probs[i].argmax())] == predicted)]
+    return [
+        i
+        for i in mistakes.wrong
+        if (true == ANY or names[mistakes.sample.labels[i]] == true)
+        and (predicted == ANY or names[int(mistakes.probs[i].argmax())] == predicted)
+    ]
 
 
 def picture(mistakes: Mistakes, i: int, size: int = 96, gap: int = 4) -> tuple[np.ndarray, str]:

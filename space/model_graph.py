@@ -16,8 +16,7 @@ import torch
 def dot_missing() -> str | None:
     """Why the graph cannot be drawn here, or None when it can."""
     if shutil.which("dot") is None:
-        return ("graphviz's `dot` is not installed (apt-get install graphviz; on a Space "
-                "packages.txt installs it)")
+        return "graphviz's `dot` is not installed (apt-get install graphviz; on a Space packages.txt installs it)"
     return None
 
 
@@ -28,8 +27,9 @@ def draw(model: torch.nn.Module, image_size: int, path: str | os.PathLike) -> Pa
 
     if (reason := dot_missing()) is not None:
         raise RuntimeError(reason)
-    graph = draw_graph(model, input_size=(1, 3, image_size, image_size), depth=1,
-                       graph_dir="TB", hide_inner_tensors=True, device="cpu")
+    graph = draw_graph(
+        model, input_size=(1, 3, image_size, image_size), depth=1, graph_dir="TB", hide_inner_tensors=True, device="cpu"
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
@@ -45,6 +45,14 @@ def layer_table(model: torch.nn.Module, image_size: int) -> str:
     prints its unit as an enum)."""
     from torchinfo import summary
 
-    table = str(summary(model, input_size=(1, 3, image_size, image_size), depth=3, verbose=0,
-                        col_names=("output_size", "num_params"), device="cpu"))
+    table = str(
+        summary(
+            model,
+            input_size=(1, 3, image_size, image_size),
+            depth=3,
+            verbose=0,
+            col_names=("output_size", "num_params"),
+            device="cpu",
+        )
+    )
     return "\n".join(line for line in table.splitlines() if "mult-adds" not in line)

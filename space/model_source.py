@@ -18,6 +18,7 @@ from vit_model import ViT
 @dataclass
 class Loaded:
     """A loaded model (or None), the status line for the page, its folder and training.json."""
+
     model: ViT | None
     status: str
     folder: Path | None = None
@@ -29,8 +30,7 @@ def is_hub_repo_id(source: str) -> bool:
     exists here (runs/exp1 beside runs/) is a folder, even if mistyped: it must say so,
     not fall back to the bundled model as an unreachable repo does."""
     path = Path(source).expanduser()
-    if path.exists() or source.startswith((".", "/", "~")) \
-            or (path.parts and Path(path.parts[0]).is_dir()):
+    if path.exists() or source.startswith((".", "/", "~")) or (path.parts and Path(path.parts[0]).is_dir()):
         return False
     try:
         validate_repo_id(source)
@@ -40,9 +40,11 @@ def is_hub_repo_id(source: str) -> bool:
 
 
 def _how_to_fix(bundled: Path, env: str) -> str:
-    return (f"Train one (`python train.py ...`) and copy its `export/` files into "
-            f"`{bundled.name}/`, or point `--model` / `${env}` at a Hub repo or folder "
-            "holding `config.json` and `model.safetensors`.")
+    return (
+        f"Train one (`python train.py ...`) and copy its `export/` files into "
+        f"`{bundled.name}/`, or point `--model` / `${env}` at a Hub repo or folder "
+        "holding `config.json` and `model.safetensors`."
+    )
 
 
 def load_model(source: str, bundled: Path, env: str) -> Loaded:
@@ -57,19 +59,22 @@ def load_model(source: str, bundled: Path, env: str) -> Loaded:
         try:
             folder = Path(snapshot_download(source, allow_patterns=HUB_FILES))
             model = load_folder(folder)
-            return Loaded(model, f"Model: `{source}` from the Hugging Face Hub.", folder,
-                          read_training(folder))
+            return Loaded(model, f"Model: `{source}` from the Hugging Face Hub.", folder, read_training(folder))
         except Exception as err:  # offline, no such repo, no access, a model refused, ...
             detail = f": {err}" if isinstance(err, ModelError) else f" ({type(err).__name__})"
             reason, folder = f"could not load `{source}` from the Hub{detail}", bundled
     try:
         model = load_folder(folder)
     except Exception as err:
-        problem = f"{reason}, and the bundled `{folder.name}/` failed too" if reason else \
-            f"no usable weights in `{folder}`"
-        return Loaded(None, f"**No trained model is loaded** ({problem}: {err}). Prediction, "
-                            f"attention rollout and mistakes are off; the augmentation and "
-                            f"patch tabs work. {_how_to_fix(bundled, env)}")
+        problem = (
+            f"{reason}, and the bundled `{folder.name}/` failed too" if reason else f"no usable weights in `{folder}`"
+        )
+        return Loaded(
+            None,
+            f"**No trained model is loaded** ({problem}: {err}). Prediction, "
+            f"attention rollout and mistakes are off; the augmentation and "
+            f"patch tabs work. {_how_to_fix(bundled, env)}",
+        )
     where = f"`{folder}`" if folder != bundled else f"the bundled `{folder.name}/` folder"
     status = f"Model: {where}, because the app {reason}." if reason else f"Model: {where}."
     return Loaded(model, status, folder, read_training(folder))

@@ -45,13 +45,17 @@ MAX_JPEG_SCANS = 40
 JPEG_FORMATS = ("JPEG", "MPO")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # EXIF orientation -> how to turn the stored pixels upright (as ImageOps.exif_transpose).
-UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-           6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-           8: Image.Transpose.ROTATE_90}
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 # What a malformed file makes Pillow's decoders raise.
-DAMAGED = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
-           ZeroDivisionError)
+DAMAGED = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, ZeroDivisionError)
 
 NO_IMAGE = "No image: upload a photo or pick one of the examples first."
 UNSUPPORTED = f"Unsupported format: this app reads {FORMAT_NAMES} images, and that file is none of these."
@@ -65,13 +69,15 @@ class UserError(ValueError):
 
 def rules(size: int) -> str:
     """How an image is read, in words for the page (Markdown)."""
-    return (f"Any photo works: it is **center-cropped to a square and resized to {size}x{size}** "
-            f"(bicubic, antialiased), the size the model was trained on; it is turned upright "
-            f"(EXIF), transparency becomes white, an animation gives its first frame and "
-            f"16-bit grayscale is scaled to 8 bits. {FORMAT_NAMES} files up to "
-            f"{MAX_FILE_BYTES // 1_000_000} MB; JPEGs up to {MAX_JPEG_PIXELS // 1_000_000} "
-            f"megapixels (decoded at reduced scale), other formats up to "
-            f"{MAX_DECODED_PIXELS // 1_000_000}; at least {MIN_SIDE}x{MIN_SIDE} pixels.")
+    return (
+        f"Any photo works: it is **center-cropped to a square and resized to {size}x{size}** "
+        f"(bicubic, antialiased), the size the model was trained on; it is turned upright "
+        f"(EXIF), transparency becomes white, an animation gives its first frame and "
+        f"16-bit grayscale is scaled to 8 bits. {FORMAT_NAMES} files up to "
+        f"{MAX_FILE_BYTES // 1_000_000} MB; JPEGs up to {MAX_JPEG_PIXELS // 1_000_000} "
+        f"megapixels (decoded at reduced scale), other formats up to "
+        f"{MAX_DECODED_PIXELS // 1_000_000}; at least {MIN_SIDE}x{MIN_SIDE} pixels."
+    )
 
 
 def read_data_url(url: str) -> BinaryIO:
@@ -81,9 +87,11 @@ def read_data_url(url: str) -> BinaryIO:
     if not comma or ";base64" not in header:
         raise UserError("An inline image must be a base64 `data:` URL (data:image/png;base64,...).")
     if len(body) > (MAX_INLINE_BYTES + 2) // 3 * 4:
-        raise UserError(f"The inline image is about {len(body) * 3 // 4 / 1e6:.1f} MB; inline "
-                        f"images up to {MAX_INLINE_BYTES // 1_000_000} MB are accepted: upload "
-                        f"bigger ones as files (up to {MAX_FILE_BYTES // 1_000_000} MB).")
+        raise UserError(
+            f"The inline image is about {len(body) * 3 // 4 / 1e6:.1f} MB; inline "
+            f"images up to {MAX_INLINE_BYTES // 1_000_000} MB are accepted: upload "
+            f"bigger ones as files (up to {MAX_FILE_BYTES // 1_000_000} MB)."
+        )
     try:
         return io.BytesIO(base64.b64decode(body, validate=True))
     except (binascii.Error, ValueError):
@@ -100,8 +108,9 @@ def _check_bytes(source: str | os.PathLike | BinaryIO) -> None:
     if size == 0:
         raise UserError("The image file is empty (0 bytes): upload it again.")
     if size > MAX_FILE_BYTES:
-        raise UserError(f"The image file is {size / 1e6:.1f} MB; images up to "
-                        f"{MAX_FILE_BYTES // 1_000_000} MB are accepted.")
+        raise UserError(
+            f"The image file is {size / 1e6:.1f} MB; images up to {MAX_FILE_BYTES // 1_000_000} MB are accepted."
+        )
 
 
 def _open(source: str | os.PathLike | BinaryIO) -> Image.Image:
@@ -135,8 +144,9 @@ def _check_size(image: Image.Image, size: int) -> None:
     """Refuse too small or too big before anything is decoded; JPEGs get draft mode."""
     width, height = image.size
     if min(width, height) < MIN_SIDE:
-        raise UserError(f"The image is {width}x{height} pixels; it needs at least "
-                        f"{MIN_SIDE}x{MIN_SIDE} to show anything.")
+        raise UserError(
+            f"The image is {width}x{height} pixels; it needs at least {MIN_SIDE}x{MIN_SIDE} to show anything."
+        )
     if image.format in JPEG_FORMATS:
         if width * height > MAX_JPEG_PIXELS:
             raise UserError(TOO_MANY_PIXELS)
@@ -148,7 +158,8 @@ def _check_size(image: Image.Image, size: int) -> None:
         raise UserError(
             f"The image is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than "
             f"the {MAX_DECODED_PIXELS // 1_000_000} megapixels this app decodes; save it smaller "
-            "or as a JPEG.")
+            "or as a JPEG."
+        )
 
 
 def _check_progressive(image: Image.Image, pixels: int) -> None:
@@ -156,7 +167,8 @@ def _check_progressive(image: Image.Image, pixels: int) -> None:
         raise UserError(
             f"The image is a progressive JPEG of {pixels / 1e6:.0f} megapixels; progressive "
             f"JPEGs are decoded at full size, so this app reads them up to "
-            f"{MAX_DECODED_PIXELS // 1_000_000} megapixels: save it smaller or as a baseline JPEG.")
+            f"{MAX_DECODED_PIXELS // 1_000_000} megapixels: save it smaller or as a baseline JPEG."
+        )
     position = image.fp.tell()
     image.fp.seek(0)
     # Inside the compressed data a 0xFF byte is always followed by 0x00, so each FF DA is
@@ -164,8 +176,10 @@ def _check_progressive(image: Image.Image, pixels: int) -> None:
     scans = image.fp.read(MAX_FILE_BYTES + 1).count(b"\xff\xda")
     image.fp.seek(position)
     if scans > MAX_JPEG_SCANS:
-        raise UserError(f"The JPEG has {scans} progressive scans, more than the "
-                        f"{MAX_JPEG_SCANS} this app decodes; save it again as a baseline JPEG.")
+        raise UserError(
+            f"The JPEG has {scans} progressive scans, more than the "
+            f"{MAX_JPEG_SCANS} this app decodes; save it again as a baseline JPEG."
+        )
 
 
 def _square(image: Image.Image, size: int) -> Image.Image:
@@ -179,13 +193,13 @@ def _square(image: Image.Image, size: int) -> Image.Image:
         small = _wide_gray_to_eight_bits(image, size)
     else:
         mode = "RGBA" if transparent else ("L" if image.mode in ("1", "L") else "RGB")
-        small = ImageOps.fit(image.convert(mode) if image.mode != mode else image, (size, size),
-                             Image.Resampling.BICUBIC)
+        small = ImageOps.fit(
+            image.convert(mode) if image.mode != mode else image, (size, size), Image.Resampling.BICUBIC
+        )
     if orientation in UPRIGHT:
         small = small.transpose(UPRIGHT[orientation])
     if small.mode in ("RGBA", "LA"):
-        return Image.alpha_composite(Image.new("RGBA", small.size, "white"),
-                                     small.convert("RGBA")).convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", small.size, "white"), small.convert("RGBA")).convert("RGB")
     return small.convert("RGB")
 
 
@@ -226,6 +240,7 @@ def load_photo(source: str | os.PathLike | BinaryIO | None, size: int) -> torch.
         # A decoder's own words help (a ValueError, say), a file system's would only name
         # a path on the server.
         detail = "" if isinstance(err, OSError) else f": {err}"
-        raise UserError(f"The image file is damaged or incomplete (for example a truncated "
-                        f"download) and cannot be decoded{detail}.") from None
+        raise UserError(
+            f"The image file is damaged or incomplete (for example a truncated download) and cannot be decoded{detail}."
+        ) from None
     return torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)

@@ -29,8 +29,9 @@ def enlarge(image: torch.Tensor, size: int = DISPLAY_SIZE) -> np.ndarray:
     return image.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
 
 
-def augmented_views(image: torch.Tensor, count: int, seed: int, mean: Sequence[float],
-                    std: Sequence[float]) -> list[torch.Tensor]:
+def augmented_views(
+    image: torch.Tensor, count: int, seed: int, mean: Sequence[float], std: Sequence[float]
+) -> list[torch.Tensor]:
     """`count` draws of the exact training transform (data.train_transform), de-normalized
     to [0, 1]. The transform draws from torch's global generator, which the server's
     threads share: the lock and fork_rng keep one request's seed from leaking into another."""
@@ -48,7 +49,7 @@ def tile_patches(patches: torch.Tensor, columns: int, gap: int = 1, fill: float 
     out = torch.full((c, rows * step - gap, min(n, columns) * step - gap), fill, dtype=patches.dtype)
     for k, patch in enumerate(patches):  # a display helper: at most 1024 patches
         r, col = divmod(k, columns)
-        out[:, r * step:r * step + p, col * step:col * step + p] = patch
+        out[:, r * step : r * step + p, col * step : col * step + p] = patch
     return out
 
 
@@ -72,18 +73,19 @@ def patch_views(image: torch.Tensor, patch_size: int) -> tuple[np.ndarray, np.nd
     columns = min(n, 2 * math.isqrt(n))
     cell = patch_size * min(scale, max(1, (770 // columns - 2) // patch_size))
     sequence = tile_enlarged(patches, columns, cell, 2)
-    caption = (f"**{n} patches of {patch_size}x{patch_size}** ({size // patch_size} x "
-               f"{size // patch_size}). The model reads them left to right, top to bottom, "
-               f"each flattened to 3x{patch_size}x{patch_size} = {3 * patch_size ** 2} numbers "
-               f"and projected to one token, after a learned class token: "
-               f"{n + 1} tokens in all.")
+    caption = (
+        f"**{n} patches of {patch_size}x{patch_size}** ({size // patch_size} x "
+        f"{size // patch_size}). The model reads them left to right, top to bottom, "
+        f"each flattened to 3x{patch_size}x{patch_size} = {3 * patch_size**2} numbers "
+        f"and projected to one token, after a learned class token: "
+        f"{n + 1} tokens in all."
+    )
     return grid, sequence, caption
 
 
 def upsample_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
     """(B, grid, grid) -> (B, size, size), bilinear, so the map lies over the image."""
-    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear",
-                         align_corners=False)[:, 0]
+    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
 def _tint(picture: np.ndarray, heat: np.ndarray, strength: float, cmap: str) -> np.ndarray:
@@ -96,40 +98,46 @@ def _tint(picture: np.ndarray, heat: np.ndarray, strength: float, cmap: str) -> 
     return (255 * ((1 - opacity) * picture + opacity * colored)).round().astype(np.uint8)
 
 
-def attention_overlay(image: torch.Tensor, heat: torch.Tensor, size: int = 256,
-                      strength: float = 0.75, cmap: str = "inferno") -> np.ndarray:
+def attention_overlay(
+    image: torch.Tensor, heat: torch.Tensor, size: int = 256, strength: float = 0.75, cmap: str = "inferno"
+) -> np.ndarray:
     """A readable rollout picture: the uint8 image (3, H, W) enlarged to size x size,
     tinted by a (grid, grid) map in [0, 1] whose opacity grows with the map, so the
     image shows through where attention is low and the colour marks where it is high."""
-    picture = F.interpolate(image[None].float() / 255, size=(size, size), mode="bicubic",
-                            align_corners=False)[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    picture = (
+        F.interpolate(image[None].float() / 255, size=(size, size), mode="bicubic", align_corners=False)[0]
+        .clamp(0, 1)
+        .permute(1, 2, 0)
+        .numpy()
+    )
     heat = upsample_maps(heat[None], size)[0].clamp(0, 1).numpy()
     return _tint(picture, heat, strength, cmap)
 
 
-def colour_scale(width: int, height: int = 14, strength: float = 0.75,
-                 cmap: str = "inferno") -> np.ndarray:
+def colour_scale(width: int, height: int = 14, strength: float = 0.75, cmap: str = "inferno") -> np.ndarray:
     """The key to attention_overlay: 0 at the left to 1 at the right, drawn the same way
     over mid-grey; (height, width, 3) uint8."""
     ramp = np.broadcast_to(np.linspace(0, 1, width), (height, width))
     return _tint(np.full((height, width, 3), 0.5), ramp, strength, cmap)
 
 
-def rollout_figure(image: torch.Tensor, heat: torch.Tensor, size: int = DISPLAY_SIZE,
-                   gap: int = 8) -> np.ndarray:
+def rollout_figure(image: torch.Tensor, heat: torch.Tensor, size: int = DISPLAY_SIZE, gap: int = 8) -> np.ndarray:
     """The input (left) beside the rollout over it (right), with the colour scale under
     the rollout: 0 at its left end, the map's maximum at its right end."""
     crisp, overlay = enlarge(image, size), attention_overlay(image, heat, size)
     height, width = crisp.shape[0], 2 * crisp.shape[1] + gap
     figure = np.full((height + gap + 14, width, 3), 255, np.uint8)
-    figure[:height, :crisp.shape[1]] = crisp
-    figure[:height, crisp.shape[1] + gap:] = overlay
-    figure[height + gap:, crisp.shape[1] + gap:] = colour_scale(overlay.shape[1])
+    figure[:height, : crisp.shape[1]] = crisp
+    figure[:height, crisp.shape[1] + gap :] = overlay
+    figure[height + gap :, crisp.shape[1] + gap :] = colour_scale(overlay.shape[1])
     return figure
 
 
-def block_maps(image: torch.Tensor, attentions: list[torch.Tensor], head: int | str,
-               size: int = 128) -> list[tuple[np.ndarray, str]]:
+def block_maps(
+    image: torch.Tensor, attentions: list[torch.Tensor], head: int | str, size: int = 128
+) -> list[tuple[np.ndarray, str]]:
     """Each block's raw attention of the class token (one head, or the heads fused)."""
-    return [(attention_overlay(image, scale_to_unit(block_attention_map(attentions, b, head))[0],
-                               size), f"block {b + 1}") for b in range(len(attentions))]
+    return [
+        (attention_overlay(image, scale_to_unit(block_attention_map(attentions, b, head))[0], size), f"block {b + 1}")
+        for b in range(len(attentions))
+    ]

@@ -12,12 +12,12 @@ from PIL import Image
 import train
 import training.checkpoints
 
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-           "dog", "frog", "horse", "ship", "truck"]
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def make_folder_dataset(root: Path, per_class: int = 12, size: int = 32, seed: int = 0,
-                        splits=("train",), suffix: str = ".png") -> Path:
+def make_folder_dataset(
+    root: Path, per_class: int = 12, size: int = 32, seed: int = 0, splits=("train",), suffix: str = ".png"
+) -> Path:
     """<root>/<split>/<class>/NNNN.png with images whose mean colour depends on the class,
     so that even a couple of epochs learn something."""
     g = torch.Generator().manual_seed(seed)
@@ -41,17 +41,34 @@ def folder_data(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def shared_folder_data(tmp_path_factory) -> Path:
     """One read-only dataset with train and test splits for the slower training tests."""
-    return make_folder_dataset(tmp_path_factory.mktemp("data") / "cifar", per_class=16,
-                               splits=("train", "test"))
+    return make_folder_dataset(tmp_path_factory.mktemp("data") / "cifar", per_class=16, splits=("train", "test"))
 
 
 # ---------------------------------------------------------------- training runs
 
+
 def run_args(data_dir, out, *extra):
     """A quick run: a narrow two-block ViT, so that the suite stays fast on 2 cores."""
-    return ["--data-dir", str(data_dir), "--out", str(out), "--val-size", "30",
-            "--batch-size", "64", "--dim", "64", "--depth", "2", "--heads", "4",
-            "--mlp-dim", "128", "--no-progress", *extra]
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--val-size",
+        "30",
+        "--batch-size",
+        "64",
+        "--dim",
+        "64",
+        "--depth",
+        "2",
+        "--heads",
+        "4",
+        "--mlp-dim",
+        "128",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -77,6 +94,7 @@ def interrupted_then_resumed(argv: list[str], monkeypatch) -> dict:
 
 
 # ---------------------------------------------------------------- the app
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -42,6 +42,7 @@ def png(path) -> np.ndarray:
 
 # ---------------------------------------------------------------- the endpoints
 
+
 def test_view_is_the_32x32_image_the_model_reads(ends):
     seen = png(ends.view(EXAMPLE))
     assert seen.shape == (32, 32, 3) and np.array_equal(seen, png(EXAMPLE))
@@ -77,11 +78,9 @@ def test_identical_views_at_the_same_time_decode_once(ends, monkeypatch):
 
     decoded = []
     load = app.photo.load_photo
-    monkeypatch.setattr(app.photo, "load_photo",
-                        lambda *a: decoded.append(a) or time.sleep(0.5) or load(*a))
+    monkeypatch.setattr(app.photo, "load_photo", lambda *a: decoded.append(a) or time.sleep(0.5) or load(*a))
     session, results = SimpleNamespace(session_hash="tab-3"), []
-    threads = [threading.Thread(target=lambda: results.append(ends.view(EXAMPLE, session)))
-               for _ in range(2)]
+    threads = [threading.Thread(target=lambda: results.append(ends.view(EXAMPLE, session))) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -102,6 +101,7 @@ def test_predict_normalizes_with_the_config_statistics(ends):
     # The same file as an upload, and inline as a data: URL, give the same answer.
     import base64
     import shutil
+
     upload = Path(gr.utils.get_upload_folder()) / "test-upload" / "cat.jpg"
     upload.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(EXAMPLE, upload)
@@ -150,10 +150,10 @@ def test_patch_grid_and_token_sequence(ends, patch_size):
     cell, step = patch_size * 8, patch_size * 8 + 4
     keep = [i for i in range(grid.shape[0]) if i % step < cell]
     assert np.array_equal(grid[keep][:, keep], enlarge(image))
-    assert (grid[cell:cell + 4] == 255).all() if n > 1 else grid.shape == (256, 256, 3)
+    assert (grid[cell : cell + 4] == 255).all() if n > 1 else grid.shape == (256, 256, 3)
     # The sequence holds the patches in patchify's order, row by row.
     tokens = patchify(image[None], patch_size)[0].view(n, 3, patch_size, patch_size)
-    columns = min(n, 2 * int(n ** 0.5))
+    columns = min(n, 2 * int(n**0.5))
     width = (sequence.shape[1] + 2) // columns - 2
     for k in sorted({0, min(1, n - 1), n - 1}):
         r, c = divmod(k, columns)
@@ -182,22 +182,28 @@ def near_grey(pixel):
     return np.abs(np.asarray(pixel) - 128).max() <= 2
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda e: e.rollout(EXAMPLE, "median", 0.0, "mean"), "Head fusion must be one of mean, max, min"),
-    (lambda e: e.rollout(EXAMPLE, "mean", 1.0, "mean"), "discard ratio must be at least 0 and below 1"),
-    (lambda e: e.rollout(EXAMPLE, "mean", "x", "mean"), "discard ratio must be at least 0 and below 1"),
-    (lambda e: e.rollout(EXAMPLE, "mean", 0.0, "head 9"), "Block head must be one of mean, max, min, head 1"),
-    (lambda e: e.augment(EXAMPLE, 0, 0), "number of augmented versions must be a whole number from 1 to 32, not 0"),
-    (lambda e: e.augment(EXAMPLE, "8", 0), "from 1 to 32, not '8'"),
-    (lambda e: e.augment(EXAMPLE, 3, None), "Enter a seed"),
-    (lambda e: e.augment(EXAMPLE, 3, -1), "The seed must be a whole number from 0"),
-    (lambda e: e.patches(EXAMPLE, 3), "Patch size 3 does not divide 32"),
-    (lambda e: e.patches(EXAMPLE, "eight"), "The patch size must be a number, one of 1, 2, 4, 8, 16, 32, not 'eight'"),
-    (lambda e: e.patches(EXAMPLE, "3"), "Patch size 3 does not divide 32"),
-    (lambda e: e.patches(EXAMPLE, True), "The patch size must be a number, one of 1, 2, 4, 8, 16, 32, not True"),
-    (lambda e: e.predict(12), "The image must be a file uploaded to this app or a base64 data: URL"),
-    (lambda e: e.mistakes_for("cat", "lion"), "The predicted class must be one of any, airplane"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda e: e.rollout(EXAMPLE, "median", 0.0, "mean"), "Head fusion must be one of mean, max, min"),
+        (lambda e: e.rollout(EXAMPLE, "mean", 1.0, "mean"), "discard ratio must be at least 0 and below 1"),
+        (lambda e: e.rollout(EXAMPLE, "mean", "x", "mean"), "discard ratio must be at least 0 and below 1"),
+        (lambda e: e.rollout(EXAMPLE, "mean", 0.0, "head 9"), "Block head must be one of mean, max, min, head 1"),
+        (lambda e: e.augment(EXAMPLE, 0, 0), "number of augmented versions must be a whole number from 1 to 32, not 0"),
+        (lambda e: e.augment(EXAMPLE, "8", 0), "from 1 to 32, not '8'"),
+        (lambda e: e.augment(EXAMPLE, 3, None), "Enter a seed"),
+        (lambda e: e.augment(EXAMPLE, 3, -1), "The seed must be a whole number from 0"),
+        (lambda e: e.patches(EXAMPLE, 3), "Patch size 3 does not divide 32"),
+        (
+            lambda e: e.patches(EXAMPLE, "eight"),
+            "The patch size must be a number, one of 1, 2, 4, 8, 16, 32, not 'eight'",
+        ),
+        (lambda e: e.patches(EXAMPLE, "3"), "Patch size 3 does not divide 32"),
+        (lambda e: e.patches(EXAMPLE, True), "The patch size must be a number, one of 1, 2, 4, 8, 16, 32, not True"),
+        (lambda e: e.predict(12), "The image must be a file uploaded to this app or a base64 data: URL"),
+        (lambda e: e.mistakes_for("cat", "lion"), "The predicted class must be one of any, airplane"),
+    ],
+)
 def test_every_argument_is_checked_with_a_message(ends, call, message):
     with pytest.raises(gr.Error, match=message):
         app.answers(call)(ends)
@@ -205,8 +211,11 @@ def test_every_argument_is_checked_with_a_message(ends, call, message):
 
 def test_without_a_model_nothing_is_predicted(tmp_path):
     ends = app.Endpoints(Loaded(None, "none"), tmp_path)
-    for call in (lambda: ends.predict(EXAMPLE), lambda: ends.rollout(EXAMPLE, "mean", 0.0, "mean"),
-                 lambda: ends.mistakes_for("any", "any")):
+    for call in (
+        lambda: ends.predict(EXAMPLE),
+        lambda: ends.rollout(EXAMPLE, "mean", 0.0, "mean"),
+        lambda: ends.mistakes_for("any", "any"),
+    ):
         with pytest.raises(gr.Error, match="No trained model is loaded"):
             app.answers(call)()
     assert len(ends.augment(EXAMPLE, 2, 0)) == 3  # the model-free tabs still work
@@ -234,8 +243,8 @@ def test_a_filter_is_drawn_once_and_again_when_its_pictures_expire(ends, monkeyp
     first = ends.mistakes_for("bird", "any")
     assert drawn and ends.mistakes_for("bird", "any") == first
     count = len(drawn)
-    assert count == len(first[0])   # the second page load drew nothing
-    Path(first[0][0][0]).unlink()   # as the cache deletes an expired picture
+    assert count == len(first[0])  # the second page load drew nothing
+    Path(first[0][0][0]).unlink()  # as the cache deletes an expired picture
     again = ends.mistakes_for("bird", "any")
     assert len(drawn) == 2 * count and all(Path(path).is_file() for path, _ in again[0])
     assert [c for _, c in again[0]] == [c for _, c in first[0]]
@@ -251,7 +260,7 @@ def test_mistakes_of_a_model_of_another_input_size(tmp_path, size):
     ends = app.Endpoints(Loaded(small_model(size), "status"), tmp_path)
     gallery, summary = ends.mistakes_for("any", "any")
     assert gallery and "sample images wrong" in summary
-    shown = (96 // size) * size   # enlarged by a whole factor, as crisp as the 32x32 ones
+    shown = (96 // size) * size  # enlarged by a whole factor, as crisp as the 32x32 ones
     picture = png(gallery[0][0])
     assert picture.shape == (shown, 2 * shown + 4, 3)
     image = ends.mistakes.sample.images[ends.mistakes.wrong[0]]
@@ -265,7 +274,7 @@ def test_find_mistakes_holds_a_bounded_batch_of_attention_maps(monkeypatch):
     batches, rollout = [], space.mistakes.model_rollout
     monkeypatch.setattr(space.mistakes, "model_rollout", lambda m, x: batches.append(len(x)) or rollout(m, x))
     # one image: 1 block x 2 heads x 17^2 tokens x 4 bytes
-    monkeypatch.setattr(space.mistakes, "BATCH_ATTENTION_BYTES", 3 * 2 * 17 ** 2 * 4)
+    monkeypatch.setattr(space.mistakes, "BATCH_ATTENTION_BYTES", 3 * 2 * 17**2 * 4)
     bounded = space.mistakes.find_mistakes(model, sample)
     assert batches == [3, 3, 3, 1]
     assert torch.allclose(bounded.probs, whole.probs, atol=1e-6) and bounded.wrong == whole.wrong
@@ -277,7 +286,7 @@ def test_the_server_finds_the_mistakes_at_start_up_in_the_background(tmp_path, m
     found = threading.Event()
     monkeypatch.setattr(space.endpoints, "find_mistakes", lambda *a: found.set() or threading.current_thread())
     app.build_demo(Loaded(small_model(32), "status"), tmp_path)
-    assert not found.wait(0.5)   # only when asked: tests and tools build pages too
+    assert not found.wait(0.5)  # only when asked: tests and tools build pages too
     app.build_demo(Loaded(small_model(32), "status"), tmp_path, warm=True)
     assert found.wait(30)
 
@@ -306,6 +315,7 @@ def test_identical_pictures_are_written_whole_and_shared(tmp_path):
 
 # ---------------------------------------------------------------- the bundled sample
 
+
 def test_the_bundled_sample_is_50_validation_images_per_class(tmp_path):
     import data
 
@@ -315,15 +325,22 @@ def test_the_bundled_sample_is_50_validation_images_per_class(tmp_path):
         indices = torch.from_numpy(saved["indices"])
     _, val = data.split_indices(50_000, space.mistakes.VAL_SIZE, space.mistakes.SPLIT_SEED)
     assert torch.isin(indices, val).all() and len(indices.unique()) == 500
-    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 32, 32), np.uint8), labels=np.zeros(2),
-             class_names=np.array(["a"]), description=np.array("x"))
+    np.savez(
+        tmp_path / "bad.npz",
+        images=np.zeros((2, 32, 32), np.uint8),
+        labels=np.zeros(2),
+        class_names=np.array(["a"]),
+        description=np.array("x"),
+    )
     with pytest.raises(ValueError, match="does not hold uint8 RGB images"):
         space.mistakes.load_sample(tmp_path / "bad.npz")
     np.savez(tmp_path / "short.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
-    for name, message in [("absent.npz", "is missing"),
-                          ("short.npz", "lacks the arrays labels, class_names, description"),
-                          ("broken.npz", "is not a readable .npz file")]:
+    for name, message in [
+        ("absent.npz", "is missing"),
+        ("short.npz", "lacks the arrays labels, class_names, description"),
+        ("broken.npz", "is not a readable .npz file"),
+    ]:
         with pytest.raises(ValueError, match=message):
             space.mistakes.load_sample(tmp_path / name)
 
@@ -337,6 +354,7 @@ def test_examples_are_cifar_validation_images(loaded):
 
 
 # ---------------------------------------------------------------- the page
+
 
 def test_the_header_names_classes_input_accuracy_and_recipe(loaded):
     line = app.header(loaded)
@@ -353,7 +371,8 @@ def test_the_header_names_classes_input_accuracy_and_recipe(loaded):
 
 def test_a_training_record_of_the_wrong_kind_shows_as_unknown(loaded, tmp_path):
     (tmp_path / "training.json").write_text(
-        '{"recipe": 5, "epochs": 3, "training_minutes": NaN, "val_images": Infinity, "val_acc": 0.5}')
+        '{"recipe": 5, "epochs": 3, "training_minutes": NaN, "val_images": Infinity, "val_acc": 0.5}'
+    )
     record = Loaded(loaded.model, "status", tmp_path, read_training(tmp_path))
     line, table = app.header(record), app.results_markdown(record)
     assert "Validation accuracy: **50.0%**; training recipe: **unknown, 3 epochs**" in line
@@ -363,20 +382,30 @@ def test_a_training_record_of_the_wrong_kind_shows_as_unknown(loaded, tmp_path):
 
 
 def test_training_record_text_is_shown_literally_on_one_table_row(loaded, tmp_path):
-    (tmp_path / "training.json").write_text(json.dumps(
-        {"recipe": "a|b", "recipe_description": "**bold** <b>html</b>\nsecond | row", "epochs": 3}))
+    (tmp_path / "training.json").write_text(
+        json.dumps({"recipe": "a|b", "recipe_description": "**bold** <b>html</b>\nsecond | row", "epochs": 3})
+    )
     record = Loaded(loaded.model, "status", tmp_path, read_training(tmp_path))
     table, line = app.results_markdown(record), app.header(record)
     settings = next(row for row in table.splitlines() if row.startswith("| settings |"))
     assert settings == r"| settings | \*\*bold\*\* \<b\>html\</b\> second \| row |"
     assert r"training recipe: **a\|b, 3 epochs**" in line
-    assert len(table.splitlines()) == 5   # header, rule, recipe, settings, epochs
+    assert len(table.splitlines()) == 5  # header, rule, recipe, settings, epochs
 
 
 def test_a_fine_tuned_model_shows_what_it_started_from_and_its_teacher(loaded, tmp_path):
-    (tmp_path / "training.json").write_text(json.dumps(
-        {"recipe": "budget", "epochs": 18, "epochs_before": 150, "val_acc": 0.83,
-         "started_from": "the weights of a budget model", "distilled_from": "a CNN"}))
+    (tmp_path / "training.json").write_text(
+        json.dumps(
+            {
+                "recipe": "budget",
+                "epochs": 18,
+                "epochs_before": 150,
+                "val_acc": 0.83,
+                "started_from": "the weights of a budget model",
+                "distilled_from": "a CNN",
+            }
+        )
+    )
     record = Loaded(loaded.model, "status", tmp_path, read_training(tmp_path))
     assert "training recipe: **budget, 150 + 18 epochs**" in app.header(record)
     table = app.results_markdown(record)
@@ -386,8 +415,11 @@ def test_a_fine_tuned_model_shows_what_it_started_from_and_its_teacher(loaded, t
 def test_the_results_tab_shows_each_figure_the_model_folder_has(loaded, tmp_path):
     def shown(folder):
         demo = app.build_demo(Loaded(loaded.model, "status", folder, {}), tmp_path / "out")
-        return [c["props"]["label"] for c in demo.config["components"]
-                if c["type"] == "image" and c["props"].get("label") in FIGURES.values()]
+        return [
+            c["props"]["label"]
+            for c in demo.config["components"]
+            if c["type"] == "image" and c["props"].get("label") in FIGURES.values()
+        ]
 
     assert shown(tmp_path) == []
     for name in ("per_class_accuracy.png", "time_to_accuracy.png"):
@@ -414,12 +446,16 @@ def test_a_changed_control_re_answers_only_its_own_tab(loaded):
         for block_id, event in f.targets:
             by_trigger.setdefault((block_id, event), []).append(f.fn.__name__)
     view = next(f for f in events if f.api_name == "view")
-    assert by_trigger[view.targets[0]] == ["view"]   # only a new image is decoded again
+    assert by_trigger[view.targets[0]] == ["view"]  # only a new image is decoded again
     named = {f.api_name: f for f in events if f.api_visibility != "private"}
     # Where each answer goes, by the label of its first output.
-    shows = {"predict": "Top 5 classes", "rollout": "Attention rollout", "augment": "Augmented versions",
-             "patches": "Patches"}
-    for name, label in shows.items():   # a shown picture goes to every tab's endpoint
+    shows = {
+        "predict": "Top 5 classes",
+        "rollout": "Attention rollout",
+        "augment": "Augmented versions",
+        "patches": "Patches",
+    }
+    for name, label in shows.items():  # a shown picture goes to every tab's endpoint
         f = named[name]
         assert f.trigger_after == view._id and f.trigger_only_on_success
         assert f.inputs[0] is view.outputs[0] and f.outputs[0].label == label
@@ -427,11 +463,11 @@ def test_a_changed_control_re_answers_only_its_own_tab(loaded):
     assert [o.label for o in named["patches"].outputs[:2]] == ["Patches", "Token sequence"]
     controls = [f for f in events if f.api_visibility == "private"]
     assert sorted(f.fn.__name__ for f in controls) == sorted(shows)
-    for f in controls:   # each control's change runs its own tab's endpoint, nothing else
+    for f in controls:  # each control's change runs its own tab's endpoint, nothing else
         assert all(by_trigger[t] == [f.fn.__name__] for t in f.targets)
         own = named[f.fn.__name__]
-        assert f.inputs == own.inputs and f.outputs == own.outputs   # the same answer, in place
-        assert {t[0] for t in f.targets} == {c._id for c in own.inputs[1:]}   # its own controls
+        assert f.inputs == own.inputs and f.outputs == own.outputs  # the same answer, in place
+        assert {t[0] for t in f.targets} == {c._id for c in own.inputs[1:]}  # its own controls
 
 
 def test_a_control_changed_before_any_image_answers_nothing_silently():
@@ -450,8 +486,10 @@ def test_the_page_builds_without_a_model():
     assert {"view", "predict", "rollout", "augment", "patches", "mistakes"} <= names
 
 
-@pytest.mark.skipif(space.model_graph.dot_missing() is not None,
-                    reason="graphviz's `dot` is missing (apt-get install graphviz, as .ci/run does)")
+@pytest.mark.skipif(
+    space.model_graph.dot_missing() is not None,
+    reason="graphviz's `dot` is missing (apt-get install graphviz, as .ci/run does)",
+)
 def test_the_graph_is_drawn_from_the_real_module(loaded, tmp_path):
     import space.model_graph
 

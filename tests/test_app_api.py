@@ -47,8 +47,10 @@ def call(url: str, endpoint: str, data: list, timeout: float = 60) -> tuple[str,
 def data_url(image: Image.Image, fmt: str = "PNG") -> dict:
     buffer = io.BytesIO()
     image.save(buffer, fmt)
-    return {"url": f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode(),
-            "meta": {"_type": "gradio.FileData"}}
+    return {
+        "url": f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode(),
+        "meta": {"_type": "gradio.FileData"},
+    }
 
 
 def test_view_and_predict(client):
@@ -64,19 +66,16 @@ def test_view_and_predict(client):
 
 
 def test_requests_use_the_model_loaded_at_start_up(client, monkeypatch):
-    monkeypatch.setattr("vit_model.ViT.from_pretrained",
-                        lambda *a, **k: pytest.fail("a request loaded the model"))
+    monkeypatch.setattr("vit_model.ViT.from_pretrained", lambda *a, **k: pytest.fail("a request loaded the model"))
     assert client.predict(handle_file(CAT), api_name="/predict")["label"] in CLASSES
 
 
 def test_augment(client):
     gallery = client.predict(handle_file(CAT), 3, 7, api_name="/augment")
-    assert [item["caption"] for item in gallery] == ["input, 32x32", "augmented 1",
-                                                     "augmented 2", "augmented 3"]
+    assert [item["caption"] for item in gallery] == ["input, 32x32", "augmented 1", "augmented 2", "augmented 3"]
     assert Image.open(gallery[1]["image"]).size == (128, 128)
     again = client.predict(handle_file(CAT), 3, 7, api_name="/augment")
-    assert np.array_equal(np.asarray(Image.open(gallery[3]["image"])),
-                          np.asarray(Image.open(again[3]["image"])))
+    assert np.array_equal(np.asarray(Image.open(gallery[3]["image"])), np.asarray(Image.open(again[3]["image"])))
 
 
 def test_patches(client):
@@ -114,14 +113,17 @@ def bad_files(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name, message", [
-    (None, "No image: upload a photo or pick one of the examples first."),
-    ("notes.txt", "Unsupported format: this app reads JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF"),
-    ("drawing.eps", "Unsupported format"),
-    ("one.png", "The image is 1x1 pixels; it needs at least 8x8"),
-    ("huge.png", "The image is 10000x10000 (100 megapixels), more than the 25 megapixels"),
-    ("cut.jpg", "The image file is damaged or incomplete"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (None, "No image: upload a photo or pick one of the examples first."),
+        ("notes.txt", "Unsupported format: this app reads JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF"),
+        ("drawing.eps", "Unsupported format"),
+        ("one.png", "The image is 1x1 pixels; it needs at least 8x8"),
+        ("huge.png", "The image is 10000x10000 (100 megapixels), more than the 25 megapixels"),
+        ("cut.jpg", "The image file is damaged or incomplete"),
+    ],
+)
 @pytest.mark.parametrize("endpoint", ["/view", "/predict", "/rollout"])
 def test_bad_input_gets_a_readable_message(client, bad_files, name, message, endpoint):
     image = None if name is None else handle_file(str(bad_files / name))
@@ -132,20 +134,23 @@ def test_bad_input_gets_a_readable_message(client, bad_files, name, message, end
     assert "Traceback" not in str(err.value)
 
 
-@pytest.mark.parametrize("endpoint, data, message", [
-    ("augment", [None, "x", 7], "must be a whole number from 1 to 32, not 'x'"),
-    ("augment", [None, 3, [1]], "The seed must be a whole number"),
-    ("rollout", [None, "mean", None, "mean"], "discard ratio must be at least 0"),
-    ("patches", [None, "eight"], "The patch size must be a number, one of 1, 2, 4, 8, 16, 32, not 'eight'"),
-    ("patches", [None, 3], "Patch size 3 does not divide 32"),
-    ("predict", [12, False], "The image must be a file (gradio_client.handle_file(path)) or a base64"),
-    ("predict", ["cat.jpg", False], "The image must be a file"),
-    ("predict", [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, False], "/etc/passwd"),
-    ("predict", [{"path": CAT}, False], "The image must be a file (gradio_client.handle_file(path))"),
-    ("predict", [None, "yes"], "Flip TTA must be true or false, not 'yes'"),
-    ("view", [{"path": "/etc/hostname"}], "The image must be a file (gradio_client.handle_file(path))"),
-    ("mistakes", ["cat", 3], "The predicted class must be one of any, airplane"),
-])
+@pytest.mark.parametrize(
+    "endpoint, data, message",
+    [
+        ("augment", [None, "x", 7], "must be a whole number from 1 to 32, not 'x'"),
+        ("augment", [None, 3, [1]], "The seed must be a whole number"),
+        ("rollout", [None, "mean", None, "mean"], "discard ratio must be at least 0"),
+        ("patches", [None, "eight"], "The patch size must be a number, one of 1, 2, 4, 8, 16, 32, not 'eight'"),
+        ("patches", [None, 3], "Patch size 3 does not divide 32"),
+        ("predict", [12, False], "The image must be a file (gradio_client.handle_file(path)) or a base64"),
+        ("predict", ["cat.jpg", False], "The image must be a file"),
+        ("predict", [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, False], "/etc/passwd"),
+        ("predict", [{"path": CAT}, False], "The image must be a file (gradio_client.handle_file(path))"),
+        ("predict", [None, "yes"], "Flip TTA must be true or false, not 'yes'"),
+        ("view", [{"path": "/etc/hostname"}], "The image must be a file (gradio_client.handle_file(path))"),
+        ("mistakes", ["cat", 3], "The predicted class must be one of any, airplane"),
+    ],
+)
 def test_arguments_of_the_wrong_kind_get_a_message(app_url, endpoint, data, message):
     kind, text = call(app_url, endpoint, data)
     assert kind == "error" and message in text, text
@@ -167,8 +172,12 @@ def test_routes_around_the_queue_are_closed(app_url):
         response = httpx.post(f"{app_url}gradio_api/{route}", json={"data": [{"path": CAT}]})
         assert response.status_code == 404, route
     assert httpx.get(f"{app_url}gradio_api/monitoring/summary").status_code >= 400
-    big = httpx.post(f"{app_url}gradio_api/queue/join", content=b"{" + b" " * 3_100_000,
-                     headers={"content-type": "application/json"}, timeout=60)
+    big = httpx.post(
+        f"{app_url}gradio_api/queue/join",
+        content=b"{" + b" " * 3_100_000,
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
     assert big.status_code == 413 and "send images as file uploads" in big.text
     # Only Gradio's own upload route streams to disk; a name that merely ends in /upload
     # is held to the limit like every other route (or is no endpoint at all).
@@ -181,12 +190,11 @@ def test_routes_around_the_queue_are_closed(app_url):
 
 def test_32_concurrent_predictions_all_succeed(app_url):
     client = Client(app_url, verbose=False)
-    jobs = [client.submit(handle_file(str(EXAMPLES[i % len(EXAMPLES)])), api_name="/predict")
-            for i in range(32)]
+    jobs = [client.submit(handle_file(str(EXAMPLES[i % len(EXAMPLES)])), api_name="/predict") for i in range(32)]
     results = [job.result(timeout=120) for job in jobs]
     # Each job answered for its own image: as that image alone gets answered.
     alone = [client.predict(handle_file(str(path)), api_name="/predict") for path in EXAMPLES]
-    assert len({r["label"] for r in alone}) > 1   # the images do tell apart
+    assert len({r["label"] for r in alone}) > 1  # the images do tell apart
     assert results == [alone[i % len(EXAMPLES)] for i in range(32)]
 
 
@@ -214,7 +222,7 @@ def test_inline_images_are_kept_for_a_bounded_number_of_sessions(monkeypatch):
     port = free_port()
     app.serve(demo, "127.0.0.1", port, block=False)
     try:
-        for color in ("red", "green", "blue", "white", "black"):   # each call is a session
+        for color in ("red", "green", "blue", "white", "black"):  # each call is a session
             image = data_url(Image.new("RGB", (40, 40), color))
             assert call(f"http://127.0.0.1:{port}/", "view", [image])[0] == "complete"
         assert len(demo.state_holder.session_data) == 3
@@ -245,8 +253,14 @@ def test_uploads_and_pictures_expire(tmp_path):
 def start_app(tmp_path, env_model: str) -> tuple[subprocess.Popen, Client]:
     port = free_port()
     env = {**os.environ, "VIT_CIFAR_MODEL": env_model, "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -322,14 +336,20 @@ def test_an_image_given_by_web_address_is_refused_before_anything_fetches_it(app
     address = f"http://127.0.0.1:{server.server_port}/cat.jpg"
     meta = '"meta": {"_type": "gradio.FileData"}'
     # Plain, with JSON's escaped slashes, and with a \u escape: the same address to Gradio.
-    bodies = [f'{{"data": [{{"path": "{address}", {meta}}}]}}',
-              f'{{"data": [{{"path": "{address.replace("/", chr(92) + "/")}", {meta}}}]}}',
-              f'{{"data": [{{"path": "\\u0068{address[1:]}", {meta}}}], "fn_index": 0}}']
+    bodies = [
+        f'{{"data": [{{"path": "{address}", {meta}}}]}}',
+        f'{{"data": [{{"path": "{address.replace("/", chr(92) + "/")}", {meta}}}]}}',
+        f'{{"data": [{{"path": "\\u0068{address[1:]}", {meta}}}], "fn_index": 0}}',
+    ]
     try:
         for body in bodies:
             for route in ("call/view", "call/predict", "queue/join"):
-                response = httpx.post(f"{app_url}gradio_api/{route}", content=body,
-                                      headers={"content-type": "application/json"}, timeout=30)
+                response = httpx.post(
+                    f"{app_url}gradio_api/{route}",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                    timeout=30,
+                )
                 assert response.status_code == 400, (route, body, response.text)
                 assert "not fetched from web addresses" in response.text
     finally:
@@ -339,8 +359,9 @@ def test_an_image_given_by_web_address_is_refused_before_anything_fetches_it(app
 
 def test_the_upload_limit_is_the_apps_to_the_byte(app_url):
     for size, accepted in ((space.photo.MAX_FILE_BYTES, True), (space.photo.MAX_FILE_BYTES + 1, False)):
-        response = httpx.post(f"{app_url}gradio_api/upload",
-                              files={"files": ("x.jpg", b"\xff" * size, "image/jpeg")}, timeout=60)
+        response = httpx.post(
+            f"{app_url}gradio_api/upload", files={"files": ("x.jpg", b"\xff" * size, "image/jpeg")}, timeout=60
+        )
         assert (response.status_code == 200) == accepted, (size, response.status_code, response.text)
 
 
@@ -358,7 +379,7 @@ def test_a_call_with_too_few_inputs_is_told_how_many(app_url):
         assert response.status_code == 400, (endpoint, response.text)
         assert response.text.startswith(f"/{endpoint} takes {needed} inputs and got {len(data)}")
         assert " at 0x" not in response.text
-    kind, text = call(app_url, "predict", [None, False])   # enough inputs: the app's own answer
+    kind, text = call(app_url, "predict", [None, False])  # enough inputs: the app's own answer
     assert kind == "error" and "No image" in text
 
 

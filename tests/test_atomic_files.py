@@ -1,6 +1,5 @@
 """atomic_files.py: files written whole or not at all, and strict JSON."""
 
-
 import json
 
 import pytest
@@ -37,7 +36,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 def test_atomic_write_leaves_a_file_others_can_read(tmp_path):
     path = tmp_path / "model.safetensors"
     common.atomic_files.atomic_write(path, lambda f: f.write(b"weights"))
-    assert path.stat().st_mode & 0o777 == 0o644   # not mkstemp's 0600
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
 
 
 def test_json_text_is_strict_json_with_null_for_non_finite_numbers():

@@ -34,16 +34,45 @@ def test_timm_vit_has_the_project_size():
 
 def test_tiny_run_writes_complete_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    tools.bench.main(["--device", "cpu", "--threads", "1", "--batch-size", "4", "--steps", "2",
-                "--warmup", "1", "--repeats", "1", "--infer-batch", "4", "--infer-reps", "1",
-                "--latency-reps", "1", "--json", str(out)])
+    tools.bench.main(
+        [
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--batch-size",
+            "4",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--infer-batch",
+            "4",
+            "--infer-reps",
+            "1",
+            "--latency-reps",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert set(result) == {"project", "timm", "naive", "cnn", "setup"}
     for name in tools.bench.CONTENDERS:
         entry = result[name]
-        for key in ("train_img_per_s", "train_ms_per_step", "infer_ms_per_img", "infer_ms_batch1",
-                    "gflops_per_img_forward", "train_tflops", "train_speed_vs_project",
-                    "peak_tflops", "train_fraction_of_matmul_peak"):
+        for key in (
+            "train_img_per_s",
+            "train_ms_per_step",
+            "infer_ms_per_img",
+            "infer_ms_batch1",
+            "gflops_per_img_forward",
+            "train_tflops",
+            "train_speed_vs_project",
+            "peak_tflops",
+            "train_fraction_of_matmul_peak",
+        ):
             assert math.isfinite(entry[key]) and entry[key] > 0, (name, key, entry[key])
         # The ViT's size in three of them; the cnn recipe's CNN (trainable: the whitening
         # stem's filters and BatchNorm's scales stay fixed) in the fourth.

@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-TABS = {"rollout": "Attention rollout", "mistakes": "Mistakes", "results": "Results",
-        "model": "Model", "augment": "Augmentation", "patches": "Patches"}
+TABS = {
+    "rollout": "Attention rollout",
+    "mistakes": "Mistakes",
+    "results": "Results",
+    "model": "Model",
+    "augment": "Augmentation",
+    "patches": "Patches",
+}
 REPO = Path(__file__).resolve().parent.parent
 CAT = str(REPO / "examples" / "cat_0003.jpg")
 A_CLASS = re.compile("airplane|automobile|bird|cat|deer|dog|frog|horse|ship|truck")
@@ -20,7 +26,8 @@ WAIT_MS = 60_000  # generous: the machine may be shared with a training run
 
 pytestmark = pytest.mark.skipif(
     shutil.which(CHROMIUM) is None,
-    reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), as .ci/run does")
+    reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), as .ci/run does",
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +35,10 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         yield browser
         browser.close()
 
@@ -76,15 +85,19 @@ def test_upload_answers_at_once_and_every_tab_opens(browser, app_url, screenshot
     for name, tab in TABS.items():
         open_tab(page, tab)
         panel = page.get_by_role("tabpanel")
-        wanted = {"rollout": "#blocks img", "mistakes": "#mistakes img", "results": "img",
-                  "model": "img" if shutil.which("dot") else "pre", "augment": "img",
-                  "patches": "img"}[name]  # without graphviz the Model tab has no graph
+        wanted = {
+            "rollout": "#blocks img",
+            "mistakes": "#mistakes img",
+            "results": "img",
+            "model": "img" if shutil.which("dot") else "pre",
+            "augment": "img",
+            "patches": "img",
+        }[name]  # without graphviz the Model tab has no graph
         expect(panel.locator(wanted).first).to_be_visible(timeout=WAIT_MS)
         if name == "mistakes":
             page.get_by_label("True class").click()
             page.get_by_role("option", name="cat", exact=True).click()
-            expect(panel.locator("#mistakes .caption-label").first).to_have_text(
-                re.compile("^cat → "), timeout=WAIT_MS)
+            expect(panel.locator("#mistakes .caption-label").first).to_have_text(re.compile("^cat → "), timeout=WAIT_MS)
         page.screenshot(path=screenshots / f"app_{name}.png", full_page=True)
     assert not errors, errors
     for name in TABS:
@@ -120,17 +133,17 @@ def test_a_control_answers_in_its_own_tab_and_says_nothing_before_an_upload(brow
 
     page, errors = open_page(browser, app_url, 1280, 900)
     expect(page.get_by_text("Validation accuracy")).to_be_visible(timeout=WAIT_MS)
-    page.get_by_role("checkbox", name=re.compile("Flip TTA")).check()   # no image yet: no message either
+    page.get_by_role("checkbox", name=re.compile("Flip TTA")).check()  # no image yet: no message either
     open_tab(page, "Patches")
     page.get_by_role("radio", name="8", exact=True).check()
     page.wait_for_timeout(2000)
     expect(page.get_by_text("No image:")).to_have_count(0)
-    upload_and_wait_for_the_answer(page)   # with the flip switched on
+    upload_and_wait_for_the_answer(page)  # with the flip switched on
     open_tab(page, "Patches")
     expect(page.get_by_text("16 patches of 8x8")).to_be_visible(timeout=WAIT_MS)
     page.get_by_role("radio", name="16", exact=True).check()
     expect(page.get_by_text("4 patches of 16x16")).to_be_visible(timeout=WAIT_MS)
-    flipped = page.locator("#label").inner_text()   # the top 5 of the image and its mirror
+    flipped = page.locator("#label").inner_text()  # the top 5 of the image and its mirror
     page.get_by_role("checkbox", name=re.compile("Flip TTA")).uncheck()
     expect(page.locator("#label")).not_to_have_text(flipped, timeout=WAIT_MS)
     expect(page.locator(".output-class")).to_have_text(A_CLASS)

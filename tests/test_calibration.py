@@ -9,7 +9,7 @@ import calibration
 def test_the_fitted_temperature_undoes_a_known_overconfidence():
     torch.manual_seed(0)
     true_logits = 2 * torch.randn(20000, 10)
-    labels = torch.distributions.Categorical(logits=true_logits).sample()   # calibrated at T = 1
+    labels = torch.distributions.Categorical(logits=true_logits).sample()  # calibrated at T = 1
     overconfident = 3 * true_logits
     assert calibration.fit_temperature(overconfident, labels) == pytest.approx(3.0, rel=0.05)
     before = calibration.expected_calibration_error(overconfident.softmax(1), labels)
@@ -18,8 +18,8 @@ def test_the_fitted_temperature_undoes_a_known_overconfidence():
 
 
 def test_calibration_error_is_the_gap_between_confidence_and_accuracy():
-    probs = torch.tensor([[0.9, 0.1]] * 10)              # 90% confident everywhere
-    labels = torch.tensor([0] * 6 + [1] * 4)              # right 60% of the time
+    probs = torch.tensor([[0.9, 0.1]] * 10)  # 90% confident everywhere
+    labels = torch.tensor([0] * 6 + [1] * 4)  # right 60% of the time
     assert calibration.expected_calibration_error(probs, labels) == pytest.approx(0.3)
 
 
@@ -31,7 +31,7 @@ def test_out_of_distribution_scores_and_their_auroc():
     with pytest.raises(ValueError, match="unknown score"):
         calibration.ood_score(logits, "entropy")
     inside, outside = torch.tensor([3.0, 4.0, 5.0]), torch.tensor([1.0, 3.0])
-    assert calibration.auroc(inside, outside) == pytest.approx((3 + 2.5) / 6)   # one tie, half
+    assert calibration.auroc(inside, outside) == pytest.approx((3 + 2.5) / 6)  # one tie, half
     assert calibration.auroc(outside + 10, outside) == 1.0
 
 

@@ -25,7 +25,7 @@ def trained_looking_cnn() -> CNN:
 def test_shapes_and_parameters():
     model = CNN(widths=[64, 256, 256])
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    assert model.features(torch.randn(2, 3, 32, 32)).shape == (2, 256, 3, 3)   # 31 -> 15 -> 7 -> 3
+    assert model.features(torch.randn(2, 3, 32, 32)).shape == (2, 256, 3, 3)  # 31 -> 15 -> 7 -> 3
     # stem 24*3*2*2 + 24; per stage 9*cin*cout + 9*cout*cout + 4*cout (BN); head 256*10 + 10
     assert sum(p.numel() for p in model.parameters()) == (312 + 50_944 + 738_304 + 1_180_672 + 2_570)
     with pytest.raises(ValueError, match="widths"):
@@ -40,7 +40,7 @@ def test_stem_and_batchnorm_scales_are_frozen_and_convolutions_start_as_identiti
     assert "stem.weight" not in trainable and "stem.bias" in trainable
     assert not any(n.endswith(("norm1.weight", "norm2.weight")) for n in trainable)
     assert {"stages.0.norm1.bias", "head.weight", "head.bias"} <= trainable
-    conv = model.stages[1].conv1.weight                                  # 32 -> 64 channels
+    conv = model.stages[1].conv1.weight  # 32 -> 64 channels
     identity = torch.zeros(32, 32, 3, 3)
     identity[range(32), range(32), 1, 1] = 1
     assert torch.equal(conv[:32], identity) and conv[32:].abs().sum() > 0
@@ -48,13 +48,13 @@ def test_stem_and_batchnorm_scales_are_frozen_and_convolutions_start_as_identiti
 
 def test_whitened_stem_gives_patches_unit_second_moments():
     g = torch.Generator().manual_seed(0)
-    mixing = torch.randn(3, 3, generator=g)            # correlated colour channels
+    mixing = torch.randn(3, 3, generator=g)  # correlated colour channels
     images = torch.einsum("ij,bjhw->bihw", mixing, torch.randn(64, 3, 16, 16, generator=g))
-    images = torch.nn.functional.avg_pool2d(images, 3, 1, 1)   # and correlated neighbours
+    images = torch.nn.functional.avg_pool2d(images, 3, 1, 1)  # and correlated neighbours
     model = CNN(widths=[8])
     model.whiten(images, eps=1e-9)
     with torch.no_grad():
-        out = torch.nn.functional.conv2d(images, model.stem.weight)   # without the bias
+        out = torch.nn.functional.conv2d(images, model.stem.weight)  # without the bias
     half = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
     assert torch.allclose(half.T @ half / len(half), torch.eye(12), atol=1e-3)
     assert torch.equal(out[:, 12:], -out[:, :12])
@@ -70,8 +70,9 @@ def test_cam_averaged_over_positions_plus_bias_is_the_logit(trained_looking_cnn)
         assert torch.allclose(maps.mean(dim=(1, 2)) + model.head.bias[k], logits[:, k], atol=1e-5)
     chosen = torch.tensor([3, 1, 4, 1, 5])
     per_image = model.cam(x, chosen)
-    assert torch.allclose(per_image.mean(dim=(1, 2)) + model.head.bias[chosen],
-                          logits[torch.arange(5), chosen], atol=1e-5)
+    assert torch.allclose(
+        per_image.mean(dim=(1, 2)) + model.head.bias[chosen], logits[torch.arange(5), chosen], atol=1e-5
+    )
 
 
 def test_cam_is_grad_cam_on_the_last_stage_up_to_relu_and_scale(trained_looking_cnn):
@@ -84,6 +85,7 @@ def test_cam_is_grad_cam_on_the_last_stage_up_to_relu_and_scale(trained_looking_
     k = 6
     with GradCAM(model=model, target_layers=[model.stages[-1]]) as grad_cam:
         theirs = grad_cam(input_tensor=x, targets=[ClassifierOutputTarget(k)] * len(x))
+
     def to_unit(m):
         return (m - m.min()) / (m.max() - m.min() + 1e-7)
 
@@ -105,7 +107,7 @@ def test_save_and_load_round_trip_is_strict(tmp_path, trained_looking_cnn):
     loaded = CNN.from_pretrained(tmp_path / "m").eval()
     x = torch.randn(3, 3, 32, 32)
     assert torch.equal(loaded(x), saved.eval()(x))
-    config["widths"] = [8, 16, 32]   # a config that does not describe the weights
+    config["widths"] = [8, 16, 32]  # a config that does not describe the weights
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(RuntimeError, match="size mismatch"):
         CNN.from_pretrained(tmp_path / "m")

@@ -1,4 +1,3 @@
-
 import argparse
 import shutil
 
@@ -14,10 +13,10 @@ from training.batches import ImageTensorDataset
 
 # ---------------------------------------------------------------- transforms and statistics
 
+
 def test_train_transform_is_the_assignment_chain_in_order():
     t = data.train_transform([0.1, 0.2, 0.3], [0.4, 0.5, 0.6]).transforms
-    assert [type(x) for x in t] == [v2.RandomHorizontalFlip, v2.RandomResizedCrop,
-                                    v2.ToDtype, v2.Normalize]
+    assert [type(x) for x in t] == [v2.RandomHorizontalFlip, v2.RandomResizedCrop, v2.ToDtype, v2.Normalize]
     assert t[0].p == 0.5
     assert tuple(t[1].size) == (32, 32)
     assert t[1].scale == (0.8, 1.0) and t[1].ratio == (0.9, 1.1)
@@ -51,6 +50,7 @@ def test_split_is_seeded_disjoint_and_complete():
 
 
 # ---------------------------------------------------------------- loading
+
 
 def test_folder_source_loads_and_caches(folder_data, monkeypatch):
     ds = data.load_split(folder_data, "train")
@@ -88,7 +88,7 @@ def test_a_read_only_data_folder_loads_without_a_cache(folder_data, monkeypatch,
     def refuse(obj, path):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(data, "atomic_save", refuse)   # as in a folder without write bits (CI runs as root)
+    monkeypatch.setattr(data, "atomic_save", refuse)  # as in a folder without write bits (CI runs as root)
     assert len(data.load_split(folder_data, "train")) == 120
     assert "no decode cache" in capsys.readouterr().err
 
@@ -133,10 +133,10 @@ def test_one_class_folder_is_refused(tmp_path):
 def test_an_unreadable_decode_cache_is_decoded_again(folder_data, capsys):
     first = data.load_split(folder_data, "train")
     (cache,) = (folder_data / ".cache").glob("train-*.pt")
-    cache.write_bytes(cache.read_bytes()[:1000])   # truncated
+    cache.write_bytes(cache.read_bytes()[:1000])  # truncated
     again = data.load_split(folder_data, "train")
     assert torch.equal(again.images, first.images) and "decoding the images again" in capsys.readouterr().err
-    assert len(cache.read_bytes()) > 1000   # rewritten whole
+    assert len(cache.read_bytes()) > 1000  # rewritten whole
 
 
 def test_images_without_class_folders_are_a_clear_error(tmp_path):
@@ -171,6 +171,7 @@ def test_not_an_image_is_named(folder_data):
 def test_mixed_image_sizes_are_named(tmp_path):
     root = make_folder_dataset(tmp_path / "c", per_class=2)
     from PIL import Image
+
     Image.new("RGB", (40, 40)).save(root / "train" / "truck" / "0001.png")
     with pytest.raises(data.DataError, match=r"airplane/0000\.png is 32x32 but .*truck/0001\.png is 40x40"):
         data.load_split(root)
@@ -180,6 +181,7 @@ def test_mixed_image_sizes_are_named(tmp_path):
 def test_non_square_images_are_refused_naming_the_file(tmp_path, odd):
     root = make_folder_dataset(tmp_path / "c", per_class=2)
     from PIL import Image
+
     name = ("airplane", "0000.png") if odd == "first" else ("truck", "0001.png")
     Image.new("RGB", (40, 32)).save(root / "train" / name[0] / name[1])
     with pytest.raises(data.DataError, match=rf"{name[0]}/{name[1]} is 40x32: images must be square"):
@@ -187,7 +189,7 @@ def test_non_square_images_are_refused_naming_the_file(tmp_path, odd):
 
 
 def test_val_size_is_a_fraction_or_a_count():
-    assert len(data.split_indices(600, 0.1, seed=0)[1]) == 60   # 10% of a small folder
+    assert len(data.split_indices(600, 0.1, seed=0)[1]) == 60  # 10% of a small folder
     assert len(data.split_indices(50_000, data.val_size("0.1"), seed=0)[1]) == 5000
     assert len(data.split_indices(600, data.val_size("25"), seed=0)[1]) == 25
     for bad in ("0", "-3", "2.5", "x"):
@@ -196,6 +198,7 @@ def test_val_size_is_a_fraction_or_a_count():
 
 
 # ---------------------------------------------------------------- the command
+
 
 def test_cli_prints_the_split_and_its_statistics(folder_data, capsys):
     data.main(["--data-dir", str(folder_data), "--val-size", "20"])

@@ -19,9 +19,27 @@ from training.distillation import Distillation
 @pytest.fixture(scope="module")
 def cnn_teacher(shared_folder_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "cnn"
-    result = train.main(["--model", "cnn", "--data-dir", str(shared_folder_data), "--out", str(out),
-                         "--val-size", "30", "--batch-size", "32", "--widths", "8,16", "--epochs", "1",
-                         "--warmup-epochs", "1", "--no-progress"])
+    result = train.main(
+        [
+            "--model",
+            "cnn",
+            "--data-dir",
+            str(shared_folder_data),
+            "--out",
+            str(out),
+            "--val-size",
+            "30",
+            "--batch-size",
+            "32",
+            "--widths",
+            "8,16",
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "1",
+            "--no-progress",
+        ]
+    )
     return out / "export", result
 
 
@@ -32,10 +50,20 @@ def one_step_loss(distill, mixing=None) -> tuple[float, torch.Tensor, torch.Tens
     y = torch.randint(0, 10, (8,))
     optimizer = torch.optim.SGD(student.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    row = training.epoch.train_one_epoch(student, optimizer, scheduler, [(x, y)], steps=1,
-                               augment=lambda b, g: b, generator=torch.Generator(), mixing=mixing,
-                               label_smoothing=0.0, bf16=False,
-                               procs=training.runtime.Processes(0, 1, torch.device("cpu")), distill=distill)
+    row = training.epoch.train_one_epoch(
+        student,
+        optimizer,
+        scheduler,
+        [(x, y)],
+        steps=1,
+        augment=lambda b, g: b,
+        generator=torch.Generator(),
+        mixing=mixing,
+        label_smoothing=0.0,
+        bf16=False,
+        procs=training.runtime.Processes(0, 1, torch.device("cpu")),
+        distill=distill,
+    )
     return row["train_loss"], student(x), x, y
 
 
@@ -69,8 +97,7 @@ def test_the_teacher_sees_the_batch_the_student_sees_mixed():
 
 def test_a_distilled_run_names_its_teacher_and_counts_its_time(cnn_teacher, shared_folder_data, tmp_path):
     folder, teacher = cnn_teacher
-    result = train.main(run_args(shared_folder_data, tmp_path / "run", "--epochs", "1",
-                                 "--teacher", str(folder)))
+    result = train.main(run_args(shared_folder_data, tmp_path / "run", "--epochs", "1", "--teacher", str(folder)))
     assert result["teacher"]["val_acc"] == pytest.approx(teacher["val_acc"])
     assert result["teacher"]["widths"] == [8, 16] and "history" not in result["teacher"]
     own = result["history"][0]["seconds"] / 60
@@ -98,13 +125,16 @@ def without_mean(copy):
     (copy / "config.json").write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("damage, message", [
-    (None, "was trained on another split .*this run: 30, seed 4"),
-    (lambda c: (c / "config.json").unlink(), "lacks config.json: pass the export/ folder"),
-    (nan_weights, "its weights hold NaN or infinite values"),
-    (lambda c: (c / "model.safetensors").write_bytes(b"not a model"), "do not load into the CNN"),
-    (without_mean, "its config.json lacks the mean and std of the images it was trained on"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (None, "was trained on another split .*this run: 30, seed 4"),
+        (lambda c: (c / "config.json").unlink(), "lacks config.json: pass the export/ folder"),
+        (nan_weights, "its weights hold NaN or infinite values"),
+        (lambda c: (c / "model.safetensors").write_bytes(b"not a model"), "do not load into the CNN"),
+        (without_mean, "its config.json lacks the mean and std of the images it was trained on"),
+    ],
+)
 def test_a_folder_that_cannot_teach_is_refused(cnn_teacher, shared_folder_data, tmp_path, damage, message):
     folder, _ = cnn_teacher
     if damage:
@@ -112,8 +142,7 @@ def test_a_folder_that_cannot_teach_is_refused(cnn_teacher, shared_folder_data, 
         damage(folder)
     seed = ["--seed", "4"] if damage is None else []
     with pytest.raises(SystemExit, match=message):
-        train.main(run_args(shared_folder_data, tmp_path / "run", "--epochs", "1",
-                            "--teacher", str(folder), *seed))
+        train.main(run_args(shared_folder_data, tmp_path / "run", "--epochs", "1", "--teacher", str(folder), *seed))
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
@@ -125,17 +154,32 @@ def test_old_teacher_folders_a_vit_and_a_missing_folder_are_named(shared_folder_
     vit.mkdir()
     for name, text in (("config.json", '{"dim": 64}'), ("model.safetensors", ""), ("training.json", "{}")):
         (vit / name).write_text(text)
-    for folder, message in ((old, "written by the old teacher.py, which is gone: train a CNN"),
-                            (vit, "holds no CNN"), (tmp_path / "nowhere", "nowhere does not exist")):
+    for folder, message in (
+        (old, "written by the old teacher.py, which is gone: train a CNN"),
+        (vit, "holds no CNN"),
+        (tmp_path / "nowhere", "nowhere does not exist"),
+    ):
         with pytest.raises(SystemExit, match=message):
-            train.main(run_args(shared_folder_data, tmp_path / "run", "--epochs", "1",
-                                "--teacher", str(folder)))
+            train.main(run_args(shared_folder_data, tmp_path / "run", "--epochs", "1", "--teacher", str(folder)))
 
 
 def test_a_soft_distilled_run_says_so_in_its_card(cnn_teacher, shared_folder_data, tmp_path):
     folder, _ = cnn_teacher
-    result = train.main(run_args(shared_folder_data, tmp_path / "run", "--epochs", "1", "--teacher",
-                                 str(folder), "--distill", "soft", "--temperature", "2"))
+    result = train.main(
+        run_args(
+            shared_folder_data,
+            tmp_path / "run",
+            "--epochs",
+            "1",
+            "--teacher",
+            str(folder),
+            "--distill",
+            "soft",
+            "--temperature",
+            "2",
+        )
+    )
     assert result["distilled_from"].endswith(
-        "half the loss the KL divergence to its probabilities at temperature 2 (soft distillation)")
+        "half the loss the KL divergence to its probabilities at temperature 2 (soft distillation)"
+    )
     assert "--distill soft --temperature 2" in result["command"]

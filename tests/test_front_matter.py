@@ -46,8 +46,10 @@ def front_matter_problems(meta: dict, gradio_version: str, root: Path) -> list[s
             problems.append(f"{key} is missing")
     description = str(meta.get("short_description") or "")
     if len(description) > MAX_SHORT_DESCRIPTION:
-        problems.append(f"short_description has {len(description)} characters, "
-                        f"more than the Hub's {MAX_SHORT_DESCRIPTION}: {description!r}")
+        problems.append(
+            f"short_description has {len(description)} characters, "
+            f"more than the Hub's {MAX_SHORT_DESCRIPTION}: {description!r}"
+        )
     return problems
 
 
@@ -65,8 +67,7 @@ def link_targets(text: str) -> list[str]:
 
 
 def broken_links(page: Path) -> list[str]:
-    return [t for t in link_targets(page.read_text(encoding="utf-8"))
-            if not (page.parent / t).exists()]
+    return [t for t in link_targets(page.read_text(encoding="utf-8")) if not (page.parent / t).exists()]
 
 
 def test_front_matter_is_a_valid_gradio_space():
@@ -86,8 +87,15 @@ def test_the_readme_links_to_its_pages_and_pictures():
 
 
 def test_the_checks_catch_what_they_are_for(tmp_path):
-    meta = {"sdk": "gradio", "sdk_version": "6.31.0", "app_file": "app.py", "python_version": "3.11",
-            "license": "mit", "title": "t", "short_description": "x" * 61}
+    meta = {
+        "sdk": "gradio",
+        "sdk_version": "6.31.0",
+        "app_file": "app.py",
+        "python_version": "3.11",
+        "license": "mit",
+        "title": "t",
+        "short_description": "x" * 61,
+    }
     (tmp_path / "app.py").write_text("")
     assert any("61 characters" in p for p in front_matter_problems(meta, "6.31.0", tmp_path))
     assert front_matter_problems({**meta, "short_description": "x" * 60}, "6.31.0", tmp_path) == []
@@ -100,5 +108,6 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     page.write_text(
         "![ok](here.png) [ok](here.png#part) [web](https://example.com/x.png) [anchor](#top)\n"
         '![gone](missing.png) <img src="../nowhere.png" alt="x" height="60"> [gone](../README.md)\n'
-        "`[not a link](in-code.md)`\n```\n[nor this](in-fence.md)\n```\n")
+        "`[not a link](in-code.md)`\n```\n[nor this](in-fence.md)\n```\n"
+    )
     assert broken_links(page) == ["missing.png", "../README.md", "../nowhere.png"]

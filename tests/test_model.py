@@ -38,8 +38,9 @@ def test_shapes_and_attention_for_several_patch_sizes(patch):
 
 
 def test_every_size_is_an_argument():
-    model = ViT(image_size=16, patch_size=4, in_channels=1, num_classes=3, dim=32, depth=1,
-                heads=2, mlp_dim=64, dropout=0.0)
+    model = ViT(
+        image_size=16, patch_size=4, in_channels=1, num_classes=3, dim=32, depth=1, heads=2, mlp_dim=64, dropout=0.0
+    )
     assert model(torch.randn(2, 1, 16, 16)).shape == (2, 3)
     with pytest.raises(ValueError, match="does not divide"):
         ViT(patch_size=5)
@@ -50,7 +51,7 @@ def test_every_size_is_an_argument():
 def test_init_follows_timm():
     model = ViT()
     w = model.blocks[0].mlp[0].weight
-    assert 0.018 < w.std() < 0.022 and abs(w.mean()) < 0.002   # trunc_normal_(std=0.02)
+    assert 0.018 < w.std() < 0.022 and abs(w.mean()) < 0.002  # trunc_normal_(std=0.02)
     assert model.cls_token.abs().max() < 1e-4
     assert torch.all(model.blocks[0].mlp[0].bias == 0)
     assert torch.all(model.blocks[0].attn.in_proj_bias == 0)
@@ -99,12 +100,13 @@ def test_cli_prints_layer_table():
 
 # ---------------------------------------------------------------- patches
 
+
 def naive_patchify(images, p):
     b, c, h, w = images.shape
     rows = []
     for i in range(h // p):
         for j in range(w // p):
-            rows.append(images[:, :, i * p:(i + 1) * p, j * p:(j + 1) * p].reshape(b, -1))
+            rows.append(images[:, :, i * p : (i + 1) * p, j * p : (j + 1) * p].reshape(b, -1))
     return torch.stack(rows, dim=1)
 
 
@@ -134,13 +136,11 @@ def test_patchify_rejects_sizes_that_do_not_divide(p):
 
 # By hand: 6 blocks x 65 tokens x (4 x 256^2 + 2 x 256 x 512) multiply-adds, the two
 # attention matmuls (2 x 8 heads x 65^2 x 32 per block), the patch embedding and the head.
-FORWARD_MACS = (6 * 65 * (4 * 256 ** 2 + 2 * 256 * 512) + 6 * 2 * 8 * 65 * 65 * 32
-                + 64 * 48 * 256 + 256 * 10)
+FORWARD_MACS = 6 * 65 * (4 * 256**2 + 2 * 256 * 512) + 6 * 2 * 8 * 65 * 65 * 32 + 64 * 48 * 256 + 256 * 10
 
 
 def test_cli_prints_the_real_cost_of_a_forward_pass():
-    out = subprocess.run([sys.executable, "vit_model.py"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run([sys.executable, "vit_model.py"], capture_output=True, text=True, check=True).stdout
     assert "mult-adds" not in out and "3,195,146" in out
     assert f"forward pass: {2 * FORWARD_MACS / 1e9:.3f} GFLOP per image" in out
 
@@ -148,7 +148,7 @@ def test_cli_prints_the_real_cost_of_a_forward_pass():
 def test_forward_flops_sees_every_matmul_attention_included_and_keeps_the_mode():
     model = ViT().eval()
     assert forward_flops(model) == 2 * FORWARD_MACS
-    assert not model.training   # counted in training mode, handed back as it came
+    assert not model.training  # counted in training mode, handed back as it came
 
 
 # ---------------------------------------------------------------- dropout
@@ -173,7 +173,7 @@ def test_dropout_elements_are_independent():
     torch.manual_seed(1)
     n = 2_000_000
     kept = (dropout(torch.ones(n), 0.2, training=True) != 0).double()
-    tolerance = 5 * (1 / n) ** 0.5   # the correlation's standard deviation is about 1/sqrt(n)
+    tolerance = 5 * (1 / n) ** 0.5  # the correlation's standard deviation is about 1/sqrt(n)
     for lag in (1, 2, 3, 64, 1000, n // 2):
         a, b = kept[:-lag], kept[lag:]
         assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1].item()) < tolerance, lag
@@ -200,8 +200,12 @@ def test_dropout_other_rates_and_dtypes(p):
         out = dropout(torch.ones(n, dtype=dtype), p)
         assert out.dtype == dtype
         assert abs((out != 0).double().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
-        torch.testing.assert_close(out[out != 0].float(), torch.full_like(out[out != 0].float(), 1 / (1 - p)),
-                                   rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0)
+        torch.testing.assert_close(
+            out[out != 0].float(),
+            torch.full_like(out[out != 0].float(), 1 / (1 - p)),
+            rtol=1e-2 if dtype == torch.bfloat16 else 1e-6,
+            atol=0,
+        )
 
 
 def test_dropout_gradient_is_the_mask_and_eval_is_the_identity():
@@ -224,8 +228,10 @@ def test_training_attention_computes_what_multihead_attention_computes():
     out, weights = attention(x, mha, need_weights=True)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(weights, expected_weights)
-    for a, b in zip(torch.autograd.grad(out.sum(), [x, mha.in_proj_weight, mha.out_proj.weight]),
-                    torch.autograd.grad(expected.sum(), [x, mha.in_proj_weight, mha.out_proj.weight])):
+    for a, b in zip(
+        torch.autograd.grad(out.sum(), [x, mha.in_proj_weight, mha.out_proj.weight]),
+        torch.autograd.grad(expected.sum(), [x, mha.in_proj_weight, mha.out_proj.weight]),
+    ):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -251,12 +257,13 @@ def test_flip_tta_is_the_mean_of_the_logits_of_the_image_and_its_mirror():
     with torch.no_grad():
         assert torch.equal(tta_logits(model, x), model(x))
         assert torch.allclose(tta_logits(model, x, flip=True), (model(x) + model(x.flip(-1))) / 2)
-        symmetric = torch.cat([x[..., :16], x[..., :16].flip(-1)], -1)   # its own mirror image
+        symmetric = torch.cat([x[..., :16], x[..., :16].flip(-1)], -1)  # its own mirror image
         assert torch.allclose(tta_logits(model, symmetric, flip=True), model(symmetric), atol=1e-6)
     assert torch.allclose(model.predict_proba(x, flip=True), tta_logits(model, x, flip=True).softmax(-1))
 
 
 # ---------------------------------------------------------------- PatchDropout (patch_keep)
+
 
 def tokens_entering_first_block(model, x, **kwargs):
     """The (B, tokens, dim) sequence that the first block receives, and the logits."""
@@ -279,20 +286,23 @@ def small_vit(patch_size=4):
 def kept_patch_indices(kept: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     """For each kept token, the position (0 = class token, 1.. = patches) of the one token
     of the full sequence it equals exactly; fails if a token matches none or several."""
-    matches = (kept[:, :, None, :] == full[:, None, :, :]).all(-1)   # (B, kept, full)
+    matches = (kept[:, :, None, :] == full[:, None, :, :]).all(-1)  # (B, kept, full)
     assert (matches.sum(-1) == 1).all(), "a kept token is not exactly one token of the full sequence"
     return matches.int().argmax(-1)
 
 
-@pytest.mark.parametrize("patch_size, keep, tokens", [
-    (4, 0.5, 32 + 1),      # 64 patches: half of them, plus the class token
-    (4, 0.25, 16 + 1),
-    (4, 0.3, 19 + 1),      # 19.2 patches round to 19
-    (4, 0.37, 24 + 1),     # 23.68 patches round to 24
-    (4, 0.001, 1 + 1),     # never fewer than one patch
-    (4, 1.0, 64 + 1),      # keep everything: nothing is dropped
-    (8, 0.5, 8 + 1),       # 16 patches of 8x8
-])
+@pytest.mark.parametrize(
+    "patch_size, keep, tokens",
+    [
+        (4, 0.5, 32 + 1),  # 64 patches: half of them, plus the class token
+        (4, 0.25, 16 + 1),
+        (4, 0.3, 19 + 1),  # 19.2 patches round to 19
+        (4, 0.37, 24 + 1),  # 23.68 patches round to 24
+        (4, 0.001, 1 + 1),  # never fewer than one patch
+        (4, 1.0, 64 + 1),  # keep everything: nothing is dropped
+        (8, 0.5, 8 + 1),  # 16 patches of 8x8
+    ],
+)
 def test_patch_dropout_feeds_the_blocks_fewer_tokens_in_training(patch_size, keep, tokens):
     model = small_vit(patch_size).train()
     x = torch.randn(3, 3, 32, 32)
@@ -300,7 +310,7 @@ def test_patch_dropout_feeds_the_blocks_fewer_tokens_in_training(patch_size, kee
     assert seq.shape == (3, tokens, 32) and logits.shape == (3, 10)
     _, attention = model(x, patch_keep=keep, return_attention=True)
     assert all(a.shape == (3, 2, tokens, tokens) for a in attention)
-    model.eval()   # evaluation sees every patch, whatever patch_keep says
+    model.eval()  # evaluation sees every patch, whatever patch_keep says
     seq, _ = tokens_entering_first_block(model, x, patch_keep=keep)
     assert seq.shape == (3, (32 // patch_size) ** 2 + 1, 32)
 
@@ -328,9 +338,9 @@ def test_patch_dropout_keeps_the_class_token_and_a_random_subset_of_positioned_p
     subsets_b = [frozenset(row[1:].tolist()) for row in idx_b]
     # 32 distinct patches (no patch twice, the class token never among them).
     assert all(len(s) == 32 and min(s) >= 1 and max(s) <= 64 for s in subsets_a + subsets_b)
-    assert len(set(subsets_a)) == 8            # a fresh subset per image of the batch
-    assert subsets_a != subsets_b              # another seed, other subsets
-    assert torch.equal(kept_again, kept_a)     # the same seed, the same subsets
+    assert len(set(subsets_a)) == 8  # a fresh subset per image of the batch
+    assert subsets_a != subsets_b  # another seed, other subsets
+    assert torch.equal(kept_again, kept_a)  # the same seed, the same subsets
     # Over the batch every patch position turns up: the subset is not a fixed region.
     assert set().union(*subsets_a, *subsets_b) == set(range(1, 65))
 
@@ -338,20 +348,20 @@ def test_patch_dropout_keeps_the_class_token_and_a_random_subset_of_positioned_p
 def test_patch_dropout_is_off_in_eval_mode():
     model = small_vit()
     model.train()
-    model(torch.randn(2, 3, 32, 32), patch_keep=0.5)   # a training step leaves nothing behind
+    model(torch.randn(2, 3, 32, 32), patch_keep=0.5)  # a training step leaves nothing behind
     same_weights = ViT(dim=32, depth=2, heads=2, mlp_dim=32, dropout=0.0)
     same_weights.load_state_dict(model.state_dict())
     model.eval()
     same_weights.eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        reference = same_weights(x)   # patch_keep 1.0
+        reference = same_weights(x)  # patch_keep 1.0
         assert torch.equal(model(x, patch_keep=0.5), reference)
         assert torch.equal(model(x, patch_keep=0.1), reference)
         torch.manual_seed(0)
         first = model(x, patch_keep=0.5)
         torch.manual_seed(1)
-        assert torch.equal(model(x, patch_keep=0.5), first)   # no randomness in eval
+        assert torch.equal(model(x, patch_keep=0.5), first)  # no randomness in eval
     # In training mode the same weights do give other logits with half the patches.
     model.train()
     with torch.no_grad():
@@ -366,8 +376,11 @@ def test_helpers_that_evaluate_leave_the_models_mode_as_it_was():
     x = torch.randn(2, 3, 32, 32)
     scorer = training.evaluation.Evaluator([0.5] * 3, [0.5] * 3, 8, torch.device("cpu"), False)
     for in_training in (True, False):
-        for use in (lambda: model.predict_proba(x), lambda: rollout.model_rollout(model, x),
-                    lambda: scorer.logits(model, torch.zeros(2, 3, 32, 32, dtype=torch.uint8))):
+        for use in (
+            lambda: model.predict_proba(x),
+            lambda: rollout.model_rollout(model, x),
+            lambda: scorer.logits(model, torch.zeros(2, 3, 32, 32, dtype=torch.uint8)),
+        ):
             model.train(in_training)
             use()
             assert model.training is in_training

@@ -31,7 +31,7 @@ def jpeg_claiming(path: Path, width: int, height: int) -> Path:
     Image.new("L", (64, 64), 90).save(buffer, "JPEG")
     data = bytearray(buffer.getvalue())
     sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     path.write_bytes(bytes(data))
     return path
 
@@ -139,15 +139,18 @@ def test_jpeg_decompression_bombs_stay_refused(tmp_path):
         space.photo.load_photo(jpeg_claiming(tmp_path / "wide.jpg", 65000, 8000), 32)  # 520 MP
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: Image.new("RGB", (1, 1)).save(p, "PNG"), "1x1 pixels; it needs at least 8x8"),
-    (lambda p: Image.new("1", (10000, 10000)).save(p, "PNG"), "10000x10000 (100 megapixels), more than"),
-    (lambda p: Image.new("1", (14000, 14000)).save(p, "PNG"), "too many pixels to decode safely"),
-    (lambda p: p.write_text("hello"), "Unsupported format: this app reads JPEG, PNG, GIF, WebP"),
-    (lambda p: Image.new("RGB", (40, 40)).save(p, "EPS"), "Unsupported format"),
-    (lambda p: Image.new("RGB", (40, 40)).save(p, "PPM"), "Unsupported format"),
-    (lambda p: Image.new("RGB", (40, 40)).save(p, "ICO"), "Unsupported format"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: Image.new("RGB", (1, 1)).save(p, "PNG"), "1x1 pixels; it needs at least 8x8"),
+        (lambda p: Image.new("1", (10000, 10000)).save(p, "PNG"), "10000x10000 (100 megapixels), more than"),
+        (lambda p: Image.new("1", (14000, 14000)).save(p, "PNG"), "too many pixels to decode safely"),
+        (lambda p: p.write_text("hello"), "Unsupported format: this app reads JPEG, PNG, GIF, WebP"),
+        (lambda p: Image.new("RGB", (40, 40)).save(p, "EPS"), "Unsupported format"),
+        (lambda p: Image.new("RGB", (40, 40)).save(p, "PPM"), "Unsupported format"),
+        (lambda p: Image.new("RGB", (40, 40)).save(p, "ICO"), "Unsupported format"),
+    ],
+)
 def test_bad_images_get_one_clear_message(tmp_path, make, message):
     path = tmp_path / "upload.png"
     make(path)
@@ -166,7 +169,7 @@ def test_truncated_jpeg_is_a_clear_error(tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "full.jpg")
     data = (tmp_path / "full.jpg").read_bytes()
-    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(space.photo.UserError, match="damaged or incomplete"):
         space.photo.load_photo(tmp_path / "cut.jpg", 32)
 
@@ -174,7 +177,7 @@ def test_truncated_jpeg_is_a_clear_error(tmp_path):
 def test_a_deleted_file_has_expired_and_no_message_names_a_server_path(tmp_path):
     with pytest.raises(space.photo.UserError, match="This picture has expired") as expired:
         space.photo.load_photo(tmp_path / "deleted.png", 32)
-    (tmp_path / "folder.png").mkdir()   # a file system's error, not a decoder's
+    (tmp_path / "folder.png").mkdir()  # a file system's error, not a decoder's
     with pytest.raises(space.photo.UserError, match="damaged or incomplete") as unreadable:
         space.photo.load_photo(tmp_path / "folder.png", 32)
     assert str(tmp_path) not in str(expired.value) + str(unreadable.value)
@@ -202,8 +205,11 @@ def test_data_urls_meet_the_upload_limits(monkeypatch):
 
 def test_oversized_or_malformed_data_urls_are_refused_before_decoding(monkeypatch):
     monkeypatch.setattr(base64, "b64decode", lambda *a, **k: pytest.fail("decoded"))
-    with pytest.raises(space.photo.UserError, match=r"about 2.1 MB; inline images up to 2 MB .* files "
-                                               r"\(up to 20 MB\)"):
+    with pytest.raises(
+        space.photo.UserError,
+        match=r"about 2.1 MB; inline images up to 2 MB .* files "
+        r"\(up to 20 MB\)",
+    ):
         space.photo.read_data_url("data:image/png;base64," + "A" * 2_800_000)
     with pytest.raises(space.photo.UserError, match="must be a base64 `data:` URL"):
         space.photo.read_data_url("data:image/png,rawbytes")
@@ -219,7 +225,7 @@ def progressive_jpeg(size: tuple[int, int], repeat_last_scan: int = 0) -> io.Byt
     Image.new("RGB", size, (90, 140, 200)).save(buffer, "JPEG", progressive=True)
     data = buffer.getvalue()
     last = data.rfind(b"\xff\xda")
-    scan = data[last:-2]   # the last scan, up to the end-of-image marker
+    scan = data[last:-2]  # the last scan, up to the end-of-image marker
     return io.BytesIO(data[:-2] + scan * repeat_last_scan + data[-2:])
 
 
@@ -275,7 +281,7 @@ def test_a_32_bit_image_of_8_bit_values_keeps_them(tmp_path):
 
 def test_a_sixteen_bit_pngs_transparent_level_becomes_white(tmp_path):
     levels = np.full((64, 64), 0, np.uint16)
-    levels[:, 32:] = 1000           # transparent: the tRNS level
+    levels[:, 32:] = 1000  # transparent: the tRNS level
     Image.fromarray(levels).save(tmp_path / "gray16t.png", transparency=1000)
     assert Image.open(tmp_path / "gray16t.png").info["transparency"] == 1000
     image = read(tmp_path / "gray16t.png")

@@ -89,9 +89,7 @@ def test_head_fusion():
 def test_discard_ratio_drops_weakest_patch_entries_only():
     # Token 0 is the class token. Its entries (row 0, column 0) are the smallest here,
     # yet only the patch-to-patch block (rows and columns 1, 2) may lose entries.
-    a = torch.tensor([[[0.01, 0.02, 0.97],
-                       [0.03, 0.50, 0.47],
-                       [0.04, 0.10, 0.86]]])
+    a = torch.tensor([[[0.01, 0.02, 0.97], [0.03, 0.50, 0.47], [0.04, 0.10, 0.86]]])
     half = discard_weakest(a, 0.5)  # 2 of the 4 patch entries: 0.10 and 0.47
     expected = a.clone()
     expected[0, 2, 1] = expected[0, 1, 2] = 0.0
@@ -109,21 +107,20 @@ def test_discard_applies_per_image_of_a_batch():
     a = random_attention(2, 1, 5)[:, 0]
     both = discard_weakest(a, 0.5)
     for i in range(2):
-        assert torch.equal(both[i], discard_weakest(a[i:i + 1], 0.5)[0])
+        assert torch.equal(both[i], discard_weakest(a[i : i + 1], 0.5)[0])
         assert int((both[i, 1:, 1:] == 0).sum()) == 8
 
 
 def test_discard_changes_the_rollout():
     attentions = [random_attention(1, 2, 5, seed=s) for s in range(3)]
-    assert not torch.allclose(attention_rollout(attentions, discard_ratio=0.9),
-                              attention_rollout(attentions))
+    assert not torch.allclose(attention_rollout(attentions, discard_ratio=0.9), attention_rollout(attentions))
 
 
 def test_batch_equals_one_image_at_a_time():
     attentions = [random_attention(4, 2, 10, seed=s) for s in range(3)]
     batched = attention_rollout(attentions, "max", 0.3)
     for i in range(4):
-        single = attention_rollout([a[i:i + 1] for a in attentions], "max", 0.3)
+        single = attention_rollout([a[i : i + 1] for a in attentions], "max", 0.3)
         assert torch.allclose(batched[i], single[0], atol=1e-6)
 
 
@@ -142,8 +139,7 @@ def test_block_attention_map_is_the_class_row_of_one_head():
     attentions = [a, a.flip(1)]
     assert torch.equal(block_attention_map(attentions, 0, 2), a[:, 2, 0, 1:].reshape(2, 2, 2))
     assert torch.equal(block_attention_map(attentions, 1, 0), a[:, 2, 0, 1:].reshape(2, 2, 2))
-    assert torch.allclose(block_attention_map(attentions, 0, "mean"),
-                          a.mean(1)[:, 0, 1:].reshape(2, 2, 2))
+    assert torch.allclose(block_attention_map(attentions, 0, "mean"), a.mean(1)[:, 0, 1:].reshape(2, 2, 2))
     with pytest.raises(ValueError, match="head 3"):
         block_attention_map(attentions, 0, 3)
     with pytest.raises(ValueError, match="block 2"):
@@ -168,8 +164,8 @@ def test_real_model_for_each_patch_size(patch_size):
     assert torch.isfinite(maps).all() and (maps >= 0).all()
     assert (maps.flatten(1).sum(1) <= 1 + 1e-5).all()  # part of a stochastic row
     assert torch.equal(maps, model_rollout(model, x, "mean", 0.5)[1])
-    assert model.training   # left as it was given
-    assert torch.allclose(logits, model.eval()(x))   # the eval-mode logits
+    assert model.training  # left as it was given
+    assert torch.allclose(logits, model.eval()(x))  # the eval-mode logits
     full = attention_rollout(attentions, "mean", 0.5)
     assert torch.allclose(full.sum(-1), torch.ones(2, grid * grid + 1), atol=1e-5)
     assert block_attention_map(attentions, 2, 1).shape == (2, grid, grid)

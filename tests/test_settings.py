@@ -8,8 +8,10 @@ import train
 import training.settings
 
 
-@pytest.mark.parametrize("flag, value", [("--lr", "nan"), ("--lr", "inf"), ("--weight-decay", "nan"),
-                                         ("--warmup-epochs", "nan"), ("--momentum", "inf")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--lr", "nan"), ("--lr", "inf"), ("--weight-decay", "nan"), ("--warmup-epochs", "nan"), ("--momentum", "inf")],
+)
 def test_flags_that_are_no_finite_number_are_refused(flag, value, folder_data, tmp_path):
     with pytest.raises(SystemExit, match=f"{flag} must be a finite number, got {value}"):
         train.main(run_args(folder_data, tmp_path / "run", flag, value))
@@ -24,15 +26,15 @@ def test_val_size_nan_is_refused_by_its_parser(capsys):
 
 def test_a_diverged_run_stops_at_once_and_writes_no_model(shared_folder_data, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(SystemExit, match="loss became NaN or infinite in epoch 1 .*diverged, and "
-                                         "nothing was saved. Lower --lr"):
+    with pytest.raises(
+        SystemExit, match="loss became NaN or infinite in epoch 1 .*diverged, and nothing was saved. Lower --lr"
+    ):
         train.main(run_args(shared_folder_data, out, "--epochs", "2", "--lr", "1e6"))
     assert not (out / "best.pt").exists() and not (out / "export").exists()
     assert not (out / "last.pt").exists()
 
 
-def test_a_resumed_run_with_policy_workers_trains_what_an_unbroken_one_does(
-        shared_folder_data, tmp_path, monkeypatch):
+def test_a_resumed_run_with_policy_workers_trains_what_an_unbroken_one_does(shared_folder_data, tmp_path, monkeypatch):
     import torch
     from conftest import interrupted_then_resumed
 
@@ -71,9 +73,13 @@ def test_ctrl_c_says_how_to_continue_instead_of_a_traceback(shared_folder_data, 
     from pathlib import Path
 
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "train.py", *run_args(shared_folder_data, out, "--epochs", "50")],
-                            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *run_args(shared_folder_data, out, "--epochs", "50")],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (out / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.1)

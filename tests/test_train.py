@@ -68,7 +68,7 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
     assert result["machine"] == rows[0]["machine"] == training.runtime.Processes(0, 1, torch.device("cpu")).machine()
     from PIL import Image
 
-    for name in common.model_folder.FIGURES:   # real pictures, not blank canvases
+    for name in common.model_folder.FIGURES:  # real pictures, not blank canvases
         with Image.open(out / name) as picture:
             assert picture.format == "PNG" and min(picture.size) > 200
             assert len(picture.convert("RGB").getcolors(1 << 20) or range(1 << 20)) > 50, name
@@ -80,16 +80,22 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
     data = load_training_data(shared_folder_data, 30, 0)
     model = ViT(dim=64, depth=2, heads=4, mlp_dim=128)
     model.load_state_dict(best["model"])
-    scores = [training.evaluation.Evaluator(last["mean"], last["std"], 64, torch.device("cpu"), bf16).evaluate(
-        model, data.test.images, data.test.labels).acc for bf16 in (False, True)]   # --amp auto: either
+    scores = [
+        training.evaluation.Evaluator(last["mean"], last["std"], 64, torch.device("cpu"), bf16)
+        .evaluate(model, data.test.images, data.test.labels)
+        .acc
+        for bf16 in (False, True)
+    ]  # --amp auto: either
     assert result["test_images"] == len(data.test) and result["test_acc"] in scores
     # The export loads through the Hub mixin and predicts exactly as the best checkpoint.
     export = out / "export"
-    assert {"model.safetensors", "config.json", "README.md", "curves.png",
-            "training.json"} <= {p.name for p in export.iterdir()}
+    assert {"model.safetensors", "config.json", "README.md", "curves.png", "training.json"} <= {
+        p.name for p in export.iterdir()
+    }
     loaded = ViT.from_pretrained(export).eval()
-    reference = ViT(dim=64, depth=2, heads=4, mlp_dim=128, class_names=loaded.class_names,
-                    mean=loaded.mean, std=loaded.std)
+    reference = ViT(
+        dim=64, depth=2, heads=4, mlp_dim=128, class_names=loaded.class_names, mean=loaded.mean, std=loaded.std
+    )
     reference.load_state_dict(best["model"])
     x = torch.randn(5, 3, 32, 32)
     assert torch.equal(loaded(x), reference.eval()(x))
@@ -103,8 +109,7 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shared_folder_data, tmp_path, monkeypatch):
     train.main(run_args(shared_folder_data, tmp_path / "a", "--epochs", "3", "--seed", "5"))
 
-    interrupted_then_resumed(run_args(shared_folder_data, tmp_path / "b", "--epochs", "3", "--seed", "5"),
-                             monkeypatch)
+    interrupted_then_resumed(run_args(shared_folder_data, tmp_path / "b", "--epochs", "3", "--seed", "5"), monkeypatch)
 
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
@@ -135,9 +140,21 @@ def test_torchrun_with_two_cpu_processes(shared_folder_data, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "tests/ddp_ranks.py", *run_args(shared_folder_data, out, "--epochs", "2")],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "tests/ddp_ranks.py",
+            *run_args(shared_folder_data, out, "--epochs", "2"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x2" in proc.stdout  # the device line names both processes
     assert proc.stdout.count("epoch   1/2") == 1  # only rank 0 prints
@@ -149,21 +166,24 @@ def test_torchrun_with_two_cpu_processes(shared_folder_data, tmp_path):
     weights = {(r, e): torch.load(out / f"rank{r}-epoch{e}.pt", weights_only=True) for r in (0, 1) for e in (1, 2)}
     for epoch in (1, 2):
         assert all(torch.equal(weights[0, epoch][k], weights[1, epoch][k]) for k in weights[0, epoch]), epoch
-    assert not torch.equal(weights[0, 1]["head.weight"], weights[0, 2]["head.weight"])   # it trained
+    assert not torch.equal(weights[0, 1]["head.weight"], weights[0, 2]["head.weight"])  # it trained
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--epochs", "0"], "--epochs must be positive"),
-    (["--patch-size", "5"], "--patch-size 5 does not divide"),
-    (["--batch-size", "-1"], "--batch-size must be positive"),
-    (["--heads", "5"], "--heads 5 must divide --dim 64"),
-    (["--depth", "0"], "--depth must be positive, got 0$"),
-    (["--mlp-dim", "0"], "--mlp-dim must be positive, got 0$"),
-    (["--device", "gpu0"], "--device gpu0 is not a device name"),
-    (["--train-subset", "5000"], "--train-subset 5000 is more than the 90 training images"),
-    (["--push-to-hub", "me/my model"], "--push-to-hub 'me/my model' is not a Hub repo id such as USER/vit-cifar"),
-    (["--push-to-hub", "a/b/c"], "is not a Hub repo id"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--patch-size", "5"], "--patch-size 5 does not divide"),
+        (["--batch-size", "-1"], "--batch-size must be positive"),
+        (["--heads", "5"], "--heads 5 must divide --dim 64"),
+        (["--depth", "0"], "--depth must be positive, got 0$"),
+        (["--mlp-dim", "0"], "--mlp-dim must be positive, got 0$"),
+        (["--device", "gpu0"], "--device gpu0 is not a device name"),
+        (["--train-subset", "5000"], "--train-subset 5000 is more than the 90 training images"),
+        (["--push-to-hub", "me/my model"], "--push-to-hub 'me/my model' is not a Hub repo id such as USER/vit-cifar"),
+        (["--push-to-hub", "a/b/c"], "is not a Hub repo id"),
+    ],
+)
 def test_bad_arguments_fail_at_once(folder_data, tmp_path, extra, message):
     with pytest.raises(SystemExit, match=message):
         train.main(run_args(folder_data, tmp_path / "run", *extra))
@@ -176,8 +196,9 @@ def test_missing_data_folder_fails_at_once_unless_a_download_is_asked(tmp_path, 
     import torchvision.datasets
 
     asked = []
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10",
-                        lambda root, train, download: asked.append(download) or pytest.fail("offline"))
+    monkeypatch.setattr(
+        torchvision.datasets, "CIFAR10", lambda root, train, download: asked.append(download) or pytest.fail("offline")
+    )
     with pytest.raises(BaseException, match="offline"):
         train.main(run_args(tmp_path / "missing", tmp_path / "run", "--download"))
     assert asked == [True]
@@ -202,6 +223,7 @@ def test_unreachable_hub_keeps_the_export(shared_folder_data, tmp_path, monkeypa
 
 
 # ---------------------------------------------------------------- recipes
+
 
 def test_assignment_recipe_is_the_default_and_adds_nothing():
     args = training.settings.parse_args([])
@@ -232,8 +254,7 @@ def test_strong_recipe_switches_every_ingredient_on():
 
 
 def test_each_ingredient_can_be_switched_off_alone():
-    args = training.settings.parse_args(["--recipe", "strong", "--policy", "none", "--mixup-alpha", "0",
-                             "--decay-all"])
+    args = training.settings.parse_args(["--recipe", "strong", "--policy", "none", "--mixup-alpha", "0", "--decay-all"])
     assert training.augment.build_policy(args.policy) is None
     assert type(training.augment.build_mixing(args.mixup_alpha, args.cutmix_alpha, 10)).__name__ == "CutMix"
     assert args.decay_all and args.label_smoothing == 0.1 and args.drop_path == 0.1
@@ -249,7 +270,7 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
     assert decay["weight_decay"] == 0.05 and keep["weight_decay"] == 0.0
     kept = {id(p) for p in keep["params"]}
     for name, p in model.named_parameters():
-        exempt = ("bias" in name or "norm" in name or name in ("pos_embed", "cls_token"))
+        exempt = "bias" in name or "norm" in name or name in ("pos_embed", "cls_token")
         assert (id(p) in kept) == exempt, name
     assert len(training.optimization.param_groups(model, 0.05, decay_all=True)) == 1
 
@@ -268,10 +289,10 @@ def test_warmup_cosine_learning_rate_at_chosen_steps():
     args = training.settings.parse_args(["--recipe", "strong", "--lr", "1e-3"])  # 200 epochs, 10 warmup
     opt = build_optimizer(torch.nn.Linear(2, 2), OptimizerSettings.of(vars(args)), torch.device("cpu"))
     lrs = stepped_lrs(opt, build_scheduler(opt, OptimizerSettings.of(vars(args)), steps_per_epoch=10), 2000)
-    assert lrs[0] == pytest.approx(1e-5)             # first warmup step: 1/100 of the peak
-    assert lrs[49] == pytest.approx(0.5e-3)          # halfway through warmup
-    assert lrs[99] == pytest.approx(1e-3)            # end of warmup: the peak
-    assert lrs[100 + 950] == pytest.approx(0.5e-3)   # half of the cosine
+    assert lrs[0] == pytest.approx(1e-5)  # first warmup step: 1/100 of the peak
+    assert lrs[49] == pytest.approx(0.5e-3)  # halfway through warmup
+    assert lrs[99] == pytest.approx(1e-3)  # end of warmup: the peak
+    assert lrs[100 + 950] == pytest.approx(0.5e-3)  # half of the cosine
     assert lrs[-1] < 1e-8 and lrs == lrs[:100] + sorted(lrs[100:], reverse=True)
 
 
@@ -291,16 +312,30 @@ def test_policy_draws_per_image_in_workers():
     images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).expand(64, -1, -1, -1).contiguous()
     labels = torch.zeros(64, dtype=torch.long)
     procs = training.runtime.Processes(0, 1, torch.device("cpu"))
-    batches = training.batches.EpochBatches(images, labels, batch_size=64, seed=0, procs=procs,
-                                policy=training.augment.build_policy("autoaugment"), workers=2)
-    (x, y), = list(batches.epoch(0))
+    batches = training.batches.EpochBatches(
+        images,
+        labels,
+        batch_size=64,
+        seed=0,
+        procs=procs,
+        policy=training.augment.build_policy("autoaugment"),
+        workers=2,
+    )
+    ((x, y),) = list(batches.epoch(0))
     assert x.dtype == torch.uint8 and x.shape == (64, 3, 32, 32)
     assert len({bytes(img.numpy()) for img in x}) > 20  # one draw per image, not per batch
-    (other, _), = list(batches.epoch(1))
+    ((other, _),) = list(batches.epoch(1))
     assert not torch.equal(x, other)  # a new epoch draws anew, with the same workers
-    again = training.batches.EpochBatches(images, labels, batch_size=64, seed=0, procs=procs,
-                              policy=training.augment.build_policy("autoaugment"), workers=1)
-    (x_again, _), = list(again.epoch(0))
+    again = training.batches.EpochBatches(
+        images,
+        labels,
+        batch_size=64,
+        seed=0,
+        procs=procs,
+        policy=training.augment.build_policy("autoaugment"),
+        workers=1,
+    )
+    ((x_again, _),) = list(again.epoch(0))
     assert torch.equal(x, x_again)  # seeded per (epoch, image): a resumed epoch draws the same
 
 
@@ -311,15 +346,16 @@ def test_policy_draw_in_the_training_process_leaves_the_gpu_generator_alone(monk
     monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
     monkeypatch.setattr(torch.mps, "manual_seed", reseeded.append)
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    dataset = training.batches.PolicyDataset(images, torch.zeros(4, dtype=torch.long),
-                                 training.augment.build_policy("trivialaugment"), seed=0)
+    dataset = training.batches.PolicyDataset(
+        images, torch.zeros(4, dtype=torch.long), training.augment.build_policy("trivialaugment"), seed=0
+    )
     torch.manual_seed(5)
     before = torch.rand(3)
     torch.manual_seed(5)
     first = dataset[(0, 1)][0]
-    assert torch.equal(torch.rand(3), before)       # the caller's CPU stream is untouched too
-    assert torch.equal(dataset[(0, 1)][0], first)   # and the draw is still seeded per image
-    assert set(reseeded) == {5}                     # only the test's own torch.manual_seed calls
+    assert torch.equal(torch.rand(3), before)  # the caller's CPU stream is untouched too
+    assert torch.equal(dataset[(0, 1)][0], first)  # and the draw is still seeded per image
+    assert set(reseeded) == {5}  # only the test's own torch.manual_seed calls
 
 
 def test_torchrun_processes_take_the_gpu_of_their_local_rank(monkeypatch):
@@ -350,20 +386,41 @@ def test_main_process_loads_the_data_before_the_others(monkeypatch):
 
 
 def test_the_card_command_trains_the_run_again_whatever_resumed_it():
-    args = training.settings.parse_args(["--recipe", "budget", "--epochs", "100", "--lr", "5e-4",
-                             "--data-dir", "/somewhere/cifar10-jpeg", "--out", "/tmp/x",
-                             "--workers", "1", "--ema", "0.999", "--no-decay-all", "--dim", "128"])
+    args = training.settings.parse_args(
+        [
+            "--recipe",
+            "budget",
+            "--epochs",
+            "100",
+            "--lr",
+            "5e-4",
+            "--data-dir",
+            "/somewhere/cifar10-jpeg",
+            "--out",
+            "/tmp/x",
+            "--workers",
+            "1",
+            "--ema",
+            "0.999",
+            "--no-decay-all",
+            "--dim",
+            "128",
+        ]
+    )
     # Only what differs from the recipe (lr 5e-4 and no-decay-all are the budget's own);
     # runtime flags, --out and --resume are left out.
-    assert training.settings.run_command(vars(args)) == ("python train.py --recipe budget --epochs 100 "
-                                             "--data-dir cifar10-jpeg --ema 0.999 --dim 128")
+    assert training.settings.run_command(vars(args)) == (
+        "python train.py --recipe budget --epochs 100 --data-dir cifar10-jpeg --ema 0.999 --dim 128"
+    )
     args = training.settings.parse_args(["--epochs", "3", "--decay-all", "--policy", "autoaugment"])
-    assert training.settings.run_command(vars(args)) == ("python train.py --recipe assignment --epochs 3 "
-                                             "--data-dir data --policy autoaugment")
+    assert training.settings.run_command(vars(args)) == (
+        "python train.py --recipe assignment --epochs 3 --data-dir data --policy autoaugment"
+    )
     args = training.settings.parse_args(["--recipe", "strong", "--no-decay-all", "--decay-all"])
     assert training.settings.run_command(vars(args)).endswith("--data-dir data --decay-all")
-    args = training.settings.parse_args(["--recipe", "budget", "--init-from", "/work/main/weights",
-                             "--teacher", "/work/runs/teacher30"])
+    args = training.settings.parse_args(
+        ["--recipe", "budget", "--init-from", "/work/main/weights", "--teacher", "/work/runs/teacher30"]
+    )
     assert training.settings.run_command(vars(args)).endswith("--init-from weights --teacher teacher30")
 
 
@@ -376,8 +433,20 @@ def test_strong_recipe_trains_end_to_end(shared_folder_data, tmp_path, monkeypat
         return real_ce(logits, target, **kwargs)
 
     monkeypatch.setattr(training.epoch.F, "cross_entropy", recording_ce)
-    result = train.main(run_args(shared_folder_data, tmp_path / "run", "--recipe", "strong",
-                                 "--epochs", "2", "--warmup-epochs", "1", "--workers", "2"))
+    result = train.main(
+        run_args(
+            shared_folder_data,
+            tmp_path / "run",
+            "--recipe",
+            "strong",
+            "--epochs",
+            "2",
+            "--warmup-epochs",
+            "1",
+            "--workers",
+            "2",
+        )
+    )
     training_calls = [s for s in seen if s[1] == 0.1]
     assert training_calls and all(shape[1:] == (10,) for shape, _ in training_calls)  # soft targets
     assert result["recipe"] == "strong" and result["settings"]["policy"] == "autoaugment"
@@ -386,9 +455,10 @@ def test_strong_recipe_trains_end_to_end(shared_folder_data, tmp_path, monkeypat
 
 # ---------------------------------------------------------------- every device
 
+
 def test_every_epoch_reseeds_from_seed_epoch_and_rank():
     seeds = {training.runtime.seed_for(0, "augment", epoch, rank) for epoch in range(3) for rank in range(4)}
-    assert len(seeds) == 12   # no two processes or epochs share a stream
+    assert len(seeds) == 12  # no two processes or epochs share a stream
     assert training.runtime.seed_for(0, "augment", 1, 0) == training.runtime.seed_for(0, "augment", 1, 0)
 
 
@@ -424,12 +494,12 @@ def test_checkpoints_hold_cpu_tensors_and_no_generator_states(shared_folder_data
         elif isinstance(obj, (list, tuple)):
             for v in obj:
                 yield from tensors(v)
+
     assert all(t.device.type == "cpu" for t in tensors(last))
     assert training.checkpoints.on_cpu({"a": [torch.ones(1)], "b": 2})["b"] == 2
 
 
-@pytest.mark.parametrize("content, reason", [(b"", "it is empty"),
-                                             (b"\x00garbage" * 10, "not a readable")])
+@pytest.mark.parametrize("content, reason", [(b"", "it is empty"), (b"\x00garbage" * 10, "not a readable")])
 def test_corrupt_checkpoint_is_named_with_what_to_do(shared_folder_data, tmp_path, content, reason):
     out = tmp_path / "run"
     train.main(run_args(shared_folder_data, out, "--epochs", "1"))
@@ -444,7 +514,7 @@ def test_a_bit_flip_or_a_foreign_tensor_in_last_pt_is_named_not_trained_on(share
     train.main(run_args(shared_folder_data, out, "--epochs", "1"))
     good = (out / "last.pt").read_bytes()
     flipped = bytearray(good)
-    flipped[len(flipped) // 2] ^= 0x10   # inside the tensors' bytes
+    flipped[len(flipped) // 2] ^= 0x10  # inside the tensors' bytes
     (out / "last.pt").write_bytes(bytes(flipped))
     with pytest.raises(SystemExit, match=r"last.pt is damaged: its .* fails its checksum.*delete"):
         train.main(["--out", str(out), "--resume", "--epochs", "2", "--no-progress"])
@@ -456,7 +526,8 @@ def test_a_bit_flip_or_a_foreign_tensor_in_last_pt_is_named_not_trained_on(share
 
 
 def test_a_full_disk_stops_the_run_with_a_message_and_the_last_checkpoint_intact(
-        shared_folder_data, tmp_path, monkeypatch):
+    shared_folder_data, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     train.main(run_args(shared_folder_data, out, "--epochs", "1"))
     before = (out / "last.pt").read_bytes()
@@ -464,15 +535,20 @@ def test_a_full_disk_stops_the_run_with_a_message_and_the_last_checkpoint_intact
 
     def full_disk(obj, file, *args, **kwargs):
         file.write(b"partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed "
-                           "writing file data/0: file write failed")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed "
+            "writing file data/0: file write failed"
+        )
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(SystemExit, match=r"could not write .*\.pt: .*file write failed.*intact: free space "
-                                         r".*continue with --resume"):
+    with pytest.raises(
+        SystemExit,
+        match=r"could not write .*\.pt: .*file write failed.*intact: free space "
+        r".*continue with --resume",
+    ):
         train.main(["--out", str(out), "--resume", "--epochs", "2", "--no-progress"])
     assert (out / "last.pt").read_bytes() == before
-    assert not list(out.glob(".*.tmp"))   # neither this run's nor the killed one's
+    assert not list(out.glob(".*.tmp"))  # neither this run's nor the killed one's
 
 
 def test_resume_honours_more_epochs_and_refuses_other_changes(shared_folder_data, tmp_path, capsys):
@@ -490,21 +566,21 @@ def test_resume_honours_more_epochs_and_refuses_other_changes(shared_folder_data
 def test_extended_schedule_continues_from_the_new_plan():
     args = training.settings.parse_args(["--epochs", "16"])
     opt = build_optimizer(torch.nn.Linear(2, 2), OptimizerSettings.of(vars(args)), torch.device("cpu"))
-    opt.param_groups[0]["lr"] = 5e-6   # as a resumed optimizer holds it after both drops
+    opt.param_groups[0]["lr"] = 5e-6  # as a resumed optimizer holds it after both drops
     build_scheduler(opt, OptimizerSettings.of(vars(args)), steps_per_epoch=2, done_steps=2 * 12)
-    assert opt.param_groups[0]["lr"] == pytest.approx(5e-5)   # milestones 10 and 15: one drop
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-5)  # milestones 10 and 15: one drop
 
 
 def test_bf16_only_where_it_is_native_and_faster(monkeypatch):
     cuda = training.runtime.Processes(0, 1, torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    assert not cuda.use_bf16("auto") and cuda.use_bf16("on")   # a T4 or V100 emulates it
+    assert not cuda.use_bf16("auto") and cuda.use_bf16("on")  # a T4 or V100 emulates it
     cpu = training.runtime.Processes(0, 1, torch.device("cpu"))
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    monkeypatch.setattr(training.runtime, "cpu_bf16_speedup", lambda: 1.49)   # a Zen 4
+    monkeypatch.setattr(training.runtime, "cpu_bf16_speedup", lambda: 1.49)  # a Zen 4
     assert cpu.use_bf16("auto") and not cpu.use_bf16("off")
     assert cpu.bf16_words("auto") == "bf16 on (measured 1.49x float32's speed)"
-    monkeypatch.setattr(training.runtime, "cpu_bf16_speedup", lambda: 0.56)   # a Xeon whose VM hides AMX
+    monkeypatch.setattr(training.runtime, "cpu_bf16_speedup", lambda: 0.56)  # a Xeon whose VM hides AMX
     assert not cpu.use_bf16("auto") and cpu.use_bf16("on")
     assert cpu.bf16_words("auto") == "bf16 off (measured 0.56x float32's speed)"
     assert cpu.bf16_words("on") == "bf16 on"
@@ -522,8 +598,8 @@ def test_bf16_speed_is_measured_only_on_cpus_with_bf16_units(monkeypatch):
     real_autocast = training.runtime.bf16_autocast
 
     @contextlib.contextmanager
-    def slow_bf16(device, enabled):   # bf16 made 0.5 s slower a step, more than a whole step
-        with real_autocast(device, enabled):   # takes on a loaded machine: the probe must see it
+    def slow_bf16(device, enabled):  # bf16 made 0.5 s slower a step, more than a whole step
+        with real_autocast(device, enabled):  # takes on a loaded machine: the probe must see it
             yield
         if enabled:
             time.sleep(0.5)
@@ -544,7 +620,7 @@ def test_process_group_backend_follows_the_device(monkeypatch):
     monkeypatch.setattr(training.runtime.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
     monkeypatch.setattr(training.runtime.dist, "get_rank", lambda: 0)
     monkeypatch.setattr(training.runtime.dist, "get_world_size", lambda: 2)
-    procs = training.runtime.start_processes("cpu")   # --device cpu under torchrun, GPUs or not
+    procs = training.runtime.start_processes("cpu")  # --device cpu under torchrun, GPUs or not
     assert calls == [("gloo", {})] and procs.world == 2
     assert isinstance(procs.attention_context(), type(torch.nn.attention.sdpa_kernel([])))
     cuda = training.runtime.Processes(0, 1, torch.device("cuda"))
@@ -564,11 +640,22 @@ def test_progress_bar_shows_the_last_step_of_a_short_epoch(capsys):
     batches = training.batches.EpochBatches(images, torch.arange(64) % 10, batch_size=16, seed=0, procs=procs)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     from training.augment import DeviceAugment
-    row = training.epoch.train_one_epoch(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                               batches.epoch(0), steps=batches.steps,
-                               augment=DeviceAugment([0.5] * 3, [0.25] * 3), generator=procs.generator(0),
-                               mixing=None, label_smoothing=0.0, bf16=False, procs=procs,
-                               show_progress=True, description="epoch 1/1")
+
+    row = training.epoch.train_one_epoch(
+        model,
+        opt,
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+        batches.epoch(0),
+        steps=batches.steps,
+        augment=DeviceAugment([0.5] * 3, [0.25] * 3),
+        generator=procs.generator(0),
+        mixing=None,
+        label_smoothing=0.0,
+        bf16=False,
+        procs=procs,
+        show_progress=True,
+        description="epoch 1/1",
+    )
     err = capsys.readouterr().err
     assert "4/4" in err and f"loss={row['train_loss']:.3f}" in err
 
@@ -577,27 +664,28 @@ def test_progress_bar_shows_the_last_step_of_a_short_epoch(capsys):
 def test_autocast_and_compiled_runs_train(shared_folder_data, tmp_path, extra, monkeypatch):
     used = []
     real = training.runtime.bf16_autocast
-    for module in (training.epoch, training.evaluation):   # the training and the evaluation steps
-        monkeypatch.setattr(module, "bf16_autocast",
-                            lambda device, enabled: used.append(enabled) or real(device, enabled))
+    for module in (training.epoch, training.evaluation):  # the training and the evaluation steps
+        monkeypatch.setattr(
+            module, "bf16_autocast", lambda device, enabled: used.append(enabled) or real(device, enabled)
+        )
     out = tmp_path / "run"
     result = train.main(run_args(shared_folder_data, out, "--epochs", "2", *extra))
     rows = read_metrics(out)
     assert all(math.isfinite(r["train_loss"]) for r in rows) and rows[1]["train_loss"] < rows[0]["train_loss"]
     assert result["val_acc"] == max(r["val_acc"] for r in rows)
-    if "--amp" in extra:   # every training and evaluation step runs as asked
+    if "--amp" in extra:  # every training and evaluation step runs as asked
         assert used and set(used) == {extra[1] == "on"}
 
 
 # ---------------------------------------------------------------- any dataset
+
 
 def test_a_folder_of_48x48_images_trains_at_48(tmp_path):
     from conftest import make_folder_dataset
 
     root = make_folder_dataset(tmp_path / "big", per_class=8, size=48)
     out = tmp_path / "run"
-    train.main(run_args(root, out, "--epochs", "1", "--val-size", "0.25", "--batch-size", "32",
-                        "--patch-size", "8"))
+    train.main(run_args(root, out, "--epochs", "1", "--val-size", "0.25", "--batch-size", "32", "--patch-size", "8"))
     config = json.loads((out / "export" / "config.json").read_text())
     assert config["image_size"] == 48 and config["patch_size"] == 8
     with pytest.raises(SystemExit, match="--patch-size 5 does not divide the 48x48 images .*1, 2, 3, 4, 6"):
@@ -614,20 +702,21 @@ def test_one_epoch_run_says_what_it_does_after_the_last_epoch(shared_folder_data
 
 # ---------------------------------------------------------------- the budget recipe
 
+
 def test_linear_schedule_factor_by_hand():
     # 100 steps, the first 10 of them warmup: the decay runs over the other 90.
     factor = lambda step: training.optimization.lr_factor(step, total=100, warmup=10, schedule="linear", milestones=[])
     warmup = [factor(s) for s in range(10)]
     assert warmup == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
-    assert factor(9) == factor(10) == 1.0              # the peak at the end of warmup
-    assert factor(28) == pytest.approx(0.8)            # 18 of 90 decay steps done
-    assert factor(55) == pytest.approx(0.5)            # half way through the decay
+    assert factor(9) == factor(10) == 1.0  # the peak at the end of warmup
+    assert factor(28) == pytest.approx(0.8)  # 18 of 90 decay steps done
+    assert factor(55) == pytest.approx(0.5)  # half way through the decay
     assert factor(91) == pytest.approx(0.1)
-    assert factor(99) == pytest.approx(1 / 90)         # the last step: one decay step left
-    assert factor(100) == 0.0 and factor(150) == 0.0   # zero at the end, never negative
+    assert factor(99) == pytest.approx(1 / 90)  # the last step: one decay step left
+    assert factor(100) == 0.0 and factor(150) == 0.0  # zero at the end, never negative
     decay = [factor(s) for s in range(10, 101)]
     steps = [a - b for a, b in zip(decay, decay[1:])]
-    assert steps == pytest.approx([1 / 90] * 90)       # a straight line from 1 to 0
+    assert steps == pytest.approx([1 / 90] * 90)  # a straight line from 1 to 0
     # Without warmup the line starts at the peak on the very first step.
     no_warmup = [training.optimization.lr_factor(s, 4, 0, "linear", []) for s in range(5)]
     assert no_warmup == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
@@ -668,15 +757,20 @@ def test_budget_recipe_resolves_its_auto_values_from_epochs(tmp_path):
     from torchvision.transforms import v2
 
     args = training.settings.parse_args(["--recipe", "budget", "--epochs", "50"])
-    assert (args.warmup_epochs, args.policy) == (2, "trivialaugment")   # 5% of 50 is 2.5: round() gives 2
+    assert (args.warmup_epochs, args.policy) == (2, "trivialaugment")  # 5% of 50 is 2.5: round() gives 2
     assert isinstance(training.augment.build_policy(args.policy), v2.TrivialAugmentWide)
     args = training.settings.parse_args(["--recipe", "budget", "--epochs", "20"])
     assert (args.warmup_epochs, args.policy) == (1, "none")
     assert training.augment.build_policy(args.policy) is None
     # warmup: 5% of the epochs, at least 1; the policy from 40 epochs on.
-    for epochs, warmup, policy in [(1, 1, "none"), (10, 1, "none"), (39, 2, "none"),
-                                   (40, 2, "trivialaugment"), (100, 5, "trivialaugment"),
-                                   (200, 10, "trivialaugment")]:
+    for epochs, warmup, policy in [
+        (1, 1, "none"),
+        (10, 1, "none"),
+        (39, 2, "none"),
+        (40, 2, "trivialaugment"),
+        (100, 5, "trivialaugment"),
+        (200, 10, "trivialaugment"),
+    ]:
         args = training.settings.parse_args(["--recipe", "budget", "--epochs", str(epochs)])
         assert (args.warmup_epochs, args.policy) == (warmup, policy), epochs
     # Without --epochs: the recipe's 30 (warmup 1.5 rounds to 2), no policy.
@@ -693,13 +787,32 @@ def test_budget_recipe_resolves_its_auto_values_from_epochs(tmp_path):
 
 
 def test_budget_recipe_flags_win_over_its_values():
-    args = training.settings.parse_args(["--recipe", "budget", "--epochs", "50", "--warmup-epochs", "0",
-                             "--policy", "none", "--patch-keep", "1", "--schedule", "cosine",
-                             "--drop-path", "0", "--ema", "0.99", "--decay-all"])
+    args = training.settings.parse_args(
+        [
+            "--recipe",
+            "budget",
+            "--epochs",
+            "50",
+            "--warmup-epochs",
+            "0",
+            "--policy",
+            "none",
+            "--patch-keep",
+            "1",
+            "--schedule",
+            "cosine",
+            "--drop-path",
+            "0",
+            "--ema",
+            "0.99",
+            "--decay-all",
+        ]
+    )
     assert (args.warmup_epochs, args.policy, args.patch_keep, args.schedule) == (0, "none", 1.0, "cosine")
     assert (args.drop_path, args.ema, args.decay_all, args.epochs) == (0.0, 0.99, True, 50)
-    args = training.settings.parse_args(["--recipe", "budget", "--epochs", "20", "--warmup-epochs", "0.5",
-                             "--policy", "autoaugment"])
+    args = training.settings.parse_args(
+        ["--recipe", "budget", "--epochs", "20", "--warmup-epochs", "0.5", "--policy", "autoaugment"]
+    )
     assert (args.warmup_epochs, args.policy) == (0.5, "autoaugment")
     # An 'auto' value follows only the recipe that has it.
     assert training.settings.parse_args(["--recipe", "strong", "--epochs", "50"]).warmup_epochs == 10
@@ -714,8 +827,9 @@ def recording_lrs(monkeypatch) -> list[float]:
     def recording(model, optimizer, scheduler, batches, **kwargs):
         def batches_with_lr():
             for batch in batches:
-                lrs.append(optimizer.param_groups[0]["lr"])   # what this step's optimizer.step() uses
+                lrs.append(optimizer.param_groups[0]["lr"])  # what this step's optimizer.step() uses
                 yield batch
+
         return real(model, optimizer, scheduler, batches_with_lr(), **kwargs)
 
     monkeypatch.setattr(training.trainer, "train_one_epoch", recording)
@@ -737,15 +851,15 @@ def recording_tokens(monkeypatch) -> list[tuple[bool, int]]:
 
 
 def test_budget_run_trains_on_half_the_patches_and_resume_replans_grown_epochs(
-        shared_folder_data, tmp_path, monkeypatch, capsys):
+    shared_folder_data, tmp_path, monkeypatch, capsys
+):
     # 130 training images in batches of 64: 2 steps an epoch. No warmup, so that the
     # linear decay over the planned steps can be read off by hand.
     out = tmp_path / "run"
     lrs, tokens = recording_lrs(monkeypatch), recording_tokens(monkeypatch)
-    train.main(run_args(shared_folder_data, out, "--recipe", "budget", "--epochs", "1",
-                        "--warmup-epochs", "0"))
-    assert lrs == pytest.approx([5e-4, 2.5e-4])                # planned for 2 steps
-    assert {t for training, t in tokens if training} == {33}   # 32 of 64 patches + class token
+    train.main(run_args(shared_folder_data, out, "--recipe", "budget", "--epochs", "1", "--warmup-epochs", "0"))
+    assert lrs == pytest.approx([5e-4, 2.5e-4])  # planned for 2 steps
+    assert {t for training, t in tokens if training} == {33}  # 32 of 64 patches + class token
     assert {t for training, t in tokens if not training} == {65}
     assert sum(training for training, _ in tokens) == 2
     last = torch.load(out / "last.pt", weights_only=True)
@@ -763,13 +877,13 @@ def test_budget_run_trains_on_half_the_patches_and_resume_replans_grown_epochs(
     assert rows[0]["lr"] == pytest.approx(5e-4) and rows[1]["lr"] == pytest.approx(2.5e-4)
     assert "note" not in rows[0] and rows[1]["note"].startswith("resumed with --epochs 2 instead of 1")
     card = (out / "export" / "README.md").read_text()
-    assert "epoch 2: resumed with --epochs 2 instead of 1" in card   # the card says so
+    assert "epoch 2: resumed with --epochs 2 instead of 1" in card  # the card says so
     # No command replays a schedule re-planned part-way: the card says so instead of one.
     assert "Command: no single command: it was resumed with a different --epochs" in card
     assert "python train.py" not in card and "--resume" not in card
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and last["args"]["epochs"] == 2
-    assert last["optimizer"]["param_groups"][0]["lr"] == 0.0   # at zero after the last step
+    assert last["optimizer"]["param_groups"][0]["lr"] == 0.0  # at zero after the last step
     training = json.loads((out / "export" / "training.json").read_text())
     assert training["epochs"] == 2 and training["command"] is None
 
@@ -807,12 +921,13 @@ def test_budget_run_with_ema_resumes_bit_identically(shared_folder_data, tmp_pat
     scorer = training.evaluation.Evaluator(a["mean"], a["std"], 64, torch.device("cpu"), False)
     for part, key in (("model", "val_acc_without_ema"), ("ema", "val_acc")):
         model = ViT(dim=64, depth=2, heads=4, mlp_dim=128)
-        model.load_state_dict({k.removeprefix("module."): v for k, v in a[part].items()
-                               if k != "n_averaged"})
+        model.load_state_dict({k.removeprefix("module."): v for k, v in a[part].items() if k != "n_averaged"})
         scored = scorer.evaluate(model, data.images[data.val_idx], data.labels[data.val_idx])
         assert scored.acc == pytest.approx(read_metrics(tmp_path / "a")[-1][key]), part
     best = read_metrics(tmp_path / "a")[result_a["best_epoch"] - 1]
     card = (tmp_path / "a" / "export" / "README.md").read_text()
-    assert f"| EMA | the exported weights are the EMA (decay 0.9) of the trained ones, which scored " \
-           f"{100 * best['val_acc_without_ema']:.2f}% at that epoch against the EMA's " \
-           f"{100 * best['val_acc']:.2f}% |" in card
+    assert (
+        f"| EMA | the exported weights are the EMA (decay 0.9) of the trained ones, which scored "
+        f"{100 * best['val_acc_without_ema']:.2f}% at that epoch against the EMA's "
+        f"{100 * best['val_acc']:.2f}% |" in card
+    )

@@ -17,8 +17,24 @@ from training.optimization import OptimizerSettings, build_optimizer, build_sche
 
 def cnn_args(data_dir, out, *extra):
     """A quick CNN run: narrow stages, small batches, so that the suite stays fast."""
-    return ["--model", "cnn", "--data-dir", str(data_dir), "--out", str(out), "--val-size", "30",
-            "--batch-size", "32", "--widths", "8,16", "--warmup-epochs", "1", "--no-progress", *extra]
+    return [
+        "--model",
+        "cnn",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--val-size",
+        "30",
+        "--batch-size",
+        "32",
+        "--widths",
+        "8,16",
+        "--warmup-epochs",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_model_cnn_picks_the_cnn_recipe():
@@ -29,13 +45,16 @@ def test_model_cnn_picks_the_cnn_recipe():
     assert training.settings.parse_args([]).model == "vit"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "cnn", "--recipe", "budget"], "--recipe budget trains the VIT; the CNN's recipes: cnn"),
-    (["--model", "vit", "--recipe", "cnn"], "--recipe cnn trains the CNN; the VIT's recipes: assignment"),
-    (["--model", "cnn", "--patch-keep", "0.5"], "--patch-keep does not apply to the CNN"),
-    (["--widths", "8,16"], "--widths does not apply to the VIT"),
-    (["--model", "cnn", "--widths", "8,x"], "--widths: must be positive whole numbers"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "cnn", "--recipe", "budget"], "--recipe budget trains the VIT; the CNN's recipes: cnn"),
+        (["--model", "vit", "--recipe", "cnn"], "--recipe cnn trains the CNN; the VIT's recipes: assignment"),
+        (["--model", "cnn", "--patch-keep", "0.5"], "--patch-keep does not apply to the CNN"),
+        (["--widths", "8,16"], "--widths does not apply to the VIT"),
+        (["--model", "cnn", "--widths", "8,x"], "--widths: must be positive whole numbers"),
+    ],
+)
 def test_flags_of_the_other_model_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
         training.settings.parse_args(argv)
@@ -49,10 +68,11 @@ def test_sgd_trains_batchnorm_shifts_faster_with_the_same_decay_per_step():
     scheduler = build_scheduler(optimizer, OptimizerSettings.of(vars(args)), steps_per_epoch=10)
     body, shifts = optimizer.param_groups
     assert isinstance(optimizer, torch.optim.SGD) and body["nesterov"] and body["momentum"] == 0.85
-    assert {id(p) for p in shifts["params"]} == {id(m.bias) for m in model.modules()
-                                                  if isinstance(m, torch.nn.BatchNorm2d)}
-    assert all(p is not model.stem.weight for p in body["params"])   # frozen: never optimized
-    optimizer.step()   # no gradients yet: a no-op, so that the scheduler may step
+    assert {id(p) for p in shifts["params"]} == {
+        id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+    }
+    assert all(p is not model.stem.weight for p in body["params"])  # frozen: never optimized
+    optimizer.step()  # no gradients yet: a no-op, so that the scheduler may step
     scheduler.step()
     assert shifts["lr"] == pytest.approx(64 * body["lr"]) and body["lr"] > 0
     assert shifts["lr"] * shifts["weight_decay"] == pytest.approx(body["lr"] * body["weight_decay"])

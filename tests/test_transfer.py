@@ -64,9 +64,12 @@ def sources(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     # As train.py saves them: config.json carries the normalization statistics.
     stats = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
-    return {"vit": save_tiny(ViT(patch_size=8, dim=16, depth=1, heads=2, mlp_dim=32, dropout=0.1,
-                                 drop_path=0.1, **stats), root / "vit"),
-            "cnn": save_tiny(CNN(widths=[8, 16], **stats), root / "cnn")}
+    return {
+        "vit": save_tiny(
+            ViT(patch_size=8, dim=16, depth=1, heads=2, mlp_dim=32, dropout=0.1, drop_path=0.1, **stats), root / "vit"
+        ),
+        "cnn": save_tiny(CNN(widths=[8, 16], **stats), root / "cnn"),
+    }
 
 
 @pytest.fixture
@@ -75,15 +78,15 @@ def photos(tmp_path) -> Path:
 
 
 def settings(photos: Path, out: Path, kind: str, source: Path, **changes) -> Settings:
-    return Settings(**{"data_dir": photos, "out": out, "model": kind, "source": source, "epochs": 1,
-                       "batch_size": 8, **changes})
+    return Settings(
+        **{"data_dir": photos, "out": out, "model": kind, "source": source, "epochs": 1, "batch_size": 8, **changes}
+    )
 
 
 def split_of(photos: Path) -> Split:
     folder = read_class_folder(photos, 32)
     train, val = stratified_split(folder.labels, 0.2, 0)
-    return Split(folder.images[train], folder.labels[train], folder.images[val], folder.labels[val],
-                 folder.class_names)
+    return Split(folder.images[train], folder.labels[train], folder.images[val], folder.labels[val], folder.class_names)
 
 
 def changed(before: dict, after: dict) -> set[str]:
@@ -92,15 +95,16 @@ def changed(before: dict, after: dict) -> set[str]:
 
 # ---------------------------------------------------------------- probe and fine-tune
 
+
 @pytest.mark.parametrize("kind", ["cnn", "vit"])
 def test_the_probe_trains_the_new_head_only_and_the_fine_tune_the_backbone(kind, sources, photos, tmp_path):
     source = load_source(sources[kind], kind)
     model = probe_start(source, CLASSES, seed=0)
-    assert (model.mean, model.std) == (source.model.mean, source.model.std)   # the source's normalization
+    assert (model.mean, model.std) == (source.model.mean, source.model.std)  # the source's normalization
     fixed = fixed_by_design(model)
     split = split_of(photos)
     scratch = scratch_start(source, CLASSES, split.train_images, seed=0)
-    assert (scratch.mean, scratch.std) == channel_stats(split.train_images)   # the new images' own
+    assert (scratch.mean, scratch.std) == channel_stats(split.train_images)  # the new images' own
     start = {k: v.clone() for k, v in model.state_dict().items()}
     train_stage(model, "probe", split, settings(photos, tmp_path, kind, sources[kind], epochs=2), fixed)
     probed = {k: v.clone() for k, v in model.state_dict().items()}
@@ -117,8 +121,13 @@ def test_the_probe_trains_the_new_head_only_and_the_fine_tune_the_backbone(kind,
         assert not {k for k in moved if "running" in k or "num_batches" in k}
         assert not moved & ({"stem.weight"} | {k for k in tuned if k.endswith("norm1.weight")})
     else:
-        assert {"patch_embed.weight", "blocks.0.attn.in_proj_weight", "blocks.0.norm1.weight",
-                "pos_embed", "head.weight"} <= moved
+        assert {
+            "patch_embed.weight",
+            "blocks.0.attn.in_proj_weight",
+            "blocks.0.norm1.weight",
+            "pos_embed",
+            "head.weight",
+        } <= moved
 
 
 def test_the_probe_sees_the_features_inference_computes(sources, photos, tmp_path):
@@ -128,12 +137,14 @@ def test_the_probe_sees_the_features_inference_computes(sources, photos, tmp_pat
     model = probe_start(source, CLASSES, seed=0)
     seen = []
     model.norm.register_forward_hook(lambda module, args, out: seen.append(module.training))
-    train_stage(model, "probe", split_of(photos), settings(photos, tmp_path, "vit", sources["vit"]),
-                fixed_by_design(model))
+    train_stage(
+        model, "probe", split_of(photos), settings(photos, tmp_path, "vit", sources["vit"]), fixed_by_design(model)
+    )
     assert seen and not any(seen)
 
 
 # ---------------------------------------------------------------- the split
+
 
 def test_the_split_is_seeded_and_stratified():
     labels = torch.tensor([0] * 10 + [1] * 7 + [2] * 5)
@@ -142,12 +153,12 @@ def test_the_split_is_seeded_and_stratified():
     assert torch.equal(train, again[0]) and torch.equal(val, again[1])
     assert not torch.equal(val, stratified_split(labels, 0.2, seed=4)[1])
     assert sorted(train.tolist() + val.tolist()) == list(range(len(labels)))
-    assert torch.bincount(labels[val]).tolist() == [2, 1, 1]   # a fifth of each, at least one
+    assert torch.bincount(labels[val]).tolist() == [2, 1, 1]  # a fifth of each, at least one
     assert torch.bincount(labels[stratified_split(labels, 0.5, seed=3)[1]]).tolist() == [5, 4, 2]
 
 
 def test_photos_of_any_size_are_read_square_and_bad_files_are_counted(tmp_path):
-    photos = make_photos(tmp_path / "p" / "train")   # DIR/train/<class>/ is accepted too
+    photos = make_photos(tmp_path / "p" / "train")  # DIR/train/<class>/ is accepted too
     (photos / "cats" / "broken.jpg").write_bytes(b"not a jpeg")
     (photos / "dogs" / "notes.txt").write_text("a note")
     folder = read_class_folder(tmp_path / "p", 32, log=lambda line: None)
@@ -158,6 +169,7 @@ def test_photos_of_any_size_are_read_square_and_bad_files_are_counted(tmp_path):
 
 # ---------------------------------------------------------------- the whole transfer and its export
 
+
 @pytest.mark.parametrize("kind", ["vit", "cnn"])
 def test_the_export_loads_strictly_with_the_new_classes(kind, sources, photos, tmp_path):
     out = tmp_path / "out"
@@ -165,20 +177,20 @@ def test_the_export_loads_strictly_with_the_new_classes(kind, sources, photos, t
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(result)) and set(saved["runs"]) == {"scratch", "probe", "finetune"}
     assert all(len(r["history"]) == 2 and 0 <= r["best_val_acc"] <= 1 for r in saved["runs"].values())
-    assert saved["runs"]["probe"]["trainable_parameters"] == 3 * (16 + 1)   # the new head only
+    assert saved["runs"]["probe"]["trainable_parameters"] == 3 * (16 + 1)  # the new head only
     assert (out / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     export = out / "export"
     config = json.loads((export / "config.json").read_text())
     common.model_folder.check_config(config)
-    if kind == "vit":   # through the loader app.py uses, which loads strictly
+    if kind == "vit":  # through the loader app.py uses, which loads strictly
         model = space.model_source.load_model(str(export), Path("no-bundled"), "NO_ENV").model
         assert isinstance(model, ViT)
-    else:               # this branch's app serves ViT folders only; the CNN loads strictly by itself
+    else:  # this branch's app serves ViT folders only; the CNN loads strictly by itself
         model = CNN.from_pretrained(export)
     assert model.class_names == CLASSES and model.head.out_features == len(CLASSES)
     best = saved["runs"][saved["best"]]
     assert model.mean == pytest.approx(config["mean"])
-    if saved["best"] != "scratch":   # transferred weights keep the source's normalization
+    if saved["best"] != "scratch":  # transferred weights keep the source's normalization
         assert model.mean == pytest.approx(load_source(sources[kind], kind).model.mean)
     training = common.model_folder.read_training(export)
     assert training["class_names"] == CLASSES and len(training["per_class_acc"]) == 3
@@ -188,8 +200,20 @@ def test_the_export_loads_strictly_with_the_new_classes(kind, sources, photos, t
 def test_the_command_runs_and_refuses_to_write_over_a_run(sources, photos, tmp_path, capsys):
     (photos / "mugs" / "broken.png").write_bytes(b"\x89PNG broken")
     out = tmp_path / "run"
-    argv = ["--data-dir", str(photos), "--out", str(out), "--model", "vit", "--from", str(sources["vit"]),
-            "--epochs", "1", "--batch-size", "8"]
+    argv = [
+        "--data-dir",
+        str(photos),
+        "--out",
+        str(out),
+        "--model",
+        "vit",
+        "--from",
+        str(sources["vit"]),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+    ]
     assert transfer.main(argv) == 0
     printed = capsys.readouterr().out
     assert "skipped 1 unreadable file (broken.png" in printed
@@ -200,6 +224,7 @@ def test_the_command_runs_and_refuses_to_write_over_a_run(sources, photos, tmp_p
 
 
 # ---------------------------------------------------------------- refusals
+
 
 def refusal(argv: list[str], capsys) -> str:
     assert transfer.main(argv) == 2
@@ -227,7 +252,8 @@ def test_bad_inputs_are_refused_with_the_reason(sources, photos, tmp_path, capsy
     (run / "export" / "config.json").write_text("{}")
     assert f"did you mean {run / 'export'}?" in refusal([*data, "--from", str(run)], capsys)
     assert "holds a CNN, not a ViT: pass --model cnn" in refusal(
-        [*data, "--model", "vit", "--from", str(sources["cnn"])], capsys)
+        [*data, "--model", "vit", "--from", str(sources["cnn"])], capsys
+    )
     assert "does not exist" in refusal([*data, "--from", str(tmp_path / "no-model")], capsys)
     with pytest.raises(SystemExit) as exit_:
         transfer.main([*data, "--val-fraction", "1.5"])

@@ -44,34 +44,61 @@ CONTENDERS = ("project", "timm", "naive", "cnn")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device name")
     p.add_argument("--batch-size", type=int, default=128, help="training batch size (train.py's default)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="timed training steps per contender and repeat, one epoch of steps x "
-                        "batch-size images; default 12 on a CPU, 200 on a GPU")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="untimed training steps first (at most --steps); default 3 on a CPU, "
-                        "20 on a GPU (enough for --compile to finish compiling)")
-    p.add_argument("--repeats", type=int, default=2,
-                   help="rounds of timing, the contenders taking turns in each; the median counts")
-    p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader worker processes for timm and naive; default 0 on a CPU "
-                        "(workers would only take cores from the model's own threads) and "
-                        "min(8, CPU cores) on a GPU (they overlap the GPU's work)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed training steps per contender and repeat, one epoch of steps x "
+        "batch-size images; default 12 on a CPU, 200 on a GPU",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed training steps first (at most --steps); default 3 on a CPU, "
+        "20 on a GPU (enough for --compile to finish compiling)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="rounds of timing, the contenders taking turns in each; the median counts",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes for timm and naive; default 0 on a CPU "
+        "(workers would only take cores from the model's own threads) and "
+        "min(8, CPU cores) on a GPU (they overlap the GPU's work)",
+    )
     p.add_argument("--infer-batch", type=int, default=256, help="batch size for inference latency")
     p.add_argument("--infer-reps", type=int, default=3, help="timed inference batches")
     p.add_argument("--latency-reps", type=int, default=20, help="timed single-image forward passes")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default, one per core); on a machine "
-                        "shared with another job, fewer threads than cores give steadier numbers")
-    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
-                   help="bf16 autocast for project and timm, as train.py's --amp (naive: always off)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default, one per core); on a machine "
+        "shared with another job, fewer threads than cores give steadier numbers",
+    )
+    p.add_argument(
+        "--amp",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="bf16 autocast for project and timm, as train.py's --amp (naive: always off)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the project's and timm's models")
-    p.add_argument("--data-dir", default=None,
-                   help="use real training images from this folder (as train.py's --data-dir) "
-                        "instead of random ones")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="use real training images from this folder (as train.py's --data-dir) instead of random ones",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the models")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
     return p.parse_args(argv)
@@ -80,6 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @dataclass(frozen=True)
 class Timing:
     """How long each contender is timed: steps per repeat, untimed warmup steps first."""
+
     steps: int
     warmup: int
     repeats: int
@@ -96,11 +124,17 @@ def timing_for(args: argparse.Namespace, device: torch.device) -> Timing:
 
 def check_args(args: argparse.Namespace, timing: Timing) -> None:
     """Fail at once, with one message, on settings that cannot be measured."""
-    values = {"batch_size": args.batch_size, "steps": timing.steps, "repeats": timing.repeats,
-              "infer_batch": args.infer_batch, "infer_reps": args.infer_reps,
-              "latency_reps": args.latency_reps}
-    problems = [f"--{name.replace('_', '-')} must be positive, got {value}"
-                for name, value in values.items() if value <= 0]
+    values = {
+        "batch_size": args.batch_size,
+        "steps": timing.steps,
+        "repeats": timing.repeats,
+        "infer_batch": args.infer_batch,
+        "infer_reps": args.infer_reps,
+        "latency_reps": args.latency_reps,
+    }
+    problems = [
+        f"--{name.replace('_', '-')} must be positive, got {value}" for name, value in values.items() if value <= 0
+    ]
     if not 0 <= timing.warmup <= timing.steps:
         problems.append(f"--warmup must be between 0 and --steps ({timing.steps}), got {timing.warmup}")
     if args.threads < 0:
@@ -146,7 +180,7 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, seconds: float 
             a @ b
         sync(device)
         elapsed = time.perf_counter() - start
-        best, spent = max(best, 4 * 2 * n ** 3 / elapsed / 1e12), spent + elapsed
+        best, spent = max(best, 4 * 2 * n**3 / elapsed / 1e12), spent + elapsed
     return best
 
 
@@ -158,8 +192,10 @@ def load_images(args: argparse.Namespace, n: int) -> tuple[torch.Tensor, torch.T
         except DataError as err:
             raise SystemExit(f"error: {err}") from None
         if len(data.train_idx) < n:
-            raise SystemExit(f"error: {args.data_dir} has {len(data.train_idx)} training images, "
-                             f"the benchmark needs steps x batch size = {n}")
+            raise SystemExit(
+                f"error: {args.data_dir} has {len(data.train_idx)} training images, "
+                f"the benchmark needs steps x batch size = {n}"
+            )
         idx = data.train_idx[:n]
         return data.images[idx], data.labels[idx], f"{n} training images from {args.data_dir}"
     g = torch.Generator().manual_seed(args.seed)
@@ -169,6 +205,7 @@ def load_images(args: argparse.Namespace, n: int) -> tuple[torch.Tensor, torch.T
 
 
 # ---------------------------------------------------------------- the run
+
 
 def measure(args: argparse.Namespace, device: torch.device, timing: Timing) -> tuple[dict, dict]:
     """(results per contender, setup shared by all)."""
@@ -183,29 +220,44 @@ def measure(args: argparse.Namespace, device: torch.device, timing: Timing) -> t
         c.run(timing.warmup)
     seconds = {c.name: [] for c in contenders}
     for _ in range(timing.repeats):
-        for c in contenders:   # in turns, so that a change in background load hits all
+        for c in contenders:  # in turns, so that a change in background load hits all
             seconds[c.name].append(c.run(timing.steps))
 
     # Each contender against the matmul peak of the dtype its matmuls run in.
-    peaks = {dtype: matmul_peak_tflops(device, dtype)
-             for dtype in {torch.bfloat16 if c.bf16 else torch.float32 for c in contenders}}
-    results = {c.name: summarize(c, seconds[c.name], peaks, args, timing, device, image_size)
-               for c in contenders}
+    peaks = {
+        dtype: matmul_peak_tflops(device, dtype)
+        for dtype in {torch.bfloat16 if c.bf16 else torch.float32 for c in contenders}
+    }
+    results = {c.name: summarize(c, seconds[c.name], peaks, args, timing, device, image_size) for c in contenders}
     for r in results.values():
         r["train_speed_vs_project"] = r["train_img_per_s"] / results["project"]["train_img_per_s"]
         r["infer_speed_vs_project"] = results["project"]["infer_ms_per_img"] / r["infer_ms_per_img"]
-    setup = {"device": procs.machine(), "torch": torch.__version__,
-             "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-             "steps": timing.steps, "warmup": timing.warmup, "repeats": timing.repeats,
-             "infer_batch": args.infer_batch, "data": data_description,
-             "cpu_has_native_bf16": device.type == "cpu" and training.runtime.cpu_has_native_bf16(),
-             "cpu_bf16_speedup": training.runtime.cpu_bf16_speedup() if device.type == "cpu" else None,
-             "matmul_peak_tflops": {str(d).removeprefix("torch."): p for d, p in peaks.items()}}
+    setup = {
+        "device": procs.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "steps": timing.steps,
+        "warmup": timing.warmup,
+        "repeats": timing.repeats,
+        "infer_batch": args.infer_batch,
+        "data": data_description,
+        "cpu_has_native_bf16": device.type == "cpu" and training.runtime.cpu_has_native_bf16(),
+        "cpu_bf16_speedup": training.runtime.cpu_bf16_speedup() if device.type == "cpu" else None,
+        "matmul_peak_tflops": {str(d).removeprefix("torch."): p for d, p in peaks.items()},
+    }
     return results, setup
 
 
-def summarize(c: Contender, seconds: list[float], peaks: dict, args: argparse.Namespace,
-              timing: Timing, device: torch.device, image_size: int) -> dict:
+def summarize(
+    c: Contender,
+    seconds: list[float],
+    peaks: dict,
+    args: argparse.Namespace,
+    timing: Timing,
+    device: torch.device,
+    image_size: int,
+) -> dict:
     """One contender's figures: training from its timed runs, then inference measured
     now, FLOPs counted, and the achieved rate against its dtype's matmul peak."""
     step_s = statistics.median(seconds) / timing.steps
@@ -235,17 +287,25 @@ def summarize(c: Contender, seconds: list[float], peaks: dict, args: argparse.Na
 
 def report(results: dict, setup: dict) -> str:
     """The results as a fixed-width table, then the ratios to the project in words."""
-    lines = [f"device {setup['device']}; torch {setup['torch']}; {setup['threads']} threads; "
-             f"batch {setup['batch_size']}; {setup['repeats']} x {setup['steps']} timed steps "
-             f"after {setup['warmup']} warm-up; {setup['data']}",
-             "measured matmul peak: " + ", ".join(
-                 f"{dtype} {tflops:.3f} TFLOP/s" for dtype, tflops in setup["matmul_peak_tflops"].items())
-             + f"; CPU with native bf16: {setup['cpu_has_native_bf16']}"
-             + (f" (a block's MLP trains {setup['cpu_bf16_speedup']:.2f}x as fast in bf16)"
-                if setup["cpu_has_native_bf16"] else ""), ""]
-    header = (f"{'':8} {'train img/s':>11} {'ms/step':>8} {'vs proj':>7} "
-              f"{'infer ms/img':>12} {'batch-1 ms':>10} {'vs proj':>7} "
-              f"{'GFLOP/img':>9} {'TFLOP/s':>7} {'of peak':>7}")
+    lines = [
+        f"device {setup['device']}; torch {setup['torch']}; {setup['threads']} threads; "
+        f"batch {setup['batch_size']}; {setup['repeats']} x {setup['steps']} timed steps "
+        f"after {setup['warmup']} warm-up; {setup['data']}",
+        "measured matmul peak: "
+        + ", ".join(f"{dtype} {tflops:.3f} TFLOP/s" for dtype, tflops in setup["matmul_peak_tflops"].items())
+        + f"; CPU with native bf16: {setup['cpu_has_native_bf16']}"
+        + (
+            f" (a block's MLP trains {setup['cpu_bf16_speedup']:.2f}x as fast in bf16)"
+            if setup["cpu_has_native_bf16"]
+            else ""
+        ),
+        "",
+    ]
+    header = (
+        f"{'':8} {'train img/s':>11} {'ms/step':>8} {'vs proj':>7} "
+        f"{'infer ms/img':>12} {'batch-1 ms':>10} {'vs proj':>7} "
+        f"{'GFLOP/img':>9} {'TFLOP/s':>7} {'of peak':>7}"
+    )
     lines += [header, "-" * len(header)]
     for name, r in results.items():
         lines.append(
@@ -253,15 +313,20 @@ def report(results: dict, setup: dict) -> str:
             f"{r['train_speed_vs_project']:>6.2f}x {r['infer_ms_per_img']:>12.3f} "
             f"{r['infer_ms_batch1']:>10.2f} {r['infer_speed_vs_project']:>6.2f}x "
             f"{r['gflops_per_img_forward']:>9.3f} {r['train_tflops']:>7.3f} "
-            f"{100 * r['train_fraction_of_matmul_peak']:>6.1f}%")
+            f"{100 * r['train_fraction_of_matmul_peak']:>6.1f}%"
+        )
     lines.append("")
     for name, r in results.items():
         if name != "project":
-            lines.append(f"{name}: training {r['train_speed_vs_project']:.2f}x project, "
-                         f"inference {r['infer_speed_vs_project']:.2f}x project")
-    lines.append("(x project: speed relative to the project, above 1 is faster; GFLOP/img is "
-                 "one forward pass, training counts 3 of them; of peak: the training step's "
-                 "FLOP rate against the matmul peak of its own dtype)")
+            lines.append(
+                f"{name}: training {r['train_speed_vs_project']:.2f}x project, "
+                f"inference {r['infer_speed_vs_project']:.2f}x project"
+            )
+    lines.append(
+        "(x project: speed relative to the project, above 1 is faster; GFLOP/img is "
+        "one forward pass, training counts 3 of them; of peak: the training step's "
+        "FLOP rate against the matmul peak of its own dtype)"
+    )
     return "\n".join(lines)
 
 

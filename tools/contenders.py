@@ -1,12 +1,12 @@
 """The contenders that tools/bench.py times, each a model and a training loop.
 
-  project  train.py's own loop and model (from_train_py: the one function that knows
-           train.py's internals);
-  timm     timm's VisionTransformer of the same size in the usual DataLoader loop;
-  naive    a first attempt: PIL images, classic transforms, a Python-loop patchify and
-           torch's stock dropout and attention, float32;
-  cnn      train.py's loop with its other model: the cnn recipe's CNN, optimizer and
-           augmentation, on the same images and under the same autocast.
+project  train.py's own loop and model (from_train_py: the one function that knows
+         train.py's internals);
+timm     timm's VisionTransformer of the same size in the usual DataLoader loop;
+naive    a first attempt: PIL images, classic transforms, a Python-loop patchify and
+         torch's stock dropout and attention, float32;
+cnn      train.py's loop with its other model: the cnn recipe's CNN, optimizer and
+         augmentation, on the same images and under the same autocast.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from vit_model import CIFAR10_CLASSES, ViT
 
 # ---------------------------------------------------------------- the naive baseline
 
+
 def naive_patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """vit_model.patchify as a first attempt writes it: a Python loop over patch positions,
     one slice and one copy each, stacked at the end."""
@@ -47,7 +48,7 @@ def naive_patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     patches = []
     for top in range(0, h, p):
         for left in range(0, w, p):
-            patches.append(images[:, :, top:top + p, left:left + p].reshape(b, c * p * p))
+            patches.append(images[:, :, top : top + p, left : left + p].reshape(b, c * p * p))
     return torch.stack(patches, dim=1)
 
 
@@ -78,16 +79,17 @@ class NaiveViT(ViT):
 
 def classic_transform(mean: Sequence[float], std: Sequence[float], size: int = 32) -> transforms.Compose:
     """The assignment's augmentation in the classic torchvision.transforms API, on PIL images."""
-    return transforms.Compose([
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
+    return transforms.Compose(
+        [
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
 
 
-def timm_vit(reference: ViT, dropout: float, attn_dropout: float = 0.0,
-             drop_path: float = 0.0) -> nn.Module:
+def timm_vit(reference: ViT, dropout: float, attn_dropout: float = 0.0, drop_path: float = 0.0) -> nn.Module:
     """timm's VisionTransformer with the sizes of `reference`. Dropout goes where the
     project has it (after the position embedding, the attention projection and in the
     MLP); timm's drop_rate would add a head dropout that the project lacks."""
@@ -95,15 +97,26 @@ def timm_vit(reference: ViT, dropout: float, attn_dropout: float = 0.0,
 
     dim = reference.patch_embed.out_features
     return VisionTransformer(
-        img_size=reference.image_size, patch_size=reference.patch_size,
-        num_classes=reference.head.out_features, embed_dim=dim, depth=len(reference.blocks),
+        img_size=reference.image_size,
+        patch_size=reference.patch_size,
+        num_classes=reference.head.out_features,
+        embed_dim=dim,
+        depth=len(reference.blocks),
         num_heads=reference.blocks[0].attn.num_heads,
-        mlp_ratio=reference.blocks[0].mlp[0].out_features / dim, qkv_bias=True,
-        class_token=True, global_pool="token", drop_rate=0.0, pos_drop_rate=dropout,
-        proj_drop_rate=dropout, attn_drop_rate=attn_dropout, drop_path_rate=drop_path)
+        mlp_ratio=reference.blocks[0].mlp[0].out_features / dim,
+        qkv_bias=True,
+        class_token=True,
+        global_pool="token",
+        drop_rate=0.0,
+        pos_drop_rate=dropout,
+        proj_drop_rate=dropout,
+        attn_drop_rate=attn_dropout,
+        drop_path_rate=drop_path,
+    )
 
 
 # ---------------------------------------------------------------- the contenders
+
 
 def sync(device: torch.device) -> None:
     """Wait for queued device work, so that a host timer sees it finished."""
@@ -116,9 +129,9 @@ def sync(device: torch.device) -> None:
 @dataclass
 class Contender:
     name: str
-    model: nn.Module              # uncompiled, for FLOPs and parameter counts
-    infer_model: nn.Module        # compiled when --compile applies
-    run: Callable[[int], float]   # trains this many steps, returns synchronized seconds
+    model: nn.Module  # uncompiled, for FLOPs and parameter counts
+    infer_model: nn.Module  # compiled when --compile applies
+    run: Callable[[int], float]  # trains this many steps, returns synchronized seconds
     bf16: bool
     setup: dict
 
@@ -127,43 +140,76 @@ class Contender:
 class TrainPy:
     """What bench takes from train.py, built by `from_train_py`, the only function that
     knows train.py's internals."""
+
     settings: argparse.Namespace  # the recipe's resolved values (dropout, lr, dim, ...)
-    model: nn.Module              # as train.py builds it, on the device
-    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]   # train.py's optimizer
-    epoch: Callable[[nn.Module, int], None]   # train.py's loop: this many steps of the model
-    attention_context: Callable[[], AbstractContextManager]   # train.py's kernel choice
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]   # train.py's, per recipe
+    model: nn.Module  # as train.py builds it, on the device
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]  # train.py's optimizer
+    epoch: Callable[[nn.Module, int], None]  # train.py's loop: this many steps of the model
+    attention_context: Callable[[], AbstractContextManager]  # train.py's kernel choice
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # train.py's, per recipe
 
 
-def from_train_py(images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float],
-                  batch_size: int, seed: int, device: torch.device, bf16: bool,
-                  recipe: str = "assignment") -> TrainPy:
+def from_train_py(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    bf16: bool,
+    recipe: str = "assignment",
+) -> TrainPy:
     """train.py's recipe, model, optimizer, augmentation and epoch loop, unchanged: an
     epoch is one epoch.train_one_epoch over the first steps x batch images, which ends
     with the epoch's single host synchronization."""
-    cfg = training.settings.parse_args(["--recipe", recipe, "--batch-size", str(batch_size),
-                            "--epochs", "1", "--seed", str(seed)])
+    cfg = training.settings.parse_args(
+        ["--recipe", recipe, "--batch-size", str(batch_size), "--epochs", "1", "--seed", str(seed)]
+    )
     procs = training.runtime.Processes(0, 1, device)
     model = training.trainer.build_model(cfg, CIFAR10_CLASSES, mean, std, images.shape[-1]).to(device)
     optimizer = build_optimizer(model, OptimizerSettings.of(vars(cfg)), device)
-    batches = training.batches.EpochBatches(images, labels, batch_size=cfg.batch_size, seed=cfg.seed,
-                                procs=procs, policy=training.augment.build_policy(cfg.policy))
+    batches = training.batches.EpochBatches(
+        images,
+        labels,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        procs=procs,
+        policy=training.augment.build_policy(cfg.policy),
+    )
     scheduler = build_scheduler(optimizer, OptimizerSettings.of(vars(cfg)), batches.steps)
     augment = training.trainer.build_augment(cfg, mean, std, images.shape[-1])
     mixing = training.augment.build_mixing(cfg.mixup_alpha, cfg.cutmix_alpha, len(CIFAR10_CLASSES))
     generator = procs.generator(cfg.seed)
 
     def epoch(fast: nn.Module, steps: int) -> None:
-        train_one_epoch(fast, optimizer, scheduler, itertools.islice(batches.epoch(0), steps),
-                             steps=steps, augment=augment, generator=generator, mixing=mixing,
-                             label_smoothing=cfg.label_smoothing, bf16=bf16, procs=procs)
+        train_one_epoch(
+            fast,
+            optimizer,
+            scheduler,
+            itertools.islice(batches.epoch(0), steps),
+            steps=steps,
+            augment=augment,
+            generator=generator,
+            mixing=mixing,
+            label_smoothing=cfg.label_smoothing,
+            bf16=bf16,
+            procs=procs,
+        )
 
-    return TrainPy(cfg, model, lambda m: build_optimizer(m, OptimizerSettings.of(vars(cfg)), device), epoch,
-                   procs.attention_context, augment)
+    return TrainPy(
+        cfg,
+        model,
+        lambda m: build_optimizer(m, OptimizerSettings.of(vars(cfg)), device),
+        epoch,
+        procs.attention_context,
+        augment,
+    )
 
 
-def project_contender(tp: TrainPy, device: torch.device, bf16: bool, compile_model: bool,
-                      name: str = "project") -> Contender:
+def project_contender(
+    tp: TrainPy, device: torch.device, bf16: bool, compile_model: bool, name: str = "project"
+) -> Contender:
     """train.py's own loop, timed from the first step to its final synchronization."""
     fast = torch.compile(tp.model) if compile_model else tp.model
 
@@ -175,14 +221,31 @@ def project_contender(tp: TrainPy, device: torch.device, bf16: bool, compile_mod
             sync(device)
         return time.perf_counter() - start
 
-    return Contender(name, tp.model, fast, run, bf16,
-                     {"data": f"uint8 tensor on the device, {type(tp.augment).__name__}",
-                      "model": f"{tp.settings.model} ({tp.settings.recipe} recipe)",
-                      "optimizer": "train.py's", "compile": compile_model})
+    return Contender(
+        name,
+        tp.model,
+        fast,
+        run,
+        bf16,
+        {
+            "data": f"uint8 tensor on the device, {type(tp.augment).__name__}",
+            "model": f"{tp.settings.model} ({tp.settings.recipe} recipe)",
+            "optimizer": "train.py's",
+            "compile": compile_model,
+        },
+    )
 
 
-def loader_contender(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-                     device: torch.device, bf16: bool, compile_model: bool, setup: dict) -> Contender:
+def loader_contender(
+    name: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    device: torch.device,
+    bf16: bool,
+    compile_model: bool,
+    setup: dict,
+) -> Contender:
     """The usual loop over a DataLoader (model already on the device), with the same
     bookkeeping as train.py's."""
     fast = torch.compile(model) if compile_model else model
@@ -190,7 +253,7 @@ def loader_contender(name: str, model: nn.Module, optimizer: torch.optim.Optimiz
 
     def run(steps: int) -> float:
         fast.train()
-        batches = iter(loader)   # starts (or restarts) the workers' epoch before the timer
+        batches = iter(loader)  # starts (or restarts) the workers' epoch before the timer
         loss_sum = torch.zeros((), device=device)
         sync(device)
         start = time.perf_counter()
@@ -206,20 +269,37 @@ def loader_contender(name: str, model: nn.Module, optimizer: torch.optim.Optimiz
         sync(device)
         return time.perf_counter() - start
 
-    return Contender(name, model, fast, run, bf16,
-                     {**setup, "attention": "torch default", "workers": loader.num_workers,
-                      "compile": compile_model})
+    return Contender(
+        name,
+        model,
+        fast,
+        run,
+        bf16,
+        {**setup, "attention": "torch default", "workers": loader.num_workers, "compile": compile_model},
+    )
 
 
-def build_contenders(images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float],
-                     args: argparse.Namespace, device: torch.device, bf16: bool) -> list[Contender]:
-    workers = args.workers if args.workers is not None else (
-        0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
+def build_contenders(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    args: argparse.Namespace,
+    device: torch.device,
+    bf16: bool,
+) -> list[Contender]:
+    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
 
     def loader(dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                          num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=device.type == "cuda")
+        return DataLoader(
+            dataset,
+            batch_size=args.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=device.type == "cuda",
+        )
 
     torch.manual_seed(args.seed)
     # train.py's settings: the assignment recipe, which the timing targets are about.
@@ -229,27 +309,52 @@ def build_contenders(images: torch.Tensor, labels: torch.Tensor, mean: list[floa
 
     timm_model = timm_vit(project.model, cfg.dropout, cfg.attn_dropout, cfg.drop_path).to(device)
     timm = loader_contender(
-        "timm", timm_model, tp.make_optimizer(timm_model),
+        "timm",
+        timm_model,
+        tp.make_optimizer(timm_model),
         loader(ImageTensorDataset(images, labels, train_transform(mean, std, images.shape[-1]))),
-        device, bf16, args.compile,
-        {"data": "DataLoader, data.train_transform (transforms.v2) per uint8 image",
-         "optimizer": "train.py's"})
+        device,
+        bf16,
+        args.compile,
+        {"data": "DataLoader, data.train_transform (transforms.v2) per uint8 image", "optimizer": "train.py's"},
+    )
 
     from torchvision.transforms.functional import to_pil_image
 
-    naive_model = NaiveViT(patch_size=cfg.patch_size, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
-                           mlp_dim=cfg.mlp_dim, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
-                           drop_path=cfg.drop_path).to(device)
+    naive_model = NaiveViT(
+        patch_size=cfg.patch_size,
+        dim=cfg.dim,
+        depth=cfg.depth,
+        heads=cfg.heads,
+        mlp_dim=cfg.mlp_dim,
+        dropout=cfg.dropout,
+        attn_dropout=cfg.attn_dropout,
+        drop_path=cfg.drop_path,
+    ).to(device)
     naive = loader_contender(
-        "naive", naive_model,
+        "naive",
+        naive_model,
         torch.optim.AdamW(naive_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
-        loader(ImageTensorDataset([to_pil_image(im) for im in images], labels,
-                                  classic_transform(mean, std, images.shape[-1]))),
-        device, False, False,
-        {"data": "DataLoader, PIL images, classic torchvision.transforms per image",
-         "optimizer": "torch.optim.AdamW defaults", "patchify": "Python loop",
-         "dropout": "torch's nn.Dropout and nn.MultiheadAttention"})
-    cnn = project_contender(from_train_py(images, labels, mean, std, args.batch_size, args.seed,
-                                          device, bf16, recipe="cnn"),
-                            device, bf16, args.compile, name="cnn")
+        loader(
+            ImageTensorDataset(
+                [to_pil_image(im) for im in images], labels, classic_transform(mean, std, images.shape[-1])
+            )
+        ),
+        device,
+        False,
+        False,
+        {
+            "data": "DataLoader, PIL images, classic torchvision.transforms per image",
+            "optimizer": "torch.optim.AdamW defaults",
+            "patchify": "Python loop",
+            "dropout": "torch's nn.Dropout and nn.MultiheadAttention",
+        },
+    )
+    cnn = project_contender(
+        from_train_py(images, labels, mean, std, args.batch_size, args.seed, device, bf16, recipe="cnn"),
+        device,
+        bf16,
+        args.compile,
+        name="cnn",
+    )
     return [project, timm, naive, cnn]

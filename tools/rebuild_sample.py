@@ -14,8 +14,9 @@ from space.mistakes import SAMPLE, build_sample
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--data-dir", required=True, help="CIFAR-10 (class folders or torchvision)")
     parser.add_argument("--out", default=str(SAMPLE), help="output .npz")
     args = parser.parse_args(argv)

@@ -19,15 +19,20 @@ from torchvision.transforms import v2
 from data import CROP_RATIO, CROP_SCALE
 
 
-def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.Generator,
-                              scale: tuple[float, float] = CROP_SCALE, ratio: tuple[float, float] = CROP_RATIO,
-                              tries: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def random_resized_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = CROP_SCALE,
+    ratio: tuple[float, float] = CROP_RATIO,
+    tries: int = 10,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(top, left, h, w) int tensors for n crops, drawn as RandomResizedCrop.get_params draws them: area
     U(scale) of the image, log-uniform aspect ratio, the first of 10 tries that fits, else a centre crop."""
     device = generator.device
     area = height * width * torch.empty(n, tries, device=device).uniform_(*scale, generator=generator)
-    log_r = torch.empty(n, tries, device=device).uniform_(
-        math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    log_r = torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
     aspect = log_r.exp()
     w = (area * aspect).sqrt().round()
     h = (area / aspect).sqrt().round()
@@ -63,8 +68,7 @@ class DeviceAugment:
     """RandomHorizontalFlip -> RandomResizedCrop -> Normalize for a uint8 batch on its
     device, one independent draw per image, with one grid_sample for the whole batch."""
 
-    def __init__(self, mean, std, size: int = 32, flip_p: float = 0.5,
-                 scale=CROP_SCALE, ratio=CROP_RATIO):
+    def __init__(self, mean, std, size: int = 32, flip_p: float = 0.5, scale=CROP_SCALE, ratio=CROP_RATIO):
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
         self.size, self.flip_p, self.scale, self.ratio = size, flip_p, scale, ratio
@@ -80,10 +84,13 @@ class DeviceAugment:
         # Flipping then cropping at `left` reads the mirrored columns of the original.
         flip = torch.rand(n, device=images.device, generator=generator) < self.flip_p
         xs = torch.where(flip[:, None], (width - 1) - xs, xs)
-        grid = torch.stack([
-            ((2 * xs + 1) / width - 1)[:, None, :].expand(n, self.size, self.size),
-            ((2 * ys + 1) / height - 1)[:, :, None].expand(n, self.size, self.size),
-        ], dim=-1)
+        grid = torch.stack(
+            [
+                ((2 * xs + 1) / width - 1)[:, None, :].expand(n, self.size, self.size),
+                ((2 * ys + 1) / height - 1)[:, :, None].expand(n, self.size, self.size),
+            ],
+            dim=-1,
+        )
         x = F.grid_sample(images.float(), grid, mode="bilinear", align_corners=False)
         return (x / 255 - self.mean) / self.std
 
@@ -109,24 +116,29 @@ class DeviceTranslate:
         rows = shift[0] + torch.arange(height, device=images.device)
         cols = shift[1] + torch.arange(width, device=images.device)
         flip = torch.rand(n, 1, device=images.device, generator=generator) < self.flip_p
-        cols = torch.where(flip, cols.flip(1), cols)   # the mirror image, shifted the same way
+        cols = torch.where(flip, cols.flip(1), cols)  # the mirror image, shifted the same way
         picked = x[torch.arange(n, device=images.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
         return picked.permute(0, 3, 1, 2).contiguous()
 
 
 def build_policy(name: str) -> v2.Transform | None:
     """The per-image augmentation policy (a torchvision v2 transform on uint8), or None."""
-    return {"none": None,
-            "autoaugment": v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
-            "randaugment": v2.RandAugment(),
-            "trivialaugment": v2.TrivialAugmentWide()}[name]
+    return {
+        "none": None,
+        "autoaugment": v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+        "randaugment": v2.RandAugment(),
+        "trivialaugment": v2.TrivialAugmentWide(),
+    }[name]
 
 
 def build_mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.Transform | None:
     """MixUp and/or CutMix on a normalized batch (one of them per batch when both are on),
     or None. Returns soft targets that sum to one."""
-    choices = [mix(alpha=alpha, num_classes=num_classes) for mix, alpha in
-               ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha)) if alpha > 0]
+    choices = [
+        mix(alpha=alpha, num_classes=num_classes)
+        for mix, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha))
+        if alpha > 0
+    ]
     if len(choices) < 2:
         return choices[0] if choices else None
     return v2.RandomChoice(choices)

@@ -49,8 +49,17 @@ class EpochBatches:
     With a per-image policy the batches come from DataLoader workers that live across
     epochs; otherwise the images sit on the device and are indexed there."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
-                 seed: int, procs: Processes, policy=None, workers: int = 0):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        seed: int,
+        procs: Processes,
+        policy=None,
+        workers: int = 0,
+    ):
         self.procs, self.seed, self.policy = procs, seed, policy
         self.per_process = batch_size // procs.world
         self.steps = len(labels) // procs.world // self.per_process
@@ -64,13 +73,17 @@ class EpochBatches:
             # A generator of its own: the loader's first iterator (the first epoch of this
             # process, a resumed one included) would otherwise draw its workers' base seed
             # from torch's global generator and shift that epoch's dropout draws.
-            self.loader = DataLoader(PolicyDataset(self.images, self.labels, policy, seed),
-                                     batch_size=self.per_process, sampler=self, num_workers=workers,
-                                     persistent_workers=workers > 0,
-                                     pin_memory=procs.device.type == "cuda",
-                                     generator=torch.Generator().manual_seed(seed_for(seed, "loader")))
+            self.loader = DataLoader(
+                PolicyDataset(self.images, self.labels, policy, seed),
+                batch_size=self.per_process,
+                sampler=self,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                pin_memory=procs.device.type == "cuda",
+                generator=torch.Generator().manual_seed(seed_for(seed, "loader")),
+            )
 
-    def __iter__(self):   # the DataLoader's sampler: this epoch's (epoch, index) items
+    def __iter__(self):  # the DataLoader's sampler: this epoch's (epoch, index) items
         return iter(self.items)
 
     def __len__(self) -> int:
@@ -80,7 +93,7 @@ class EpochBatches:
         """(uint8 images, labels) batches of this process on its device."""
         g = torch.Generator().manual_seed(seed_for(self.seed, "shuffle", epoch))
         used = self.steps * self.per_process * self.procs.world
-        mine = torch.randperm(len(self.labels), generator=g)[:used][self.procs.rank::self.procs.world]
+        mine = torch.randperm(len(self.labels), generator=g)[:used][self.procs.rank :: self.procs.world]
         if self.loader is None:
             mine = mine.to(self.images.device)
             for idx in mine.split(self.per_process):

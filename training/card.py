@@ -21,28 +21,34 @@ from vit_model import count_parameters
 @dataclass(frozen=True)
 class ModelKind:
     """How a card names a model and the file that defines it."""
+
     short: str
     long: str
     module: str
     tag: str
 
 
-MODEL_KINDS = {"vit": ModelKind("ViT", "Vision Transformer", "vit_model", "vision-transformer"),
-               "cnn": ModelKind("CNN", "convolutional network (global average pooling head, "
-                                "exact class activation maps)", "cnn_model", "cnn")}
+MODEL_KINDS = {
+    "vit": ModelKind("ViT", "Vision Transformer", "vit_model", "vision-transformer"),
+    "cnn": ModelKind(
+        "CNN", "convolutional network (global average pooling head, exact class activation maps)", "cnn_model", "cnn"
+    ),
+}
 # What travels with the weights besides config.json: the app reads it to tell a visitor
 # what the model was trained with and how accurate it is.
 
 
 # ---------------------------------------------------------------- the run's report
 
+
 @dataclass
 class RunSummary:
     """What a finished run reports: figures for the card, training.json and results.json."""
-    recipe: str                  # the recipe's name
-    recipe_description: str      # every ingredient with its value
-    data: str                    # where the images came from, split sizes
-    machine: str                 # the device, in words
+
+    recipe: str  # the recipe's name
+    recipe_description: str  # every ingredient with its value
+    data: str  # where the images came from, split sizes
+    machine: str  # the device, in words
     command: str
     epochs: int
     best_epoch: int
@@ -56,7 +62,7 @@ class RunSummary:
     settings: dict
     test_acc: float | None = None
     test_images: int = 0
-    parent: dict | None = None   # training.json of the model this run started from
+    parent: dict | None = None  # training.json of the model this run started from
     teacher: dict | None = None  # the record of the CNN it distilled from (distillation.RECORD_KEYS)
 
     @property
@@ -92,37 +98,57 @@ class RunSummary:
     def started_from(self) -> str | None:
         """The model this run started from, in words (None for a run from scratch)."""
         p = self.parent
-        return p and (f"the best epoch ({p.get('best_epoch')} of {p.get('epochs')}) of a run with "
-                      f"the {p.get('recipe')} recipe ({100 * p.get('val_acc', 0):.2f}% validation"
-                      + (", itself distilled from a CNN teacher" if p.get("teacher") else "") + ")")
+        return p and (
+            f"the best epoch ({p.get('best_epoch')} of {p.get('epochs')}) of a run with "
+            f"the {p.get('recipe')} recipe ({100 * p.get('val_acc', 0):.2f}% validation"
+            + (", itself distilled from a CNN teacher" if p.get("teacher") else "")
+            + ")"
+        )
 
     @property
     def distilled_from(self) -> str | None:
         """The teacher, in words (None without one)."""
         t = self.teacher
-        return t and (f"a CNN of widths {t['widths']} trained on the same split for {t['epochs']} "
-                      f"epoch{'s' if t['epochs'] != 1 else ''} ({t.get('recipe') or 'teacher.py'} recipe, "
-                      f"{100 * t['val_acc']:.2f}% "
-                      f"validation, {t['training_minutes']} min): half the loss "
-                      + (f"the KL divergence to its probabilities at temperature "
-                         f"{self.settings.get('temperature', 1):g} (soft distillation)"
-                         if self.settings.get("distill") == "soft"
-                         else "against its predicted classes (hard distillation)"))
+        return t and (
+            f"a CNN of widths {t['widths']} trained on the same split for {t['epochs']} "
+            f"epoch{'s' if t['epochs'] != 1 else ''} ({t.get('recipe') or 'teacher.py'} recipe, "
+            f"{100 * t['val_acc']:.2f}% "
+            f"validation, {t['training_minutes']} min): half the loss "
+            + (
+                f"the KL divergence to its probabilities at temperature "
+                f"{self.settings.get('temperature', 1):g} (soft distillation)"
+                if self.settings.get("distill") == "soft"
+                else "against its predicted classes (hard distillation)"
+            )
+        )
 
     def as_json(self) -> dict:
-        return {"recipe": self.recipe, "recipe_description": self.recipe_description,
-                "epochs": self.epochs, "best_epoch": self.best_epoch, "val_acc": self.val_acc,
-                "val_acc_flip_tta": self.val_acc_flip_tta, "val_images": self.val_images,
-                "split_seed": self.split_seed, "test_acc": self.test_acc,
-                "test_images": self.test_images, "data": self.data,
-                "machine": self.machine, "training_minutes": round(self.training_minutes, 1),
-                "command": self.command if replayable(self.history) else None,
-                "settings": self.settings,
-                "class_names": self.class_names, "per_class_acc": self.per_class_acc,
-                "confusion_matrix": self.confusion, "history": self.history, "parent": self.parent,
-                "teacher": {k: v for k, v in self.teacher.items() if k != "history"} if self.teacher else None,
-                "epochs_before": self.earlier_epochs, "started_from": self.started_from,
-                "distilled_from": self.distilled_from}
+        return {
+            "recipe": self.recipe,
+            "recipe_description": self.recipe_description,
+            "epochs": self.epochs,
+            "best_epoch": self.best_epoch,
+            "val_acc": self.val_acc,
+            "val_acc_flip_tta": self.val_acc_flip_tta,
+            "val_images": self.val_images,
+            "split_seed": self.split_seed,
+            "test_acc": self.test_acc,
+            "test_images": self.test_images,
+            "data": self.data,
+            "machine": self.machine,
+            "training_minutes": round(self.training_minutes, 1),
+            "command": self.command if replayable(self.history) else None,
+            "settings": self.settings,
+            "class_names": self.class_names,
+            "per_class_acc": self.per_class_acc,
+            "confusion_matrix": self.confusion,
+            "history": self.history,
+            "parent": self.parent,
+            "teacher": {k: v for k, v in self.teacher.items() if k != "history"} if self.teacher else None,
+            "epochs_before": self.earlier_epochs,
+            "started_from": self.started_from,
+            "distilled_from": self.distilled_from,
+        }
 
 
 def model_card(summary: RunSummary, params: int) -> str:
@@ -132,12 +158,13 @@ def model_card(summary: RunSummary, params: int) -> str:
         "recipe": summary.recipe_description,
         "validation accuracy": f"{100 * summary.val_acc:.2f}% ({summary.val_images} held-out images)",
         "validation accuracy, flip TTA": f"{100 * summary.val_acc_flip_tta:.2f}% (mean of the "
-                                          "logits of the image and its mirror image)",
+        "logits of the image and its mirror image)",
         "best epoch": f"{summary.best_epoch} of {summary.epochs}",
         **ema_row(summary),
         "training time": f"{summary.training_minutes:.1f} min for {epochs} on {summary.machine}",
         "per-class validation accuracy": ", ".join(
-            f"{n} {100 * a:.1f}" for n, a in zip(summary.class_names, summary.per_class_acc)),
+            f"{n} {100 * a:.1f}" for n, a in zip(summary.class_names, summary.per_class_acc)
+        ),
     }
     if summary.parent:
         table.update(started_from(summary))
@@ -188,9 +215,11 @@ def ema_row(summary: RunSummary) -> dict[str, str]:
     best = next((h for h in summary.history if h["epoch"] == summary.best_epoch), {})
     if "val_acc_without_ema" not in best:
         return {}
-    return {"EMA": f"the exported weights are the EMA (decay {summary.settings.get('ema'):g}) of "
-                   f"the trained ones, which scored {100 * best['val_acc_without_ema']:.2f}% at "
-                   f"that epoch against the EMA's {100 * best['val_acc']:.2f}%"}
+    return {
+        "EMA": f"the exported weights are the EMA (decay {summary.settings.get('ema'):g}) of "
+        f"the trained ones, which scored {100 * best['val_acc_without_ema']:.2f}% at "
+        f"that epoch against the EMA's {100 * best['val_acc']:.2f}%"
+    }
 
 
 def started_from(summary: RunSummary) -> dict[str, str]:
@@ -199,11 +228,11 @@ def started_from(summary: RunSummary) -> dict[str, str]:
     own = sum(h["seconds"] for h in summary.history) / 60
     return {
         "started from": f"{summary.started_from}: "
-                        + command_text(summary.parent.get("command"), summary.parent.get("history", [])),
+        + command_text(summary.parent.get("command"), summary.parent.get("history", [])),
         "best epoch": f"{summary.best_epoch} of this run's {summary.epochs} "
-                      f"(epoch {earlier + summary.best_epoch} counting the {earlier} before it)",
+        f"(epoch {earlier + summary.best_epoch} counting the {earlier} before it)",
         "training time": f"{summary.training_minutes:.1f} min in all for {earlier + summary.epochs} "
-                         f"epochs on {summary.machine}; this run's {summary.epochs}: {own:.1f} min",
+        f"epochs on {summary.machine}; this run's {summary.epochs}: {own:.1f} min",
     }
 
 
@@ -217,7 +246,7 @@ def export_model(model: torch.nn.Module, run_dir: Path, summary: RunSummary) -> 
     (tmp / "README.md").write_text(model_card(summary, count_parameters(model)))
     write_json(summary.as_json(), tmp / TRAINING_FILE)
     model.save_pretrained(tmp)
-    (tmp / "model.safetensors").chmod(0o644)   # written 0600; every other export file is 0644
+    (tmp / "model.safetensors").chmod(0o644)  # written 0600; every other export file is 0644
     for name in FIGURES:
         if (run_dir / name).exists():
             shutil.copy(run_dir / name, tmp / name)
@@ -237,9 +266,12 @@ def push_to_hub(export_dir: Path, repo_id: str) -> str:
     api = HfApi()
     try:
         api.create_repo(repo_id, exist_ok=True)
-        api.upload_folder(folder_path=str(export_dir), repo_id=repo_id,
-                          commit_message="Upload ViT trained with vit-cifar train.py")
+        api.upload_folder(
+            folder_path=str(export_dir), repo_id=repo_id, commit_message="Upload ViT trained with vit-cifar train.py"
+        )
     except Exception as err:
-        raise RuntimeError(f"upload to the Hub repo {repo_id} failed ({type(err).__name__}: "
-                           f"{err}); the local export in {export_dir} is intact") from err
+        raise RuntimeError(
+            f"upload to the Hub repo {repo_id} failed ({type(err).__name__}: "
+            f"{err}); the local export in {export_dir} is intact"
+        ) from err
     return f"https://huggingface.co/{repo_id}"

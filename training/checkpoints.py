@@ -28,8 +28,7 @@ ARCHITECTURE = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", 
 # How the note of the first epoch after a resume that changed --epochs begins.
 REPLANNED = "resumed with --epochs"
 
-CHECKPOINT_KEYS = {"model", "optimizer", "args", "mean", "std", "epoch", "best_val_acc",
-                   "best_epoch", "history"}
+CHECKPOINT_KEYS = {"model", "optimizer", "args", "mean", "std", "epoch", "best_val_acc", "best_epoch", "history"}
 
 
 def on_cpu(obj: object) -> object:
@@ -47,27 +46,39 @@ def on_cpu(obj: object) -> object:
 def load_checkpoint(path: Path, resume_hint: bool = False) -> dict:
     """A checkpoint of train.py, or one clear message naming the file and what to do."""
     if not path.exists():
-        raise RunError(f"--resume, but {path} does not exist" if resume_hint
-                       else f"checkpoint {path} does not exist")
-    advice = (f"delete {path.parent} (or use another --out) to start the run afresh"
-              if resume_hint else "train again to rewrite it")
+        raise RunError(f"--resume, but {path} does not exist" if resume_hint else f"checkpoint {path} does not exist")
+    advice = (
+        f"delete {path.parent} (or use another --out) to start the run afresh"
+        if resume_hint
+        else "train again to rewrite it"
+    )
     damaged = damaged_member(path)
     if damaged:
-        raise RunError(f"{path} is damaged: its {damaged} fails its checksum (a disk or "
-                         f"copy error changed it); {advice}")
+        raise RunError(
+            f"{path} is damaged: its {damaged} fails its checksum (a disk or copy error changed it); {advice}"
+        )
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = "it is empty" if path.stat().st_size == 0 else (
-            "it holds objects other than tensors and plain values" if "weights_only" in str(err)
-            else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}")
-        raise RunError(f"{path} is not a readable train.py checkpoint ({reason}); "
-                         f"it may be truncated or come from another program: {advice}") from None
+        reason = (
+            "it is empty"
+            if path.stat().st_size == 0
+            else (
+                "it holds objects other than tensors and plain values"
+                if "weights_only" in str(err)
+                else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
+            )
+        )
+        raise RunError(
+            f"{path} is not a readable train.py checkpoint ({reason}); "
+            f"it may be truncated or come from another program: {advice}"
+        ) from None
     needed = CHECKPOINT_KEYS if path.name == "last.pt" else {"model", "epoch"}
     missing = needed - set(saved) if isinstance(saved, dict) else needed
     if missing:
-        raise RunError(f"{path} was not written by this version of train.py (it "
-                         f"lacks {', '.join(sorted(missing))}): {advice}")
+        raise RunError(
+            f"{path} was not written by this version of train.py (it lacks {', '.join(sorted(missing))}): {advice}"
+        )
     return saved
 
 
@@ -99,6 +110,7 @@ class RunState:
     """What a run carries from epoch to epoch and across a resume: its settings, the
     training images' statistics, progress and history. Saved in last.pt with the model,
     optimizer and EMA; randomness is not saved but reseeded from (seed, epoch, rank)."""
+
     settings: dict
     mean: list[float]
     std: list[float]
@@ -106,32 +118,56 @@ class RunState:
     best_val_acc: float = -1.0
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
-    parent: dict | None = None   # the training.json of the model --init-from started from
+    parent: dict | None = None  # the training.json of the model --init-from started from
 
-    def save(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             ema: torch.nn.Module | None) -> None:
-        atomic_save(on_cpu({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "args": self.settings,
-            "mean": self.mean, "std": self.std, "epoch": self.epoch,
-            "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
-            "history": self.history, "parent": self.parent}), path)
+    def save(
+        self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: torch.nn.Module | None
+    ) -> None:
+        atomic_save(
+            on_cpu(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "args": self.settings,
+                    "mean": self.mean,
+                    "std": self.std,
+                    "epoch": self.epoch,
+                    "best_val_acc": self.best_val_acc,
+                    "best_epoch": self.best_epoch,
+                    "history": self.history,
+                    "parent": self.parent,
+                }
+            ),
+            path,
+        )
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> RunState:
-        return cls(saved["args"], saved["mean"], saved["std"], saved["epoch"],
-                   saved["best_val_acc"], saved["best_epoch"], saved["history"], saved.get("parent"))
+        return cls(
+            saved["args"],
+            saved["mean"],
+            saved["std"],
+            saved["epoch"],
+            saved["best_val_acc"],
+            saved["best_epoch"],
+            saved["history"],
+            saved.get("parent"),
+        )
 
-    def restore(self, saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                ema: torch.nn.Module | None) -> None:
+    def restore(
+        self, saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: torch.nn.Module | None
+    ) -> None:
         """Load the tensors that save() wrote into freshly built objects."""
         try:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise RunError(f"the run's last.pt does not fit the model its settings build "
-                             f"({' '.join(str(err).split())[:300]}); it was written by another "
-                             "version of train.py or changed since: start the run afresh in a new --out") from None
+            raise RunError(
+                f"the run's last.pt does not fit the model its settings build "
+                f"({' '.join(str(err).split())[:300]}); it was written by another "
+                "version of train.py or changed since: start the run afresh in a new --out"
+            ) from None
         if ema is not None:
             if saved.get("ema") is None:
                 raise RunError("the checkpoint has no EMA weights to continue")
@@ -141,18 +177,29 @@ class RunState:
         """The note of the first epoch after a resume that changed --epochs (the card prints it)."""
         if self.settings["epochs"] == args.epochs:
             return None
-        return (f"{REPLANNED} {args.epochs} instead of {self.settings['epochs']}: the "
-                f"learning-rate schedule was re-planned for {args.epochs} epochs from here on "
-                f"(warmup {args.warmup_epochs:g} epochs and policy {args.policy} kept from the start)")
+        return (
+            f"{REPLANNED} {args.epochs} instead of {self.settings['epochs']}: the "
+            f"learning-rate schedule was re-planned for {args.epochs} epochs from here on "
+            f"(warmup {args.warmup_epochs:g} epochs and policy {args.policy} kept from the start)"
+        )
 
-    def end_epoch(self, row: dict, run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  scored: torch.nn.Module, ema: torch.nn.Module | None) -> None:
+    def end_epoch(
+        self,
+        row: dict,
+        run_dir: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scored: torch.nn.Module,
+        ema: torch.nn.Module | None,
+    ) -> None:
         """Record an epoch: best.pt if it is the best so far, then last.pt and metrics."""
         self.history.append(row)
         if row["val_acc"] > self.best_val_acc:
             self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
-            atomic_save(on_cpu({"model": scored.state_dict(), "epoch": self.epoch,
-                                "val_acc": row["val_acc"]}), run_dir / "best.pt")
+            atomic_save(
+                on_cpu({"model": scored.state_dict(), "epoch": self.epoch, "val_acc": row["val_acc"]}),
+                run_dir / "best.pt",
+            )
         self.save(run_dir / "last.pt", model, optimizer, ema)
         text = "".join(json_text(h) + "\n" for h in self.history)
         atomic_write(run_dir / "metrics.jsonl", lambda f: f.write(text.encode()))
@@ -162,6 +209,7 @@ class RunState:
 class Parent:
     """The exported model a run started with --init-from begins from: its checked weights
     and config, and its training.json, which says how it was trained and on which split."""
+
     weights: dict[str, torch.Tensor]
     config: dict
     training: dict
@@ -173,17 +221,20 @@ class Parent:
             model = load_folder(path)
         except (ModelError, OSError) as err:
             raise RunError(f"--init-from {folder}: {err}") from None
-        except Exception as err:   # safetensors' own errors: a truncated or foreign file
-            raise RunError(f"--init-from {folder}: its model.safetensors is unreadable "
-                             f"({type(err).__name__}: {err})") from None
+        except Exception as err:  # safetensors' own errors: a truncated or foreign file
+            raise RunError(
+                f"--init-from {folder}: its model.safetensors is unreadable ({type(err).__name__}: {err})"
+            ) from None
         try:
             training = json.loads((path / "training.json").read_text())
         except (OSError, ValueError):
             training = None
         if not isinstance(training, dict) or not isinstance(training.get("history"), list):
-            raise RunError(f"--init-from {folder}: no readable training.json beside "
-                             "the weights, so nothing says which images the model was "
-                             "validated on; fine-tuning it could train on them")
+            raise RunError(
+                f"--init-from {folder}: no readable training.json beside "
+                "the weights, so nothing says which images the model was "
+                "validated on; fine-tuning it could train on them"
+            )
         config = json.loads((path / "config.json").read_text())
         return cls(model.state_dict(), config, training)
 
@@ -191,14 +242,20 @@ class Parent:
         """Refuse a run that differs from the model where it must not: its architecture, the
         validation split (another would validate on images it trained on), the images."""
         seed = wanted["seed"]
-        problems = [f"--{key.replace('_', '-')} {wanted[key]} (the model has {self.config.get(key)})"
-                    for key in ARCHITECTURE if key in wanted and wanted[key] != self.config.get(key)]
+        problems = [
+            f"--{key.replace('_', '-')} {wanted[key]} (the model has {self.config.get(key)})"
+            for key in ARCHITECTURE
+            if key in wanted and wanted[key] != self.config.get(key)
+        ]
         if (self.training.get("split_seed"), self.training.get("val_images")) != (seed, val_images):
-            problems.append(f"the validation split: {val_images} images with seed {seed}, but the "
-                            f"model was validated on {self.training.get('val_images')} with seed "
-                            f"{self.training.get('split_seed')}")
+            problems.append(
+                f"the validation split: {val_images} images with seed {seed}, but the "
+                f"model was validated on {self.training.get('val_images')} with seed "
+                f"{self.training.get('split_seed')}"
+            )
         if not torch.allclose(torch.tensor(self.config["mean"]), torch.tensor(wanted["mean"]), atol=1e-6):
             problems.append("the training images (their mean differs from the model's)")
         if problems:
-            raise RunError(f"the model in --init-from {wanted['init_from']} does not fit "
-                             f"this run: {'; '.join(problems)}")
+            raise RunError(
+                f"the model in --init-from {wanted['init_from']} does not fit this run: {'; '.join(problems)}"
+            )

@@ -22,35 +22,47 @@ def describe_recipe(settings: Mapping, milestones: list[int]) -> str:
     s = settings
     epochs = f"{s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}"
     cnn = s.get("model", "vit") == "cnn"
-    optimizer = (f"SGD (Nesterov, momentum {s['momentum']:g})" if s.get("optimizer", "adamw") == "sgd"
-                 else "AdamW")
+    optimizer = f"SGD (Nesterov, momentum {s['momentum']:g})" if s.get("optimizer", "adamw") == "sgd" else "AdamW"
     if cnn:
         decay = f"on all parameters, BatchNorm shifts at {s['bias_lr_scale']:g}x the rate"
     else:
-        decay = "on all parameters" if s['decay_all'] else "not on norms, biases, embeddings"
-    augment = (f"flip + translation by up to {s['translate']} pixels" if s.get("augment", "crop") == "translate"
-               else "flip + RandomResizedCrop")
-    model = (f"widths {list(s['widths'])}" if cnn else
-             f"dropout {s['dropout']:g}, attention dropout {s['attn_dropout']:g}, drop path "
-             f"{s['drop_path']:g}, patches kept {s['patch_keep']:g}")
-    return (f"{s['recipe']} recipe, {epochs}: {optimizer} lr {s['lr']:g}, batch {s['batch_size']}, weight "
-            f"decay {s['weight_decay']:g} ({decay}), {describe_schedule(s, milestones)}, label "
-            f"smoothing {s['label_smoothing']:g}, policy {s['policy']}, {augment}, MixUp "
-            f"{s['mixup_alpha']:g}, CutMix {s['cutmix_alpha']:g}, {model}, EMA "
-            + (f"{s['ema']:g}" if s['ema'] else "off"))
+        decay = "on all parameters" if s["decay_all"] else "not on norms, biases, embeddings"
+    augment = (
+        f"flip + translation by up to {s['translate']} pixels"
+        if s.get("augment", "crop") == "translate"
+        else "flip + RandomResizedCrop"
+    )
+    model = (
+        f"widths {list(s['widths'])}"
+        if cnn
+        else f"dropout {s['dropout']:g}, attention dropout {s['attn_dropout']:g}, drop path "
+        f"{s['drop_path']:g}, patches kept {s['patch_keep']:g}"
+    )
+    return (
+        f"{s['recipe']} recipe, {epochs}: {optimizer} lr {s['lr']:g}, batch {s['batch_size']}, weight "
+        f"decay {s['weight_decay']:g} ({decay}), {describe_schedule(s, milestones)}, label "
+        f"smoothing {s['label_smoothing']:g}, policy {s['policy']}, {augment}, MixUp "
+        f"{s['mixup_alpha']:g}, CutMix {s['cutmix_alpha']:g}, {model}, EMA " + (f"{s['ema']:g}" if s["ema"] else "off")
+    )
 
 
 def print_epoch(epoch: int, row: dict, epochs: int, first: bool) -> None:
     """An epoch's line of the training log; after the first, what the whole run will take."""
-    print(f"epoch {epoch:>3}/{epochs}  lr {row['lr']:.2e}  train loss "
-          f"{row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  val loss "
-          f"{row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%"
-          + (f" (without EMA {100 * row['val_acc_without_ema']:.2f}%)" if "val_acc_without_ema" in row else "")
-          + f"  ({row['seconds']:.0f}s)", flush=True)
-    if first and epoch < epochs:   # so a CPU user can size --epochs
+    print(
+        f"epoch {epoch:>3}/{epochs}  lr {row['lr']:.2e}  train loss "
+        f"{row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  val loss "
+        f"{row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%"
+        + (f" (without EMA {100 * row['val_acc_without_ema']:.2f}%)" if "val_acc_without_ema" in row else "")
+        + f"  ({row['seconds']:.0f}s)",
+        flush=True,
+    )
+    if first and epoch < epochs:  # so a CPU user can size --epochs
         s = row["seconds"]
-        print(f"epoch {epoch}: {s:.0f} s; {epochs} epochs ≈ {format_duration(s * epochs)} "
-              f"on this machine ({format_duration(s * (epochs - epoch))} to go)", flush=True)
+        print(
+            f"epoch {epoch}: {s:.0f} s; {epochs} epochs ≈ {format_duration(s * epochs)} "
+            f"on this machine ({format_duration(s * (epochs - epoch))} to go)",
+            flush=True,
+        )
 
 
 def format_duration(seconds: float) -> str:

@@ -22,8 +22,19 @@ import torch.nn.functional as F
 from cnn_model import CNN
 
 # What a distilled model's training.json keeps of its teacher's record.
-RECORD_KEYS = ("recipe", "widths", "epochs", "best_epoch", "val_acc", "val_acc_flip_tta",
-               "val_images", "split_seed", "training_minutes", "machine", "command")
+RECORD_KEYS = (
+    "recipe",
+    "widths",
+    "epochs",
+    "best_epoch",
+    "val_acc",
+    "val_acc_flip_tta",
+    "val_images",
+    "split_seed",
+    "training_minutes",
+    "machine",
+    "command",
+)
 
 
 class TeacherError(ValueError):
@@ -35,25 +46,33 @@ def read_teacher_folder(folder: Path) -> tuple[dict, dict]:
     if not folder.is_dir():
         raise TeacherError(f"{folder} does not exist")
     if (folder / "teacher.json").exists() and not (folder / "config.json").exists():
-        raise TeacherError(f"{folder} was written by the old teacher.py, which is gone: train a CNN "
-                           "with `python train.py --model cnn` and pass its export/ folder (or "
-                           "use the bundled weights/cnn)")
+        raise TeacherError(
+            f"{folder} was written by the old teacher.py, which is gone: train a CNN "
+            "with `python train.py --model cnn` and pass its export/ folder (or "
+            "use the bundled weights/cnn)"
+        )
     missing = [n for n in ("config.json", "model.safetensors", "training.json") if not (folder / n).is_file()]
     if missing:
-        raise TeacherError(f"{folder} lacks {', '.join(missing)}: pass the export/ folder of a "
-                           "`train.py --model cnn` run, or weights/cnn")
+        raise TeacherError(
+            f"{folder} lacks {', '.join(missing)}: pass the export/ folder of a "
+            "`train.py --model cnn` run, or weights/cnn"
+        )
     try:
         config = json.loads((folder / "config.json").read_text())
         training = json.loads((folder / "training.json").read_text())
     except (OSError, ValueError) as err:
         raise TeacherError(f"{folder}: its config.json or training.json is unreadable ({err})") from None
     if not isinstance(config, dict) or "widths" not in config:
-        raise TeacherError(f"{folder} holds no CNN (a ViT cannot teach here): pass the export "
-                           "of a `train.py --model cnn` run, or weights/cnn")
+        raise TeacherError(
+            f"{folder} holds no CNN (a ViT cannot teach here): pass the export "
+            "of a `train.py --model cnn` run, or weights/cnn"
+        )
     if not all(isinstance(config.get(k), list) for k in ("mean", "std")):
-        raise TeacherError(f"{folder}: its config.json lacks the mean and std of the images it "
-                           "was trained on, so its inputs cannot be normalized as in training: "
-                           "export it again with train.py")
+        raise TeacherError(
+            f"{folder}: its config.json lacks the mean and std of the images it "
+            "was trained on, so its inputs cannot be normalized as in training: "
+            "export it again with train.py"
+        )
     return config, training
 
 
@@ -64,19 +83,23 @@ def load_teacher(folder: str | Path, val_images: int, seed: int, mean: list[floa
     config, training = read_teacher_folder(folder)
     try:
         model = CNN.from_pretrained(folder)
-    except Exception as err:   # safetensors' and the mixin's own errors: a foreign or cut file
-        raise TeacherError(f"{folder}: its weights do not load into the CNN its config.json "
-                           f"describes ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    except Exception as err:  # safetensors' and the mixin's own errors: a foreign or cut file
+        raise TeacherError(
+            f"{folder}: its weights do not load into the CNN its config.json "
+            f"describes ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from None
     if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
-        raise TeacherError(f"{folder}: its weights hold NaN or infinite values (a diverged run); "
-                           "train the teacher again")
+        raise TeacherError(
+            f"{folder}: its weights hold NaN or infinite values (a diverged run); train the teacher again"
+        )
     split = (training.get("split_seed"), training.get("val_images"))
-    if split != (seed, val_images) or not torch.allclose(
-            torch.tensor(config["mean"]), torch.tensor(mean), atol=1e-6):
-        raise TeacherError(f"{folder} was trained on another split or other images "
-                           f"(validation: {split[1]} images, seed {split[0]}; this run: "
-                           f"{val_images}, seed {seed}); train it with the same --data-dir, "
-                           "--val-size and --seed")
+    if split != (seed, val_images) or not torch.allclose(torch.tensor(config["mean"]), torch.tensor(mean), atol=1e-6):
+        raise TeacherError(
+            f"{folder} was trained on another split or other images "
+            f"(validation: {split[1]} images, seed {split[0]}; this run: "
+            f"{val_images}, seed {seed}); train it with the same --data-dir, "
+            "--val-size and --seed"
+        )
     record = {k: training.get(k) for k in RECORD_KEYS}
     record["widths"] = config["widths"]
     return model.eval(), record
@@ -85,19 +108,24 @@ def load_teacher(folder: str | Path, val_images: int, seed: int, mean: list[floa
 @dataclass(frozen=True)
 class Distillation:
     """A teacher in eval mode and how its answers enter the student's loss."""
+
     teacher: nn.Module
     soft: bool = False
     temperature: float = 1.0
 
-    def loss(self, logits: torch.Tensor, x: torch.Tensor, label_loss: torch.Tensor,
-             label_smoothing: float) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, x: torch.Tensor, label_loss: torch.Tensor, label_smoothing: float
+    ) -> torch.Tensor:
         """Half `label_loss`, half the student's logits against the teacher's on x."""
         with torch.no_grad():
             taught = self.teacher(x).float()
         if not self.soft:
-            return (label_loss + F.cross_entropy(logits, taught.argmax(dim=1),
-                                                 label_smoothing=label_smoothing)) / 2
-        t = self.temperature   # t^2 keeps the gradient's size independent of t (Hinton et al.)
-        kl = F.kl_div(F.log_softmax(logits.float() / t, dim=1), F.log_softmax(taught / t, dim=1),
-                      reduction="batchmean", log_target=True)
+            return (label_loss + F.cross_entropy(logits, taught.argmax(dim=1), label_smoothing=label_smoothing)) / 2
+        t = self.temperature  # t^2 keeps the gradient's size independent of t (Hinton et al.)
+        kl = F.kl_div(
+            F.log_softmax(logits.float() / t, dim=1),
+            F.log_softmax(taught / t, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
         return (label_loss + t * t * kl) / 2

@@ -18,16 +18,25 @@ from training.runtime import Processes, bf16_autocast
 PROGRESS_SECONDS = 2.0
 
 
-def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler,
-                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, steps: int,
-                    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-                    generator: torch.Generator,
-                    mixing: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
-                    label_smoothing: float, bf16: bool, procs: Processes, patch_keep: float = 1.0,
-                    ema: torch.optim.swa_utils.AveragedModel | None = None,
-                    distill: Distillation | None = None,
-                    description: str = "", show_progress: bool = False) -> dict:
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    steps: int,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    generator: torch.Generator,
+    mixing: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
+    label_smoothing: float,
+    bf16: bool,
+    procs: Processes,
+    patch_keep: float = 1.0,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
+    distill: Distillation | None = None,
+    description: str = "",
+    show_progress: bool = False,
+) -> dict:
     """One pass over this process's batches; returns mean loss and accuracy over all
     processes (against the dominant label when batches are mixed). With `distill`, half
     the loss is against the teacher's answer on the same augmented, mixed batch."""
@@ -35,10 +44,9 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
     model.train()
     device = procs.device
-    totals = torch.zeros(2, device=device)   # loss sum, correct
+    totals = torch.zeros(2, device=device)  # loss sum, correct
     seen = 0
-    bar = tqdm(total=steps, desc=description, unit="step", disable=not show_progress,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(total=steps, desc=description, unit="step", disable=not show_progress, leave=False, dynamic_ncols=True)
     autocast = bf16_autocast(device, bf16)
     shown = time.monotonic()
     for step, (x, y) in enumerate(batches):
@@ -58,12 +66,11 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         if ema is not None:
             ema.update_parameters(model.module if hasattr(model, "module") else model)
         dominant = target.argmax(dim=1) if target.ndim == 2 else target
-        totals += torch.stack([loss.detach().float() * len(y),
-                               (logits.argmax(dim=1) == dominant).sum().float()])
+        totals += torch.stack([loss.detach().float() * len(y), (logits.argmax(dim=1) == dominant).sum().float()])
         seen += len(y)
         bar.update()
         if show_progress and (time.monotonic() - shown > PROGRESS_SECONDS or step == steps - 1):
-            loss_sum, correct = totals.tolist()   # one host-device sync
+            loss_sum, correct = totals.tolist()  # one host-device sync
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
             shown = time.monotonic()
     bar.close()

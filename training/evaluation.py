@@ -24,6 +24,7 @@ class Evaluation:
 class Evaluator:
     """How a run scores a model on uint8 images: its normalization, batch size, device
     and autocast, in eval mode and without gradients."""
+
     mean: list[float]
     std: list[float]
     batch_size: int
@@ -46,19 +47,18 @@ class Evaluator:
             model.train(was_training)
         return torch.cat(out)
 
-    def evaluate(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 flip: bool = False) -> Evaluation:
+    def evaluate(
+        self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, flip: bool = False
+    ) -> Evaluation:
         logits = self.logits(model, images, flip)
         labels = labels.cpu()
         preds = logits.argmax(1)
-        return Evaluation(F.cross_entropy(logits, labels).item(),
-                          (preds == labels).float().mean().item(), preds)
+        return Evaluation(F.cross_entropy(logits, labels).item(), (preds == labels).float().mean().item(), preds)
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Counts, rows true class, columns predicted class."""
-    return torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2).view(
-        num_classes, num_classes)
+    return torch.bincount(labels * num_classes + preds, minlength=num_classes**2).view(num_classes, num_classes)
 
 
 def per_class_accuracy(cm: torch.Tensor) -> list[float]:

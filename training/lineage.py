@@ -45,8 +45,7 @@ def public_record(training: dict | None) -> dict | None:
         record["command"] = None
     if record.get("command"):
         words = record["command"].split()
-        record["command"] = " ".join(Path(w).name if i and words[i - 1] in flags else w
-                                     for i, w in enumerate(words))
+        record["command"] = " ".join(Path(w).name if i and words[i - 1] in flags else w for i, w in enumerate(words))
     if "settings" in record:
         record["settings"] = shareable_settings(record["settings"])
     for key in ("parent", "teacher"):
@@ -66,8 +65,10 @@ def command_text(command: str | None, history: list[dict]) -> str:
     single command trains it again."""
     if command and replayable(history):
         return f"`{command}`"
-    return ("no single command: it was resumed with a different --epochs part-way (see the "
-            "notes), which re-planned its learning-rate schedule; training.json has its settings")
+    return (
+        "no single command: it was resumed with a different --epochs part-way (see the "
+        "notes), which re-planned its learning-rate schedule; training.json has its settings"
+    )
 
 
 def teachers_down_the_line(training: dict | None) -> list[tuple[int, float]]:
@@ -79,7 +80,8 @@ def teachers_down_the_line(training: dict | None) -> list[tuple[int, float]]:
     before = lineage(parent, parent.get("best_epoch", float("inf"))) if parent else []
     teacher = training.get("teacher")
     return teachers_down_the_line(parent) + (
-        [(before[-1]["epoch"] if before else 0, teacher["training_minutes"])] if teacher else [])
+        [(before[-1]["epoch"] if before else 0, teacher["training_minutes"])] if teacher else []
+    )
 
 
 def minutes_at_epochs(history: list[dict], teachers: list[tuple[int, float]]) -> list[float]:
@@ -110,6 +112,9 @@ def machines_of(history: list[dict]) -> str:
     spans = machine_spans(history)
     if len(spans) == 1:
         return spans[0][0]
-    return "; ".join(f"{machine} (epochs {rows[0]['epoch']}-{rows[-1]['epoch']})"
-                     if len(rows) > 1 else f"{machine} (epoch {rows[0]['epoch']})"
-                     for machine, rows in spans)
+    return "; ".join(
+        f"{machine} (epochs {rows[0]['epoch']}-{rows[-1]['epoch']})"
+        if len(rows) > 1
+        else f"{machine} (epoch {rows[0]['epoch']})"
+        for machine, rows in spans
+    )

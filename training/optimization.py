@@ -16,14 +16,15 @@ ASSIGNMENT_MILESTONES = (100, 150)
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
     """The settings the optimizer and its schedule are built from."""
-    optimizer: str          # "adamw" or "sgd"
-    lr: float               # the peak learning rate
+
+    optimizer: str  # "adamw" or "sgd"
+    lr: float  # the peak learning rate
     weight_decay: float
-    momentum: float         # SGD's momentum, AdamW's beta1
-    decay_all: bool         # AdamW: decay norms, biases and embeddings too
-    bias_lr_scale: float    # SGD: BatchNorm shifts' rate multiplier
+    momentum: float  # SGD's momentum, AdamW's beta1
+    decay_all: bool  # AdamW: decay norms, biases and embeddings too
+    bias_lr_scale: float  # SGD: BatchNorm shifts' rate multiplier
     epochs: int
-    schedule: str           # "step", "cosine" or "linear"
+    schedule: str  # "step", "cosine" or "linear"
     warmup_epochs: float
 
     @classmethod
@@ -54,23 +55,29 @@ def scaled_groups(model: torch.nn.Module, weight_decay: float, scale: float) -> 
     the decay divided by `scale` so that their decay per step stays the others'."""
     shifts = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     train = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in train if id(p) not in shifts], "weight_decay": weight_decay},
-            {"params": [p for p in train if id(p) in shifts], "weight_decay": weight_decay / scale,
-             "lr_scale": scale}]
+    return [
+        {"params": [p for p in train if id(p) not in shifts], "weight_decay": weight_decay},
+        {"params": [p for p in train if id(p) in shifts], "weight_decay": weight_decay / scale, "lr_scale": scale},
+    ]
 
 
-def build_optimizer(model: torch.nn.Module, args: OptimizerSettings,
-                    device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, args: OptimizerSettings, device: torch.device) -> torch.optim.Optimizer:
     """AdamW, or SGD with Nesterov momentum; fused kernels where the device has them
     (AdamW's: 3.6x faster step() on one CPU thread)."""
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
     fused = device.type in _get_fused_kernels_supported_devices()
     if args.optimizer == "sgd":
-        return torch.optim.SGD(scaled_groups(model, args.weight_decay, args.bias_lr_scale), lr=args.lr,
-                               momentum=args.momentum, nesterov=True, fused=fused)
-    return torch.optim.AdamW(param_groups(model, args.weight_decay, args.decay_all), lr=args.lr,
-                             betas=(args.momentum, 0.999), fused=fused)
+        return torch.optim.SGD(
+            scaled_groups(model, args.weight_decay, args.bias_lr_scale),
+            lr=args.lr,
+            momentum=args.momentum,
+            nesterov=True,
+            fused=fused,
+        )
+    return torch.optim.AdamW(
+        param_groups(model, args.weight_decay, args.decay_all), lr=args.lr, betas=(args.momentum, 0.999), fused=fused
+    )
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: list[int]) -> float:
@@ -84,14 +91,15 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: lis
     return ramp * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, args: OptimizerSettings, steps_per_epoch: int,
-                    done_steps: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, args: OptimizerSettings, steps_per_epoch: int, done_steps: int = 0
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped after every optimizer step, and fast-forwarded past `done_steps` on a
     resume, so it follows the plan of the (possibly extended) run. The assignment's
     schedule is MultiStepLR itself; warmup, cosine or linear go through one LambdaLR."""
     import warnings
 
-    for group in optimizer.param_groups:   # a resumed optimizer holds the decayed rate
+    for group in optimizer.param_groups:  # a resumed optimizer holds the decayed rate
         group["lr"] = args.lr * group.get("lr_scale", 1.0)
         group.pop("initial_lr", None)
     milestones = [m * steps_per_epoch for m in scaled_milestones(args.epochs)]
@@ -100,7 +108,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: OptimizerSettings, s
     else:
         total, warmup = args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, total, warmup, args.schedule, milestones))
+            optimizer, lambda step: lr_factor(step, total, warmup, args.schedule, milestones)
+        )
     with warnings.catch_warnings():  # stepping without optimizer.step() is the point here
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(done_steps):

@@ -25,6 +25,7 @@ _T = TypeVar("_T")  # what first_on_main's load returns
 @dataclass
 class Processes:
     """This process's place in the run (rank among world) and its device."""
+
     rank: int
     world: int
     device: torch.device
@@ -45,7 +46,7 @@ class Processes:
         return self.device.type == "cpu" and cpu_bf16_speedup() > 1.0
 
     def bf16_words(self, mode: str) -> str:
-        """"bf16 on" or "bf16 off", for the log, with the speed auto measured on a CPU."""
+        """ "bf16 on" or "bf16 off", for the log, with the speed auto measured on a CPU."""
         words = f"bf16 {'on' if self.use_bf16(mode) else 'off'}"
         if mode == "auto" and self.device.type == "cpu" and cpu_has_native_bf16():
             words += f" (measured {cpu_bf16_speedup():.2f}x float32's speed)"
@@ -121,11 +122,12 @@ def cpu_bf16_speedup() -> float:
     if not cpu_has_native_bf16():
         return 0.0
     generator = torch.Generator().manual_seed(0)
-    mlp = torch.nn.Sequential(torch.nn.LayerNorm(256), torch.nn.Linear(256, 512),
-                              torch.nn.GELU(), torch.nn.Linear(512, 256))
+    mlp = torch.nn.Sequential(
+        torch.nn.LayerNorm(256), torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256)
+    )
     x = torch.randn(128 * 33, 256, generator=generator)
     seconds: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(6):   # in turns, so that a burst of background load hits both; the first warms up
+    for _ in range(6):  # in turns, so that a burst of background load hits both; the first warms up
         for bf16 in (False, True):
             start = time.perf_counter()
             with bf16_autocast(torch.device("cpu"), bf16):
@@ -158,12 +160,18 @@ def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
     except RuntimeError:
         raise RunError(f"--device {name} is not a device name (cpu, cuda, cuda:1, mps)") from None
     if device.type == "cuda" and device.index is not None and world > 1:
-        raise RunError(f"--device {name} under torchrun: name no index (--device "
-                         "cuda), each process takes the GPU of its LOCAL_RANK")
+        raise RunError(
+            f"--device {name} under torchrun: name no index (--device "
+            "cuda), each process takes the GPU of its LOCAL_RANK"
+        )
     if device.type == "cuda":
         device = torch.device("cuda", local_rank if device.index is None else device.index)
-    if (device.type == "cuda" and device.index >= torch.cuda.device_count()
-            or device.type == "mps" and not torch.backends.mps.is_available()):
+    if (
+        device.type == "cuda"
+        and device.index >= torch.cuda.device_count()
+        or device.type == "mps"
+        and not torch.backends.mps.is_available()
+    ):
         raise RunError(f"--device {device} is not on this machine")
     return device
 

@@ -71,18 +71,19 @@ class TransferError(ValueError):
 @dataclass
 class Settings:
     """What one transfer does; the command line's options."""
+
     data_dir: Path
     out: Path
-    model: str                  # "vit" or "cnn"
-    source: Path                # the CIFAR-trained model folder (--from)
-    epochs: int = 20            # of each of the three runs
-    lr: float = 3e-3            # the probe's; the fine-tune's is FINETUNE_LR_DIVISOR times smaller
+    model: str  # "vit" or "cnn"
+    source: Path  # the CIFAR-trained model folder (--from)
+    epochs: int = 20  # of each of the three runs
+    lr: float = 3e-3  # the probe's; the fine-tune's is FINETUNE_LR_DIVISOR times smaller
     scratch_lr: float = 1e-3
     batch_size: int = 32
     val_fraction: float = 0.2
     seed: int = 0
     weight_decay: float = 0.05
-    translate: int = 2          # pixels of random translation (0: flips only)
+    translate: int = 2  # pixels of random translation (0: flips only)
     device: str = "cpu"
     overwrite: bool = False
     command: str = ""
@@ -90,14 +91,15 @@ class Settings:
 
 # ---------------------------------------------------------------- the user's photos
 
+
 @dataclass
 class FolderImages:
-    images: torch.Tensor                 # (N, 3, S, S) uint8
-    labels: torch.Tensor                 # (N,) int64
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    labels: torch.Tensor  # (N,) int64
     class_names: list[str]
-    root: Path                           # the folder holding the class folders
-    skipped: list[tuple[Path, str]] = field(default_factory=list)   # unreadable, and why
-    ignored: int = 0                     # files that are not images by their name
+    root: Path  # the folder holding the class folders
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # unreadable, and why
+    ignored: int = 0  # files that are not images by their name
 
 
 def class_root(data_dir: Path) -> Path:
@@ -118,11 +120,12 @@ def read_class_folder(data_dir: Path, size: int, log: Log = print) -> FolderImag
     if len(folders) < 2:
         found = f" ({folders[0].name})" if folders else ""
         loose = any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir())
-        raise TransferError(f"{root} has {len(folders)} class folder{'s' if len(folders) != 1 else ''}"
-                            f"{found}: a classifier needs at least two classes, one folder of "
-                            f"images each ({root}/<class>/*.jpg)"
-                            + (f"; it holds images itself, as one class folder does: pass its parent "
-                               f"{root.parent}" if loose else ""))
+        raise TransferError(
+            f"{root} has {len(folders)} class folder{'s' if len(folders) != 1 else ''}"
+            f"{found}: a classifier needs at least two classes, one folder of "
+            f"images each ({root}/<class>/*.jpg)"
+            + (f"; it holds images itself, as one class folder does: pass its parent {root.parent}" if loose else "")
+        )
     out = FolderImages(torch.empty(0), torch.empty(0), [p.name for p in folders], root)
     images, labels, counts = [], [], []
     for label, folder in enumerate(folders):
@@ -142,10 +145,15 @@ def read_class_folder(data_dir: Path, size: int, log: Log = print) -> FolderImag
         counts.append(len(images) - before)
     short = [f"{f.name}/ has {n}" for f, n in zip(folders, counts) if n < MIN_PER_CLASS]
     if short:
-        raise TransferError(f"too few readable images: {', '.join(short)}; each class needs at "
-                            f"least {MIN_PER_CLASS} (some to validate on, the rest to train on)"
-                            + (f" ({len(out.skipped)} unreadable file{'s' if len(out.skipped) != 1 else ''} "
-                               "skipped)" if out.skipped else ""))
+        raise TransferError(
+            f"too few readable images: {', '.join(short)}; each class needs at "
+            f"least {MIN_PER_CLASS} (some to validate on, the rest to train on)"
+            + (
+                f" ({len(out.skipped)} unreadable file{'s' if len(out.skipped) != 1 else ''} skipped)"
+                if out.skipped
+                else ""
+            )
+        )
     out.images, out.labels = torch.stack(images), torch.tensor(labels)
     return out
 
@@ -170,33 +178,35 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tu
 
 # ---------------------------------------------------------------- the source model and the three starts
 
+
 @dataclass
 class Source:
     folder: Path
     kind: str
     config: dict
     model: ViT | CNN
-    training: dict   # its training.json, {} without one
+    training: dict  # its training.json, {} without one
 
 
 def load_source(folder: Path, kind: str) -> Source:
     """The CIFAR-trained model of --from, checked as the app checks a model folder."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise TransferError(f"--from {folder} " + ("is a file, not a model folder" if folder.exists()
-                                                   else "does not exist"))
+        raise TransferError(
+            f"--from {folder} " + ("is a file, not a model folder" if folder.exists() else "does not exist")
+        )
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        hint = (f"; did you mean {folder / 'export'}?" if (folder / "export" / "config.json").is_file()
-                else "")
-        raise TransferError(f"--from {folder} is not a model folder: it has no config.json and "
-                            f"model.safetensors{hint}")
+        hint = f"; did you mean {folder / 'export'}?" if (folder / "export" / "config.json").is_file() else ""
+        raise TransferError(f"--from {folder} is not a model folder: it has no config.json and model.safetensors{hint}")
     try:
         config = json.loads((folder / "config.json").read_text())
         check_config(config)
         found = "cnn" if "widths" in config else "vit"
         if found != kind:
-            raise TransferError(f"--from {folder} holds a {KIND_NAMES[found]}, not a {KIND_NAMES[kind]}: "
-                                f"pass --model {found}, or a {KIND_NAMES[kind]} folder")
+            raise TransferError(
+                f"--from {folder} holds a {KIND_NAMES[found]}, not a {KIND_NAMES[kind]}: "
+                f"pass --model {found}, or a {KIND_NAMES[kind]} folder"
+            )
         # The ViT through the app's own loader; the CNN strictly, its weights checked the same way.
         model = load_folder(folder) if kind == "vit" else CNN.from_pretrained(folder).eval()
         if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):
@@ -218,10 +228,9 @@ def load_source(folder: Path, kind: str) -> Source:
 
 def build(source: Source, class_names: list[str], mean: list[float], std: list[float]) -> ViT | CNN:
     """The source's architecture for the new classes, randomly initialised."""
-    config = {**source.config, "num_classes": len(class_names), "class_names": class_names,
-              "mean": mean, "std": std}
+    config = {**source.config, "num_classes": len(class_names), "class_names": class_names, "mean": mean, "std": std}
     try:
-        check_config(config)   # what the app will ask of the export (at most 1000 classes, ...)
+        check_config(config)  # what the app will ask of the export (at most 1000 classes, ...)
     except ModelError as err:
         raise TransferError(f"these classes cannot make a servable model: {err}") from None
     return KINDS[source.kind](**config)
@@ -230,10 +239,10 @@ def build(source: Source, class_names: list[str], mean: list[float], std: list[f
 def scratch_start(source: Source, class_names: list[str], train_images: torch.Tensor, seed: int) -> ViT | CNN:
     """Randomly initialised, normalised with the new training images' statistics."""
     mean, std = channel_stats(train_images)
-    std = [max(s, 1e-3) for s in std]   # a class of one flat colour must not divide by zero
+    std = [max(s, 1e-3) for s in std]  # a class of one flat colour must not divide by zero
     torch.manual_seed(seed)
     model = build(source, class_names, mean, std)
-    if isinstance(model, CNN):   # as train.py does: the stem whitens the training patches
+    if isinstance(model, CNN):  # as train.py does: the stem whitens the training patches
         model.whiten(to_normalized(train_images, mean, std))
     return model
 
@@ -245,8 +254,9 @@ def probe_start(source: Source, class_names: list[str], seed: int) -> ViT | CNN:
     kept = {k: v for k, v in source.model.state_dict().items() if k not in HEAD}
     missing, unexpected = model.load_state_dict(kept, strict=False)
     if sorted(missing) != sorted(HEAD) or unexpected:
-        raise TransferError(f"--from {source.folder}: its weights do not fit its config "
-                            f"(missing {missing}, unexpected {unexpected})")
+        raise TransferError(
+            f"--from {source.folder}: its weights do not fit its config (missing {missing}, unexpected {unexpected})"
+        )
     return model
 
 
@@ -275,9 +285,11 @@ def set_mode(model: nn.Module, stage: str) -> None:
 
 # ---------------------------------------------------------------- one run
 
+
 @dataclass
 class Split:
     """The user's images on the training device, cut in two."""
+
     train_images: torch.Tensor
     train_labels: torch.Tensor
     val_images: torch.Tensor
@@ -290,10 +302,10 @@ class Run:
     stage: str
     lr: float
     epochs: int
-    trainable: int                      # parameters trained
+    trainable: int  # parameters trained
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
-    best_state: dict | None = None      # the best epoch's weights (not written to results.json)
+    best_state: dict | None = None  # the best epoch's weights (not written to results.json)
     minutes: float = 0.0
 
     @property
@@ -301,21 +313,30 @@ class Run:
         return self.history[self.best_epoch - 1]
 
     def as_json(self) -> dict:
-        return {"stage": self.stage, "description": STAGE_NAMES[self.stage], "lr": self.lr,
-                "epochs": self.epochs, "trainable_parameters": self.trainable,
-                "best_epoch": self.best_epoch, "best_val_acc": self.best["val_acc"],
-                "best_val_loss": self.best["val_loss"], "minutes": round(self.minutes, 3),
-                "history": self.history}
+        return {
+            "stage": self.stage,
+            "description": STAGE_NAMES[self.stage],
+            "lr": self.lr,
+            "epochs": self.epochs,
+            "trainable_parameters": self.trainable,
+            "best_epoch": self.best_epoch,
+            "best_val_acc": self.best["val_acc"],
+            "best_val_loss": self.best["val_loss"],
+            "minutes": round(self.minutes, 3),
+            "history": self.history,
+        }
 
 
-def optimizer_for(named: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
-                  steps: int, warmup: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def optimizer_for(
+    named: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float, steps: int, warmup: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW with decay on matrices only (decaying norms, biases and embeddings only pulls
     them to 0), one warm-up epoch, then cosine decay to 0 at the last step."""
     decay = [p for n, p in named if p.ndim >= 2 and n not in ("pos_embed", "cls_token")]
     rest = [p for n, p in named if not (p.ndim >= 2 and n not in ("pos_embed", "cls_token"))]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr
+    )
     factor = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -326,8 +347,9 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.T
     return chunks[:-1] if len(chunks) > 1 and len(chunks[-1]) < batch_size / 2 else chunks
 
 
-def train_stage(model: ViT | CNN, stage: str, split: Split, settings: Settings, fixed: set[str],
-                log: Log = print) -> Run:
+def train_stage(
+    model: ViT | CNN, stage: str, split: Split, settings: Settings, fixed: set[str], log: Log = print
+) -> Run:
     """Train one run for settings.epochs epochs, validating after each; keeps the best."""
     lr = stage_lr(settings, stage)
     named = trainable(model, stage, fixed)
@@ -337,8 +359,9 @@ def train_stage(model: ViT | CNN, stage: str, split: Split, settings: Settings, 
     # The order of the batches is drawn on the CPU, the augmentation on the device.
     order, generator = torch.Generator().manual_seed(seed), torch.Generator(device).manual_seed(seed)
     steps_per_epoch = len(batches(len(split.train_labels), settings.batch_size, torch.Generator()))
-    optimizer, scheduler = optimizer_for(named, lr, settings.weight_decay,
-                                         steps_per_epoch * settings.epochs, steps_per_epoch)
+    optimizer, scheduler = optimizer_for(
+        named, lr, settings.weight_decay, steps_per_epoch * settings.epochs, steps_per_epoch
+    )
     augment = DeviceTranslate(model.mean, model.std, pad=settings.translate)
     scorer = Evaluator(model.mean, model.std, EVAL_BATCH, device, bf16=False)
     start, best_key = time.time(), None
@@ -359,15 +382,23 @@ def train_stage(model: ViT | CNN, stage: str, split: Split, settings: Settings, 
             seen += len(y)
         if not math.isfinite(loss_sum):
             flag = "--scratch-lr" if stage == "scratch" else "--lr"
-            raise TransferError(f"the {STAGE_NAMES[stage]} run diverged in epoch {epoch} (loss not a number "
-                                f"at learning rate {lr:g}): lower {flag}")
+            raise TransferError(
+                f"the {STAGE_NAMES[stage]} run diverged in epoch {epoch} (loss not a number "
+                f"at learning rate {lr:g}): lower {flag}"
+            )
         val = scorer.evaluate(model, split.val_images, split.val_labels)
         # "lr": where the schedule stands after the epoch's last step.
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
-               "train_acc": correct / seen, "val_loss": val.loss, "val_acc": val.acc,
-               "seconds": time.time() - epoch_start}
+        row = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "val_loss": val.loss,
+            "val_acc": val.acc,
+            "seconds": time.time() - epoch_start,
+        }
         run.history.append(row)
-        if best_key is None or (val.acc, -val.loss) > best_key:   # ties on accuracy: the lower loss
+        if best_key is None or (val.acc, -val.loss) > best_key:  # ties on accuracy: the lower loss
             best_key, run.best_epoch = (val.acc, -val.loss), epoch
             run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         log(epoch_line(stage, row, settings.epochs, time.time() - start))
@@ -377,19 +408,21 @@ def train_stage(model: ViT | CNN, stage: str, split: Split, settings: Settings, 
 
 def stage_lr(settings: Settings, stage: str) -> float:
     """The run's peak learning rate: the fine-tune's is the probe's cut tenfold."""
-    return {"scratch": settings.scratch_lr, "probe": settings.lr,
-            "finetune": settings.lr / FINETUNE_LR_DIVISOR}[stage]
+    return {"scratch": settings.scratch_lr, "probe": settings.lr, "finetune": settings.lr / FINETUNE_LR_DIVISOR}[stage]
 
 
 def epoch_line(stage: str, row: dict, epochs: int, elapsed: float) -> str:
     """An epoch's progress line, with what this run has left at the pace so far."""
     left = elapsed / row["epoch"] * (epochs - row["epoch"])
-    return (f"{STAGE_NAMES[stage]:>12}  epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.3f} "
-            f"acc {100 * row['train_acc']:5.1f}%  val loss {row['val_loss']:.3f} acc "
-            f"{100 * row['val_acc']:5.1f}%  ({row['seconds']:.0f}s; about {left:.0f}s left in this run)")
+    return (
+        f"{STAGE_NAMES[stage]:>12}  epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.3f} "
+        f"acc {100 * row['train_acc']:5.1f}%  val loss {row['val_loss']:.3f} acc "
+        f"{100 * row['val_acc']:5.1f}%  ({row['seconds']:.0f}s; about {left:.0f}s left in this run)"
+    )
 
 
 # ---------------------------------------------------------------- the three runs
+
 
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse to write over an earlier transfer's results unless asked to."""
@@ -397,8 +430,10 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise TransferError(f"--out {out} is a file, not a folder")
     held = [name for name in ("results.json", "export") if (out / name).exists()]
     if held and not overwrite:
-        raise TransferError(f"--out {out} already holds a run ({' and '.join(held)}): add --overwrite "
-                            "to replace it, or choose another --out")
+        raise TransferError(
+            f"--out {out} already holds a run ({' and '.join(held)}): add --overwrite "
+            "to replace it, or choose another --out"
+        )
 
 
 def read_split(settings: Settings, size: int, log: Log) -> tuple[Split, str]:
@@ -406,21 +441,30 @@ def read_split(settings: Settings, size: int, log: Log) -> tuple[Split, str]:
     folder = read_class_folder(settings.data_dir, size, log)
     if folder.skipped:
         shown = "; ".join(f"{p.name}: {why}" for p, why in folder.skipped[:5])
-        log(f"skipped {len(folder.skipped)} unreadable file{'s' if len(folder.skipped) != 1 else ''} "
-            f"({shown}{'; ...' if len(folder.skipped) > 5 else ''})")
+        log(
+            f"skipped {len(folder.skipped)} unreadable file{'s' if len(folder.skipped) != 1 else ''} "
+            f"({shown}{'; ...' if len(folder.skipped) > 5 else ''})"
+        )
     if folder.ignored:
         log(f"ignored {folder.ignored} file{'s' if folder.ignored != 1 else ''} not named .jpg, .jpeg or .png")
     train, val = stratified_split(folder.labels, settings.val_fraction, settings.seed)
     device = torch.device(settings.device)
-    split = Split(folder.images[train].to(device), folder.labels[train].to(device),
-                  folder.images[val].to(device), folder.labels[val].to(device), folder.class_names)
+    split = Split(
+        folder.images[train].to(device),
+        folder.labels[train].to(device),
+        folder.images[val].to(device),
+        folder.labels[val].to(device),
+        folder.class_names,
+    )
     per_class = ", ".join(f"{name} {int((folder.labels == k).sum())}" for k, name in enumerate(folder.class_names))
-    root = folder.root   # "train/" alone would not say which photos
+    root = folder.root  # "train/" alone would not say which photos
     name = f"{root.parent.name}/{root.name}" if root.name == "train" else root.name
-    words = (f"{name}/ ({len(folder.labels)} photos of {len(folder.class_names)} classes: "
-             f"{per_class}; read at {size}x{size}): {len(train)} training / {len(val)} validation "
-             f"images (stratified, split seed {settings.seed})"
-             + (f"; {len(folder.skipped)} unreadable files skipped" if folder.skipped else ""))
+    words = (
+        f"{name}/ ({len(folder.labels)} photos of {len(folder.class_names)} classes: "
+        f"{per_class}; read at {size}x{size}): {len(train)} training / {len(val)} validation "
+        f"images (stratified, split seed {settings.seed})"
+        + (f"; {len(folder.skipped)} unreadable files skipped" if folder.skipped else "")
+    )
     return split, words
 
 
@@ -440,11 +484,16 @@ def run_transfer(settings: Settings, log: Log = print) -> dict:
     log(f"run 1/3: {STAGE_NAMES['scratch']}, every weight random, learning rate {settings.scratch_lr:g}")
     runs["scratch"] = train_stage(scratch, "scratch", split, settings, fixed, log)
     transferred = probe_start(source, names, settings.seed).to(device)
-    log(f"run 2/3: {STAGE_NAMES['probe']}, {source.folder} frozen, a new {len(names)}-class head, "
-        f"learning rate {settings.lr:g}")
+    log(
+        f"run 2/3: {STAGE_NAMES['probe']}, {source.folder} frozen, a new {len(names)}-class head, "
+        f"learning rate {settings.lr:g}"
+    )
     runs["probe"] = train_stage(transferred, "probe", split, settings, fixed, log)
-    log(f"run 3/3: {STAGE_NAMES['finetune']} from the probe's last weights, learning rate "
-        f"{settings.lr / FINETUNE_LR_DIVISOR:g}")
+    log(
+        f"run 3/3: {STAGE_NAMES['finetune']} from the probe's last weights, learning rate "
+        f"{settings.lr / FINETUNE_LR_DIVISOR:g}"
+    )
     runs["finetune"] = train_stage(transferred, "finetune", split, settings, fixed, log)
-    return transfer_report.finish(settings, source, split, words, runs,
-                                  {"scratch": scratch, "probe": transferred, "finetune": transferred}, log)
+    return transfer_report.finish(
+        settings, source, split, words, runs, {"scratch": scratch, "probe": transferred, "finetune": transferred}, log
+    )

@@ -239,6 +239,18 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
+def same_images(mean: Sequence[float], other_mean: Sequence[float]) -> bool:
+    """Whether two runs trained on the same images, as far as a run records them: its
+    training images' channel means (another folder, split or subset moves them)."""
+    return torch.allclose(torch.tensor(mean), torch.tensor(other_mean), atol=1e-6)
+
+
+def same_split(record: dict, seed: int, val_images: int) -> bool:
+    """Whether a run's record (training.json) held out the same validation images: the same
+    split seed and count; another split would validate on images the model trained on."""
+    return (record.get("split_seed"), record.get("val_images")) == (seed, val_images)
+
+
 @dataclass
 class TrainingData:
     """The training split of a data folder, cut into the images trained on and the ones

@@ -25,11 +25,9 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
 from common.atomic_files import WriteError, write_json
 from common.model_folder import ModelError
-from data import DataError, TrainingData, load_training_data
+from data import DataError, TrainingData, load_training_data, same_images
 from training import card, console, evaluation, lineage, plots
 from training.checkpoints import Parent, RunState, load_checkpoint, remove_leftovers
 from training.errors import RunError
@@ -141,7 +139,7 @@ def run_state(args: argparse.Namespace, data: TrainingData, state: RunState | No
         return RunState(
             settings=vars(args).copy(), mean=data.mean, std=data.std, parent=parent.training if parent else None
         )
-    if not torch.allclose(torch.tensor(state.mean), torch.tensor(data.mean), atol=1e-6):
+    if not same_images(state.mean, data.mean):
         raise RunError(
             f"the images in {args.data_dir} are not the ones this run was "
             "trained on (their mean differs from the checkpoint's)"

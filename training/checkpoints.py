@@ -21,6 +21,7 @@ import torch
 
 from common.atomic_files import atomic_save, atomic_write, json_text
 from common.model_folder import ModelError, load_folder
+from data import same_images, same_split
 from training.errors import RunError
 
 ARCHITECTURE = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", "num_classes")
@@ -247,13 +248,13 @@ class Parent:
             for key in ARCHITECTURE
             if key in wanted and wanted[key] != self.config.get(key)
         ]
-        if (self.training.get("split_seed"), self.training.get("val_images")) != (seed, val_images):
+        if not same_split(self.training, seed, val_images):
             problems.append(
                 f"the validation split: {val_images} images with seed {seed}, but the "
                 f"model was validated on {self.training.get('val_images')} with seed "
                 f"{self.training.get('split_seed')}"
             )
-        if not torch.allclose(torch.tensor(self.config["mean"]), torch.tensor(wanted["mean"]), atol=1e-6):
+        if not same_images(self.config["mean"], wanted["mean"]):
             problems.append("the training images (their mean differs from the model's)")
         if problems:
             raise RunError(

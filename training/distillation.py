@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnn_model import CNN
+from data import same_images, same_split
 
 # What a distilled model's training.json keeps of its teacher's record.
 RECORD_KEYS = (
@@ -92,11 +93,10 @@ def load_teacher(folder: str | Path, val_images: int, seed: int, mean: list[floa
         raise TeacherError(
             f"{folder}: its weights hold NaN or infinite values (a diverged run); train the teacher again"
         )
-    split = (training.get("split_seed"), training.get("val_images"))
-    if split != (seed, val_images) or not torch.allclose(torch.tensor(config["mean"]), torch.tensor(mean), atol=1e-6):
+    if not same_split(training, seed, val_images) or not same_images(config["mean"], mean):
         raise TeacherError(
             f"{folder} was trained on another split or other images "
-            f"(validation: {split[1]} images, seed {split[0]}; this run: "
+            f"(validation: {training.get('val_images')} images, seed {training.get('split_seed')}; this run: "
             f"{val_images}, seed {seed}); train it with the same --data-dir, "
             "--val-size and --seed"
         )

@@ -237,3 +237,12 @@ def test_a_data_folder_one_level_off_is_named_instead_of_downloading_into(tmp_pa
         data.load_split(tmp_path / "above")
     with pytest.raises(data.DataError, match="looks like a train/ folder, so pass its parent .*cifar10-jpeg"):
         data.load_split(root / "train")
+
+
+def test_same_images_and_same_split_compare_what_a_run_records():
+    assert data.same_images([0.49, 0.48, 0.45], [0.49, 0.48, 0.45 + 5e-7])
+    assert not data.same_images([0.49, 0.48, 0.45], [0.49, 0.48, 0.46])
+    record = {"split_seed": 0, "val_images": 5000}
+    assert data.same_split(record, 0, 5000)
+    assert not data.same_split(record, 1, 5000) and not data.same_split(record, 0, 4999)
+    assert not data.same_split({}, 0, 5000)  # a record without a split is no match

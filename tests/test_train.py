@@ -558,6 +558,11 @@ def test_resume_honours_more_epochs_and_refuses_other_changes(shared_folder_data
         train.main(["--out", str(out), "--resume", "--lr", "0.1"])
     with pytest.raises(SystemExit, match="already trained 2 epochs"):
         train.main(["--out", str(out), "--resume", "--epochs", "1"])
+    from conftest import make_folder_dataset
+
+    other = make_folder_dataset(tmp_path / "other", seed=7)
+    with pytest.raises(SystemExit, match="images in .*other are not the ones this run was trained on"):
+        train.main(["--out", str(out), "--resume", "--data-dir", str(other)])
     train.main(["--out", str(out), "--resume", "--epochs", "3", "--no-progress"])
     assert "re-planned for 3 epochs" in capsys.readouterr().out
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]

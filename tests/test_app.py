@@ -15,6 +15,7 @@ import space.endpoints
 import space.limits
 import space.mistakes
 import space.model_graph
+import space.model_text
 from common.model_folder import FIGURES, read_training
 from data import denormalize, to_normalized, train_transform
 from space.model_source import Loaded
@@ -357,16 +358,16 @@ def test_examples_are_cifar_validation_images(loaded):
 
 
 def test_the_header_names_classes_input_accuracy_and_recipe(loaded):
-    line = app.header(loaded)
+    line = space.model_text.header(loaded)
     assert "10 classes" in line and "airplane, automobile" in line and "32x32" in line
     record = json.loads((app.BUNDLED_WEIGHTS / "training.json").read_text())
     assert f"{100 * record['val_acc']:.1f}%" in line and record["recipe"] in line
-    table = app.results_markdown(loaded)
+    table = space.model_text.results_markdown(loaded)
     assert f"| validation accuracy | {100 * record['val_acc']:.2f}% |" in table
     assert f"{record['class_names'][0]} {100 * record['per_class_acc'][0]:.1f}%" in table
     unknown = Loaded(loaded.model, "status", None, {})
-    assert "Validation accuracy: **unknown**; training recipe: **unknown**" in app.header(unknown)
-    assert app.results_markdown(unknown) == ""
+    assert "Validation accuracy: **unknown**; training recipe: **unknown**" in space.model_text.header(unknown)
+    assert space.model_text.results_markdown(unknown) == ""
 
 
 def test_a_training_record_of_the_wrong_kind_shows_as_unknown(loaded, tmp_path):
@@ -374,7 +375,7 @@ def test_a_training_record_of_the_wrong_kind_shows_as_unknown(loaded, tmp_path):
         '{"recipe": 5, "epochs": 3, "training_minutes": NaN, "val_images": Infinity, "val_acc": 0.5}'
     )
     record = Loaded(loaded.model, "status", tmp_path, read_training(tmp_path))
-    line, table = app.header(record), app.results_markdown(record)
+    line, table = space.model_text.header(record), space.model_text.results_markdown(record)
     assert "Validation accuracy: **50.0%**; training recipe: **unknown, 3 epochs**" in line
     assert "| epochs | 3 |" in table and "training time" not in table
     assert not any(word in line + table for word in ("nan", "inf", "None"))
@@ -386,7 +387,7 @@ def test_training_record_text_is_shown_literally_on_one_table_row(loaded, tmp_pa
         json.dumps({"recipe": "a|b", "recipe_description": "**bold** <b>html</b>\nsecond | row", "epochs": 3})
     )
     record = Loaded(loaded.model, "status", tmp_path, read_training(tmp_path))
-    table, line = app.results_markdown(record), app.header(record)
+    table, line = space.model_text.results_markdown(record), space.model_text.header(record)
     settings = next(row for row in table.splitlines() if row.startswith("| settings |"))
     assert settings == r"| settings | \*\*bold\*\* \<b\>html\</b\> second \| row |"
     assert r"training recipe: **a\|b, 3 epochs**" in line
@@ -407,8 +408,8 @@ def test_a_fine_tuned_model_shows_what_it_started_from_and_its_teacher(loaded, t
         )
     )
     record = Loaded(loaded.model, "status", tmp_path, read_training(tmp_path))
-    assert "training recipe: **budget, 150 + 18 epochs**" in app.header(record)
-    table = app.results_markdown(record)
+    assert "training recipe: **budget, 150 + 18 epochs**" in space.model_text.header(record)
+    table = space.model_text.results_markdown(record)
     assert "| started from | the weights of a budget model |" in table and "| teacher | a CNN |" in table
 
 

@@ -315,7 +315,8 @@ def train_transform(mean: Sequence[float], std: Sequence[float], size: int = 32)
 
 
 def to_normalized(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 batch -> normalized float batch, without augmentation."""
+    """uint8 batch -> normalized float batch, without augmentation; mean and std may be
+    tensors on the images' device, shaped (1, C, 1, 1)."""
     mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255 - mean) / std

@@ -184,9 +184,9 @@ def run(argv: list[str] | None) -> dict | None:
     note = state and state.regrown_note(args)
     state = run_state(args, data, state, parent)
     trainer = Trainer.build(args, data, state, saved, parent, procs)
-    val_images, val_labels = data.images[data.val_idx].to(procs.device), data.labels[data.val_idx]
     scorer = Evaluator(data.mean, data.std, args.eval_batch_size, procs.device, bf16)
-    if procs.main:
+    if procs.main:  # only the main process validates
+        val_images, val_labels = data.images[data.val_idx].to(procs.device), data.labels[data.val_idx]
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_leftovers(run_dir)
         print(
@@ -214,7 +214,7 @@ def run(argv: list[str] | None) -> dict | None:
             row = {"epoch": state.epoch, "lr": lr, **row, "val_loss": val.loss, "val_acc": val.acc}
             if trainer.ema is not None:  # the weights as trained, beside their average
                 row["val_acc_without_ema"] = scorer.evaluate(trainer.model, val_images, val_labels).acc
-            row.update(seconds=time.time() - start, machine=procs.machine())
+            row.update(seconds=time.time() - start, machine=procs.machine(), **procs.peak_memory())
             if note:
                 row["note"], note = note, None
             state.end_epoch(row, run_dir, trainer.model, trainer.optimizer, trainer.scored, trainer.ema)

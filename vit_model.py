@@ -128,23 +128,25 @@ def attention(
     """Self-attention of batch-first x with mha's parameters: what nn.MultiheadAttention
     computes, without its (L, B, E) transposes and layout copies.
 
-    The weights' dropout (mha.dropout, training only) is `dropout`, where torch's own
-    kernels would call bernoulli_: softmax(q k^T / sqrt(d)), dropped, times v, which is
-    SDPA's math kernel. Without weight dropout and without the weights asked for,
-    torch's scaled_dot_product_attention picks its fastest kernel (and train.py's
-    sdpa_kernel choice applies). Returns (output, per-head weights as used, or None).
+    Unless the weights are asked for, torch's scaled_dot_product_attention computes it,
+    picking its fastest kernel (train.py's sdpa_kernel choice applies); on a GPU its
+    flash and memory-efficient kernels drop the weights themselves (`dropout_p`). A CPU
+    has no fused dropout: there the weights' dropout (mha.dropout, training only) is
+    `dropout` above, where torch's math kernel would call bernoulli_, and the product
+    is written out: softmax(q k^T / sqrt(d)), dropped, times v. Returns (output,
+    per-head weights as used, or None).
     """
     b, n, e = x.shape
     heads = mha.num_heads
     qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
     q, k, v = qkv.view(b, n, 3, heads, e // heads).permute(2, 0, 3, 1, 4).unbind(0)
     p = mha.dropout if training else 0.0
-    if need_weights or p > 0.0:
+    if need_weights or (p > 0.0 and x.device.type == "cpu"):
         scores = (q * (e // heads) ** -0.5) @ k.transpose(-2, -1)
         weights = dropout(scores.softmax(dim=-1), p, training)
         out = weights @ v
     else:
-        weights, out = None, F.scaled_dot_product_attention(q, k, v)
+        weights, out = None, F.scaled_dot_product_attention(q, k, v, dropout_p=p)
     return mha.out_proj(out.transpose(1, 2).reshape(b, n, e)), weights
 
 

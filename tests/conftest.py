@@ -2,6 +2,7 @@
 served from this process with the bundled weights."""
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -42,6 +43,19 @@ def folder_data(tmp_path: Path) -> Path:
 def shared_folder_data(tmp_path_factory) -> Path:
     """One read-only dataset with train and test splits for the slower training tests."""
     return make_folder_dataset(tmp_path_factory.mktemp("data") / "cifar", per_class=16, splits=("train", "test"))
+
+
+# ---------------------------------------------------------------- the device under test
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The device that tests taking one run on: the CPU, or VIT_CIFAR_TEST_DEVICE (cuda in
+    scripts/gpu_check.sh). Asked for and missing is a failure, never a skip."""
+    device = torch.device(os.environ.get("VIT_CIFAR_TEST_DEVICE", "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"VIT_CIFAR_TEST_DEVICE={device} but torch sees no CUDA device")
+    return device
 
 
 # ---------------------------------------------------------------- training runs

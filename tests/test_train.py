@@ -360,16 +360,28 @@ def test_policy_draw_in_the_training_process_leaves_the_gpu_generator_alone(monk
 
 def test_torchrun_processes_take_the_gpu_of_their_local_rank(monkeypatch):
     calls = []
-    for name, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
+    for name, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set", d)))
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda p: calls.append(("matmul", p)))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     monkeypatch.setattr(training.runtime.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
     monkeypatch.setattr(training.runtime.dist, "get_rank", lambda: 1)
     monkeypatch.setattr(training.runtime.dist, "get_world_size", lambda: 2)
     procs = training.runtime.start_processes("cuda")
     cuda1 = torch.device("cuda", 1)
-    assert procs.device == cuda1 and calls == [("set", cuda1), ("nccl", {"device_id": cuda1})]
+    assert procs.device == cuda1 and calls == [("set", cuda1), ("matmul", "high"), ("nccl", {"device_id": cuda1})]
+    assert torch.backends.cudnn.benchmark  # a run's shapes never change
+    # The machine's two processes share --workers rather than each starting as many.
+    assert procs.local_world == 2 and [procs.workers(n) for n in (8, 1, 0)] == [4, 1, 0]
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name)
+    calls.clear()
+    single = training.runtime.start_processes("cuda:1")  # one process on the second GPU
+    assert single.device == cuda1 and calls == [("set", cuda1), ("matmul", "high")]
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RunError, match="--device cuda:0 under torchrun: name no index"):
         training.runtime.start_processes("cuda:0")
     with pytest.raises(RunError, match="cuda:3 is not on this machine"):

@@ -337,6 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = training.runtime.pick_device(args.device)
     timing = timing_for(args, device)
     check_args(args, timing)
+    if device.type == "cuda":  # as train.py sets a GPU up: TensorFloat-32, cuDNN's autotuner
+        training.runtime.use_cuda_device(device)
     threads = torch.get_num_threads()
     try:
         if args.threads:

@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from training.distillation import Distillation
+from training.optimization import WeightAverage
 from training.runtime import Processes, bf16_autocast
 
 # How often the progress bar reads the running loss back from the device: each read
@@ -32,7 +33,7 @@ def train_one_epoch(
     bf16: bool,
     procs: Processes,
     patch_keep: float = 1.0,
-    ema: torch.optim.swa_utils.AveragedModel | None = None,
+    ema: WeightAverage | None = None,
     distill: Distillation | None = None,
     description: str = "",
     show_progress: bool = False,
@@ -64,7 +65,7 @@ def train_one_epoch(
         optimizer.step()
         scheduler.step()
         if ema is not None:
-            ema.update_parameters(model.module if hasattr(model, "module") else model)
+            ema.update(model.module if hasattr(model, "module") else model)
         dominant = target.argmax(dim=1) if target.ndim == 2 else target
         totals += torch.stack([loss.detach().float() * len(y), (logits.argmax(dim=1) == dominant).sum().float()])
         seen += len(y)

@@ -37,11 +37,14 @@ class Evaluator:
         flip, the mean of the logits of each image and its mirror image (test-time
         augmentation)."""
         was_training, out = model.training, []
+        mean, std = (
+            torch.tensor(v, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) for v in (self.mean, self.std)
+        )
         model.eval()
         try:
             with bf16_autocast(self.device, self.bf16):
                 for chunk in images.split(self.batch_size):
-                    normalized = to_normalized(chunk.to(self.device), self.mean, self.std)
+                    normalized = to_normalized(chunk.to(self.device, non_blocking=True), mean, std)
                     out.append(tta_logits(model, normalized, flip).cpu())
         finally:
             model.train(was_training)

@@ -3,6 +3,7 @@ recipe's optimizer settings build (train.py, and tools/bench.py through it)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Mapping
@@ -117,10 +118,43 @@ def build_scheduler(
     return scheduler
 
 
-def build_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
-    """An exponential moving average of the weights (buffers included), or None."""
-    if not decay:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+class WeightAverage(torch.nn.Module):
+    """An exponential moving average of a model's weights, buffers included: the first
+    update copies them, each later one moves them 1 - decay of the way to the model's.
+    It computes what torch's AveragedModel does with get_ema_multi_avg_fn and
+    use_buffers, under the same state-dict keys, but counts its updates on the host as
+    well: an update only queues work on the device, where AveragedModel reads its count
+    back from the device every step and so waits for the step to finish."""
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__()
+        self.module = copy.deepcopy(model)
+        self.decay = decay
+        self.updates = 0
+        self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        pairs = list(zip([*self.module.parameters(), *self.module.buffers()], [*model.parameters(), *model.buffers()]))
+        if self.updates == 0:
+            for mine, theirs in pairs:
+                mine.copy_(theirs)
+        else:
+            floats = [(mine, theirs) for mine, theirs in pairs if mine.is_floating_point()]
+            if floats:
+                torch._foreach_lerp_([m for m, _ in floats], [t.detach() for _, t in floats], 1 - self.decay)
+            for mine, theirs in pairs:
+                if not mine.is_floating_point():  # a count such as BatchNorm's batches seen
+                    mine.copy_(mine * self.decay + theirs * (1 - self.decay))
+        self.updates += 1
+        self.n_averaged.fill_(self.updates)
+
+    def load_state_dict(self, state_dict: Mapping, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.updates = int(self.n_averaged)
+        return result
+
+
+def build_ema(model: torch.nn.Module, decay: float) -> WeightAverage | None:
+    """An exponential moving average of the weights (buffers included), or None."""
+    return WeightAverage(model, decay) if decay else None

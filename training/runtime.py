@@ -29,6 +29,12 @@ class Processes:
     rank: int
     world: int
     device: torch.device
+    local_world: int = 1  # this machine's processes, which share its cores
+
+    def workers(self, asked: int) -> int:
+        """DataLoader processes for this process: the --workers asked for, shared among
+        this machine's processes (8 GPUs with --workers 8 start 8 in all, not 64)."""
+        return max(1, asked // self.local_world) if asked > 0 else 0
 
     @property
     def main(self) -> bool:
@@ -83,6 +89,13 @@ class Processes:
         else:
             name = self.device.type
         return name + (f" x{self.world} processes" if self.world > 1 else "")
+
+    def peak_memory(self) -> dict[str, float]:
+        """{"peak_memory_gib": the most this process's tensors have held on its GPU} on a
+        CUDA device, else {}."""
+        if self.device.type != "cuda":
+            return {}
+        return {"peak_memory_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -180,15 +193,29 @@ def start_processes(device_name: str) -> Processes:
     """One process, or under torchrun the process group: NCCL for CUDA devices, gloo
     otherwise (so --device cpu works on a GPU machine), with the CUDA device set first."""
     if "RANK" not in os.environ:
-        return Processes(0, 1, pick_device(device_name))
+        device = pick_device(device_name)
+        if device.type == "cuda":
+            use_cuda_device(device)
+        return Processes(0, 1, device)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = pick_device(device_name, local_rank, int(os.environ.get("WORLD_SIZE", 1)))
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        use_cuda_device(device)
         dist.init_process_group("nccl", device_id=device)
     else:
         dist.init_process_group("gloo")
-    return Processes(dist.get_rank(), dist.get_world_size(), device)
+    return Processes(dist.get_rank(), dist.get_world_size(), device, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def use_cuda_device(device: torch.device) -> None:
+    """Make `device` this process's current GPU (so that cuda:1 is asked about bf16 and
+    receives every index-less allocation), with TensorFloat-32 for float32 matmuls and
+    convolutions (Ampere and newer: float32's range, a 10-bit mantissa, several times
+    float32's speed) and cuDNN's autotuner, since a run's shapes never change."""
+    torch.cuda.set_device(device)
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
 
 
 def seed_for(*parts) -> int:

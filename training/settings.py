@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=min(8, os.cpu_count() or 1),
-        help="DataLoader processes for a per-image --policy (unused without one)",
+        help="DataLoader processes for a per-image --policy (unused without one), "
+        "shared among torchrun's processes on this machine",
     )
     p.add_argument(
         "--val-size",

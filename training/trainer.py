@@ -19,7 +19,7 @@ from training.checkpoints import Parent, RunState
 from training.distillation import Distillation, TeacherError, load_teacher
 from training.epoch import train_one_epoch
 from training.errors import RunError
-from training.optimization import OptimizerSettings, build_ema, build_optimizer, build_scheduler
+from training.optimization import OptimizerSettings, WeightAverage, build_ema, build_optimizer, build_scheduler
 from training.runtime import Processes, seed_for
 from vit_model import ViT
 
@@ -70,7 +70,7 @@ class Trainer:
     train_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: torch.nn.Module | None
+    ema: WeightAverage | None
     batches: EpochBatches
     augment: DeviceAugment | DeviceTranslate
     mixing: object
@@ -101,7 +101,7 @@ class Trainer:
             seed=args.seed,
             procs=procs,
             policy=build_policy(args.policy),
-            workers=args.workers,
+            workers=procs.workers(args.workers),
         )
         optimizer_settings = OptimizerSettings.of(vars(args))
         optimizer = build_optimizer(model, optimizer_settings, procs.device)

@@ -3,7 +3,8 @@ images (Guo et al. 2017, "On Calibration of Modern Neural Networks"), the expect
 calibration error, and scores that tell CIFAR-10 images from photos of anything else
 (maximum softmax probability, maximum logit, energy), with their AUROC.
 
-    python calibration.py --data-dir DIR --ood-dir PHOTOS   # both bundled models' figures
+    python calibration.py --data-dir DIR --ood-dir PHOTOS           # both bundled models' figures
+    python calibration.py --data-dir DIR --ood-dir PHOTOS --write   # and store the fit in each folder
 
 Thresholds and temperatures are fitted on CIFAR-10 validation images only; the
 out-of-distribution photos are only ever measured.
@@ -12,6 +13,8 @@ out-of-distribution photos are only ever measured.
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -74,6 +77,48 @@ def threshold_keeping(scores: torch.Tensor, fraction: float = 0.95) -> float:
     return float(torch.quantile(scores.double(), 1 - fraction))
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What a model's validation logits fix for serving it: the temperature, the energy
+    score under which an image looks like none of the classes (95% of validation images
+    score at least that), and the calibration error before and after the temperature."""
+
+    temperature: float
+    known_threshold: float
+    ece_before: float
+    ece_after: float
+    images: int
+
+    def as_json(self) -> dict:
+        return {**asdict(self), "known_score": "energy", "known_fraction": KNOWN_FRACTION}
+
+
+KNOWN_FRACTION = 0.95  # of validation images that the threshold keeps
+
+
+def in_words(calibration: dict) -> str:
+    """A Calibration.as_json() as one sentence, for the model card and the page."""
+    return (
+        f"temperature {calibration['temperature']:.3f} (fitted on the {calibration['images']} validation "
+        f"images): expected calibration error {100 * calibration['ece_before']:.2f}% before, "
+        f"{100 * calibration['ece_after']:.2f}% after; an image whose energy score is below "
+        f"{calibration['known_threshold']:.3f} (where {100 * calibration['known_fraction']:.0f}% of "
+        "validation images score higher) looks like none of the classes"
+    )
+
+
+def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> Calibration:
+    """Temperature and threshold fitted on these validation logits, with the ECE figures."""
+    t = fit_temperature(logits, labels)
+    return Calibration(
+        temperature=t,
+        known_threshold=threshold_keeping(ood_score(logits, "energy", t), KNOWN_FRACTION),
+        ece_before=expected_calibration_error(logits.float().softmax(1), labels),
+        ece_after=expected_calibration_error((logits.float() / t).softmax(1), labels),
+        images=len(labels),
+    )
+
+
 def _logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     from data import to_normalized
 
@@ -91,9 +136,13 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True, help="the CIFAR-10 data the models trained on")
     parser.add_argument("--ood-dir", required=True, help="photos of things none of the classes")
     parser.add_argument("--models", default="weights,weights/cnn", help="model folders, comma-separated")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="store the temperature and threshold fitted on all validation images in each "
+        "folder's config.json (and the figures in its training.json), as train.py does",
+    )
     args = parser.parse_args()
-    import json
-
     from cnn_model import CNN
     from data import load_training_data
     from space.photo import load_photo
@@ -123,6 +172,23 @@ def main() -> None:
                 f"of validation and {100 * (other >= cut).float().mean():.1f}% of the "
                 f"{len(other)} other photos kept"
             )
+        if args.write:
+            fitted = write_calibration(Path(folder), fit_calibration(logits, val_labels))
+            print(f"  wrote temperature {fitted.temperature:.3f} and energy threshold {fitted.known_threshold:.3f}")
+
+
+def write_calibration(folder: Path, calibration: Calibration) -> Calibration:
+    """Store a calibration in a model folder: config.json's temperature and threshold, and
+    training.json's figures (where the folder has one)."""
+    from common.atomic_files import write_json
+
+    config = json.loads((folder / "config.json").read_text())
+    config.update(temperature=calibration.temperature, known_threshold=calibration.known_threshold)
+    write_json(config, folder / "config.json")
+    training = folder / "training.json"
+    if training.is_file():
+        write_json({**json.loads(training.read_text()), "calibration": calibration.as_json()}, training)
+    return calibration
 
 
 if __name__ == "__main__":

@@ -54,6 +54,11 @@ class CNN(
     invariant to the scale of its weights; the features are multiplied by `logit_scale`
     before the head, which slows the head's learning relative to the body's.
     `class_names`, `mean` and `std` ride along in config.json for whoever loads the model.
+
+    `temperature` and `known_threshold` (fitted on validation images when training ends)
+    are for whoever serves it: softmax(logits / temperature) are calibrated
+    probabilities, and an image whose energy score, temperature * logsumexp(logits /
+    temperature), falls below known_threshold looks like none of the classes.
     """
 
     def __init__(
@@ -68,6 +73,8 @@ class CNN(
         class_names: list[str] | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        temperature: float = 1.0,
+        known_threshold: float | None = None,
     ):
         super().__init__()
         if len(widths) < 1 or min(widths) <= 0:
@@ -80,6 +87,7 @@ class CNN(
         )
         self.mean = list(mean) if mean is not None else [0.5] * in_channels
         self.std = list(std) if std is not None else [0.5] * in_channels
+        self.temperature, self.known_threshold = temperature, known_threshold
         stem_width = 2 * in_channels * whiten_kernel**2
         self.stem = nn.Conv2d(in_channels, stem_width, whiten_kernel, bias=True)
         self.stem.weight.requires_grad_(False)  # set from the data by whiten(), then fixed

@@ -25,6 +25,7 @@ import math
 import time
 from pathlib import Path
 
+from calibration import fit_calibration
 from common.atomic_files import WriteError, write_json
 from common.model_folder import ModelError
 from data import DataError, TrainingData, load_training_data, same_images
@@ -81,6 +82,8 @@ def finish(
     val = scorer.evaluate(model, val_images, val_labels)
     flipped = scorer.evaluate(model, val_images, val_labels, flip=True)
     test = data.test and scorer.evaluate(model, data.test.images, data.test.labels)
+    calibration = fit_calibration(val.logits, val_labels.cpu())
+    model.temperature, model.known_threshold = calibration.temperature, calibration.known_threshold
     summary = card.RunSummary(
         recipe=args.recipe,
         recipe_description=console.describe_recipe(vars(args), scaled_milestones(args.epochs)),
@@ -101,6 +104,7 @@ def finish(
         test_images=len(data.test) if data.test else 0,
         parent=lineage.public_record(state.parent),
         teacher=lineage.public_record(teacher),
+        calibration=calibration.as_json(),
     )
     print("drawing the plots ...", flush=True)
     plots.write_run_plots(summary, run_dir, val_images, val_labels, val.preds)

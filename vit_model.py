@@ -162,6 +162,11 @@ class ViT(
 
     `class_names`, `mean` and `std` are not used by the network itself: they ride along
     in config.json so that whoever loads the model normalizes and labels as in training.
+
+    `temperature` and `known_threshold` (fitted on validation images when training ends)
+    are for whoever serves it: softmax(logits / temperature) are calibrated
+    probabilities, and an image whose energy score, temperature * logsumexp(logits /
+    temperature), falls below known_threshold looks like none of the classes.
     """
 
     def __init__(
@@ -180,6 +185,8 @@ class ViT(
         class_names: list[str] | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        temperature: float = 1.0,
+        known_threshold: float | None = None,
     ):
         super().__init__()
         if image_size % patch_size:
@@ -195,6 +202,7 @@ class ViT(
         )
         self.mean = list(mean) if mean is not None else [0.5] * in_channels
         self.std = list(std) if std is not None else [0.5] * in_channels
+        self.temperature, self.known_threshold = temperature, known_threshold
         num_patches = (image_size // patch_size) ** 2
 
         self.patch_embed = nn.Linear(in_channels * patch_size * patch_size, dim)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from cnn_model import CNN
 from vit_model import ViT
 
 # The run's plots, in the order the card and the app show them, with the app's titles.
@@ -98,6 +99,19 @@ def check_config(config: dict) -> None:
     _number_list(config, "mean", sizes["in_channels"])
     if min(_number_list(config, "std", sizes["in_channels"])) <= 0:
         raise ModelError(f"config.json `std` must be above 0, not {config['std']}")
+    widths = config.get("widths", [1])
+    if (
+        not isinstance(widths, list)
+        or not 1 <= len(widths) <= 8
+        or not all(_whole(w) and 1 <= w <= 2048 for w in widths)
+    ):
+        raise ModelError(f"config.json `widths` must be 1 to 8 whole numbers from 1 to 2048, not {widths!r}")
+    temperature = config.get("temperature", 1.0)
+    if not _number(temperature) or temperature <= 0:
+        raise ModelError(f"config.json `temperature` must be a finite number above 0, not {temperature!r}")
+    threshold = config.get("known_threshold")
+    if threshold is not None and not _number(threshold):
+        raise ModelError(f"config.json `known_threshold` must be a finite number or null, not {threshold!r}")
     names = config.get("class_names")
     if names is not None and (
         not isinstance(names, list)
@@ -117,8 +131,9 @@ def _default(key: str):
     return inspect.signature(ViT.__init__).parameters[key].default
 
 
-def load_folder(folder: Path) -> ViT:
-    """The checked model in a folder, in eval mode; ModelError or OSError otherwise."""
+def load_folder(folder: Path, model_class: type[ViT] | type[CNN] = ViT) -> ViT | CNN:
+    """The checked model of `model_class` in a folder, in eval mode; ModelError or
+    OSError otherwise."""
     config_path, weights = folder / "config.json", folder / "model.safetensors"
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist")
@@ -135,7 +150,10 @@ def load_folder(folder: Path) -> ViT:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelError(f"config.json is not valid JSON ({err})") from None
     check_config(config)
-    model = ViT.from_pretrained(folder).eval()
+    held = CNN if "widths" in config else ViT
+    if held is not model_class:
+        raise ModelError(f"{folder} holds a {held.__name__}, not a {model_class.__name__}")
+    model = model_class.from_pretrained(folder).eval()
     broken = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
     if broken:
         raise ModelError(
@@ -201,4 +219,12 @@ TRAINING_FIELDS = {
     "distilled_from": _text,
     "epochs_before": lambda v: _whole(v) and v > 0,
     "class_names": lambda v: isinstance(v, list) and bool(v) and all(map(_text, v)),
+    "calibration": lambda v: (
+        isinstance(v, dict)
+        and all(_number(v.get(k)) for k in ("temperature", "known_threshold"))
+        and v["temperature"] > 0
+        and all(_fraction(v.get(k)) for k in ("ece_before", "ece_after", "known_fraction"))
+        and _whole(v.get("images"))
+        and v["images"] > 0
+    ),
 }

@@ -68,6 +68,10 @@ def test_a_good_small_model_loads(tmp_path):
         ({"image_size": 10}, "sizes do not fit together"),
         ({"in_channels": 1}, "`in_channels` is 1"),
         ({"class_names": ["a", "b"]}, "`class_names` must be 10 names"),
+        ({"temperature": 0}, "`temperature` must be a finite number above 0"),
+        ({"temperature": "1"}, "`temperature` must be a finite number above 0"),
+        ({"known_threshold": "high"}, "`known_threshold` must be a finite number or null"),
+        ({"widths": [10**6]}, "`widths` must be 1 to 8 whole numbers from 1 to 2048"),
         (
             {"image_size": 512, "patch_size": 1},
             "262145 tokens (512x512 patches and the class token), more than the 1025 this app serves",
@@ -103,6 +107,18 @@ def test_weights_with_nan_or_inf_are_refused(tmp_path, name, value):
     save_file(tensors, folder / "model.safetensors")
     loaded = load(folder)
     assert loaded.model is None and f"NaN or infinite values ({name}" in loaded.status
+
+
+def test_the_bundled_cnn_loads_as_a_cnn_and_each_kind_only_as_itself(tmp_path):
+    from cnn_model import CNN
+
+    cnn = common.model_folder.load_folder(BUNDLED / "cnn", CNN)
+    assert isinstance(cnn, CNN) and not cnn.training
+    assert 0 < cnn.temperature and cnn.known_threshold is not None  # calibrated on validation
+    with pytest.raises(common.model_folder.ModelError, match="holds a CNN, not a ViT"):
+        common.model_folder.load_folder(BUNDLED / "cnn")
+    with pytest.raises(common.model_folder.ModelError, match="holds a ViT, not a CNN"):
+        common.model_folder.load_folder(tiny_folder(tmp_path / "m"), CNN)
 
 
 @pytest.mark.parametrize("folder", ["missing", "empty"])

@@ -23,6 +23,7 @@ import training.optimization
 import training.runtime
 import training.settings
 import training.trainer
+from calibration import ood_score
 from data import load_training_data
 from training.errors import RunError
 from training.optimization import OptimizerSettings, build_optimizer, build_scheduler
@@ -93,6 +94,16 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
         p.name for p in export.iterdir()
     }
     loaded = ViT.from_pretrained(export).eval()
+    # The export carries the calibration fitted on the validation logits of the best weights.
+    calibration = json.loads((export / "training.json").read_text())["calibration"]
+    val_logits = training.evaluation.Evaluator(last["mean"], last["std"], 64, torch.device("cpu"), False).logits(
+        loaded, data.images[data.val_idx]
+    )
+    assert loaded.temperature == calibration["temperature"] > 0
+    assert loaded.known_threshold == calibration["known_threshold"]
+    kept = ood_score(val_logits, "energy", loaded.temperature) >= loaded.known_threshold
+    assert 0.9 <= kept.float().mean() <= 1.0 and calibration["images"] == 30
+    assert "| calibration | temperature" in (export / "README.md").read_text()
     reference = ViT(
         dim=64, depth=2, heads=4, mlp_dim=128, class_names=loaded.class_names, mean=loaded.mean, std=loaded.std
     )

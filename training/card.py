@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from calibration import in_words as calibration_in_words
 from common.atomic_files import write_json
 from common.model_folder import FIGURES, TRAINING_FILE
 from training.evaluation import per_class_accuracy
@@ -64,6 +65,7 @@ class RunSummary:
     test_images: int = 0
     parent: dict | None = None  # training.json of the model this run started from
     teacher: dict | None = None  # the record of the CNN it distilled from (distillation.RECORD_KEYS)
+    calibration: dict | None = None  # calibration.Calibration.as_json(), fitted on validation
 
     @property
     def full_history(self) -> list[dict]:
@@ -148,6 +150,7 @@ class RunSummary:
             "epochs_before": self.earlier_epochs,
             "started_from": self.started_from,
             "distilled_from": self.distilled_from,
+            "calibration": self.calibration,
         }
 
 
@@ -161,6 +164,7 @@ def model_card(summary: RunSummary, params: int) -> str:
         "logits of the image and its mirror image)",
         "best epoch": f"{summary.best_epoch} of {summary.epochs}",
         **ema_row(summary),
+        **calibration_row(summary.calibration),
         "training time": f"{summary.training_minutes:.1f} min for {epochs} on {summary.machine}",
         "per-class validation accuracy": ", ".join(
             f"{n} {100 * a:.1f}" for n, a in zip(summary.class_names, summary.per_class_acc)
@@ -210,6 +214,21 @@ model = {kind.short}.from_pretrained("<this repo or folder>")   # config.json ha
 """
 
 
+def calibration_row(calibration: dict | None) -> dict[str, str]:
+    """The card's row on how far the served probabilities can be trusted."""
+    return {"calibration": calibration_in_words(calibration)} if calibration else {}
+
+
+def served_config(model: torch.nn.Module) -> dict:
+    """The model's config.json: its constructor's arguments, with the temperature and
+    the threshold as fitted after it was built."""
+    return {
+        **model._hub_mixin_config,
+        "temperature": model.temperature,
+        "known_threshold": model.known_threshold,
+    }
+
+
 def ema_row(summary: RunSummary) -> dict[str, str]:
     """The card's row comparing the exported weight average with the weights as trained."""
     best = next((h for h in summary.history if h["epoch"] == summary.best_epoch), {})
@@ -245,7 +264,7 @@ def export_model(model: torch.nn.Module, run_dir: Path, summary: RunSummary) -> 
     tmp.mkdir(parents=True)
     (tmp / "README.md").write_text(model_card(summary, count_parameters(model)))
     write_json(summary.as_json(), tmp / TRAINING_FILE)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, config=served_config(model))
     (tmp / "model.safetensors").chmod(0o644)  # written 0600; every other export file is 0644
     for name in FIGURES:
         if (run_dir / name).exists():

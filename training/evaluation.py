@@ -18,6 +18,7 @@ class Evaluation:
     loss: float
     acc: float
     preds: torch.Tensor
+    logits: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,9 @@ class Evaluator:
         logits = self.logits(model, images, flip)
         labels = labels.cpu()
         preds = logits.argmax(1)
-        return Evaluation(F.cross_entropy(logits, labels).item(), (preds == labels).float().mean().item(), preds)
+        return Evaluation(
+            F.cross_entropy(logits, labels).item(), (preds == labels).float().mean().item(), preds, logits
+        )
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:

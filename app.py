@@ -26,12 +26,13 @@ from gradio.data_classes import ImageData
 from gradio_client.utils import is_file_obj_with_meta
 from pydantic import ValidationError
 
-from common.model_folder import FIGURES
+from cnn_model import CNN
+from common.model_folder import FIGURES, ModelError, load_folder
 from rollout import HEAD_FUSIONS
 from space import limits, photo
 from space.endpoints import Endpoints
 from space.mistakes import ANY
-from space.model_source import Loaded, source_from
+from space.model_source import Loaded, is_hub_repo_id, source_from
 from space.model_source import load_model as load_checked
 from space.model_text import header, results_markdown
 
@@ -56,20 +57,8 @@ STATE_SESSIONS = CONCURRENCY_LIMIT + QUEUE_MAX_SIZE
 # Uploads and pictures are deleted 15 minutes after they were written (checked every 5).
 DELETE_CACHE = (300, 900)
 
-# Small inputs stay crisp; galleries are as tall as their pictures, with captions under
-# (not over) the mistakes, which are twice as wide as tall; phones get fewer columns.
-CSS = """
-#photo img, #seen img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-#blocks .grid-wrap, #mistakes .grid-wrap, #views .grid-wrap {
-    height: auto !important; min-height: 0 !important; max-height: none !important; }
-#mistakes .thumbnail-item { aspect-ratio: auto; height: auto; flex-direction: column; }
-#mistakes .thumbnail-item img { aspect-ratio: 2 / 1; width: 100%; height: auto; }
-#mistakes .caption-label { position: static; max-width: none; white-space: normal; margin: 4px; }
-@media (max-width: 640px) {
-  #mistakes .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
-  #blocks .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
-}
-"""
+# The page's style sheet: crisp small pictures, galleries as tall as their pictures.
+CSS_FILE = HERE / "space" / "page.css"
 
 
 def user_error(message: str) -> gr.Error:
@@ -146,10 +135,10 @@ def model_tab(loaded: Loaded, out: Path) -> None:
             gr.Markdown(f"```text\n{model_graph.layer_table(model, model.image_size)}\n```")
 
 
-def answer_row(size: int) -> tuple[gr.Image, gr.Image, gr.Label, gr.Checkbox, gr.Image, gr.Markdown]:
-    """The upload, what the model sees, the top 5 (with its flip-TTA switch) and the
-    rollout: side by side on a screen, one under the other on a phone, always above the
-    examples."""
+def answer_row(size: int) -> tuple:
+    """The upload, what the model sees, the ViT's top 5 (with its flip-TTA switch), both
+    models' verdict and the CNN's top 5, and the rollout: side by side on a screen, one
+    under the other on a phone, always above the examples."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=300):
             with gr.Row():
@@ -171,16 +160,18 @@ def answer_row(size: int) -> tuple[gr.Image, gr.Image, gr.Label, gr.Checkbox, gr
                     min_width=100,
                 )
         with gr.Column(scale=2, min_width=260):
-            label = gr.Label(num_top_classes=TOP_K, label=f"Top {TOP_K} classes", elem_id="label")
+            label = gr.Label(num_top_classes=TOP_K, label=f"ViT: top {TOP_K} classes", elem_id="label")
+            verdict = gr.Markdown(label="Verdict", show_label=False, elem_id="verdict")
             flip = gr.Checkbox(
                 False,
                 label="Flip TTA: also read the mirror image",
                 info="average the answers for the image and its mirror image; the rollout explains the image as shown",
             )
+            cnn_label = gr.Label(num_top_classes=TOP_K, label=f"CNN: top {TOP_K} classes", elem_id="cnn-label")
         with gr.Column(scale=4, min_width=300):
             heatmap = gr.Image(label="Attention rollout", format="png", height=300)
             caption = gr.Markdown(label="Rollout caption", show_label=False)
-    return image, seen, label, flip, heatmap, caption
+    return image, seen, label, flip, heatmap, caption, verdict, cnn_label
 
 
 def rollout_tab(ends: Endpoints, seen: gr.Image, heatmap: gr.Image, caption: gr.Markdown) -> tuple:
@@ -287,12 +278,17 @@ def patches_tab(ends: Endpoints, seen: gr.Image) -> tuple:
 
 
 def build_demo(
-    loaded: Loaded, out: Path | None = None, delete_cache: tuple[int, int] = DELETE_CACHE, warm: bool = False
+    loaded: Loaded,
+    out: Path | None = None,
+    delete_cache: tuple[int, int] = DELETE_CACHE,
+    warm: bool = False,
+    cnn: CNN | None = None,
 ) -> gr.Blocks:
-    """The page for a loaded model (or none: the model's parts then say why); `warm`
-    starts finding the model's mistakes at once, in the background (the server does)."""
+    """The page for a loaded ViT (or none: the model's parts then say why), with the CNN
+    answering beside it when one is given; `warm` starts finding the model's mistakes at
+    once, in the background (the server does)."""
     out = Path(out or picture_folder())
-    ends = Endpoints(loaded, out)
+    ends = Endpoints(loaded, out, cnn)
     if warm:
         ends.find_mistakes_now()
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.jpg"))
@@ -303,7 +299,7 @@ def build_demo(
     ]
     with gr.Blocks(title="ViT on CIFAR-10", delete_cache=delete_cache, analytics_enabled=False) as demo:
         gr.Markdown(f"# A Vision Transformer trained from scratch on CIFAR-10\n{header(loaded)}\n\n{loaded.status}")
-        image, seen, label, flip, heatmap, caption = answer_row(ends.size)
+        image, seen, label, flip, heatmap, caption, verdict, cnn_label = answer_row(ends.size)
         gr.Examples(
             examples,
             inputs=image,
@@ -325,8 +321,13 @@ def build_demo(
                 augment = augment_tab(ends, seen)
             with gr.Tab("Patches", id="patches"):
                 patches = patches_tab(ends, seen)
+            with gr.Tab("As JSON", id="json"):
+                gr.Markdown("What the `/classify` endpoint returns for this image: each model's calibrated answer.")
+                answers_json = gr.JSON(label="/classify")
         predict = (ends.predict, [seen, flip], [label], [flip], "predict")
-        wire(ends, image, seen, [predict, rollout, augment, patches])
+        compare = (ends.compare, [seen, flip], [verdict, cnn_label], [flip], "compare")
+        classify = (ends.classify, [seen, flip], [answers_json], [flip], "classify")
+        wire(ends, image, seen, [predict, compare, classify, rollout, augment, patches])
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE, api_open=False)
     return demo
 
@@ -353,8 +354,13 @@ def wire(ends: Endpoints, image: gr.Image, seen: gr.Image, tabs: list[tuple]) ->
                 **common,
             )
     outputs = [seen] + [o for tab in tabs for o in tab[2]]
-    # Clearing the upload clears every answer, in the browser only.
-    image.clear(None, None, outputs, js=f"() => Array({len(outputs)}).fill(null)")
+    # Clearing the upload, or an upload that cannot be read, clears every answer, so that
+    # no answer stays beside a photo it is not about (and no stale error badge either).
+    def no_answers() -> list[None]:
+        return [None] * len(outputs)
+
+    for event in (image.clear, shown.failure):
+        event(no_answers, None, outputs, api_visibility="private", **common)
 
 
 def once_shown(fn: Callable[..., _T]) -> Callable[..., _T]:
@@ -386,7 +392,7 @@ def serve(demo: gr.Blocks, host: str, port: int, block: bool = True) -> tuple[gr
         prevent_thread_lock=not block,
         show_error=True,
         quiet=not block,
-        css=CSS,
+        css=CSS_FILE.read_text(),
         enable_monitoring=False,
         state_session_capacity=STATE_SESSIONS,
         app_kwargs={"middleware": [limits.request_guard(uploads, endpoints)]},
@@ -406,6 +412,11 @@ def main() -> None:
         help=f"Hub repo id or local folder with config.json and model.safetensors "
         f"(default: ${MODEL_ENV}, else the bundled {BUNDLED_WEIGHTS.name}/)",
     )
+    parser.add_argument(
+        "--cnn",
+        default=str(BUNDLED_WEIGHTS / "cnn"),
+        help="folder of the CNN that answers beside the ViT (default: the bundled weights/cnn/)",
+    )
     # A Space sets GRADIO_SERVER_NAME=0.0.0.0; locally the app stays on this machine.
     parser.add_argument(
         "--host",
@@ -420,9 +431,24 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core per concurrent request; see CONCURRENCY_LIMIT
-    loaded = load_model(source_from(args.model, BUNDLED_WEIGHTS, MODEL_ENV))
+    source = source_from(args.model, BUNDLED_WEIGHTS, MODEL_ENV)
+    loaded = load_model(source)
+    if loaded.model is None and args.model and not is_hub_repo_id(args.model):
+        # A folder named on the command line must load; a Space's variable or missing
+        # bundled weights start the page, which says what to do.
+        raise SystemExit(f"error: {loaded.problem}")
     print(loaded.status.replace("`", "").replace("**", ""), flush=True)
-    serve(build_demo(loaded, warm=True), args.host, args.port)
+    cnn = load_cnn(args.cnn)
+    serve(build_demo(loaded, warm=True, cnn=cnn), args.host, args.port)
+
+
+def load_cnn(folder: str) -> CNN | None:
+    """The CNN that answers beside the ViT, or None (said on the console) if it cannot load."""
+    try:
+        return load_folder(Path(folder).expanduser(), CNN)
+    except (OSError, ModelError) as err:
+        print(f"No CNN beside the ViT: {err}", flush=True)
+        return None
 
 
 if __name__ == "__main__":

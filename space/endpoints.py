@@ -14,12 +14,14 @@ from typing import BinaryIO
 import gradio as gr
 import torch
 
+from cnn_model import CNN
 from data import to_normalized
 from rollout import HEAD_FUSIONS, model_rollout, scale_to_unit
 from space import limits, photo
 from space.mistakes import ANY, SPLIT_SEED, VAL_SIZE, Mistakes, find_mistakes, load_sample, picture, select
 from space.model_source import Loaded
 from space.pictures import augmented_views, block_maps, enlarge, patch_views, rollout_figure
+from space.verdict import Answer, NotANumberError, answer, verdict_markdown
 from vit_model import tta_logits
 
 MISTAKES_SHOWN = 24  # the most confident mistakes of a filter, in one screen or two
@@ -82,8 +84,8 @@ class Endpoints:
     """The app's named endpoints for one loaded model (or none), writing their pictures
     into `out` (gradio's cache folder, where they expire with DELETE_CACHE)."""
 
-    def __init__(self, loaded: Loaded, out: Path):
-        self.model, self.out = loaded.model, out
+    def __init__(self, loaded: Loaded, out: Path, cnn: CNN | None = None):
+        self.model, self.out, self.cnn = loaded.model, out, cnn
         self.size = self.model.image_size if self.model is not None else 32
         # Without a model any statistics show the augmentation exactly as training does it
         # (normalizing then de-normalizing cancels out).
@@ -136,11 +138,22 @@ class Endpoints:
         finally:
             limits.release_memory()  # a large decode's freed pages go back to the system
 
-    def _probs(self, logits: torch.Tensor) -> dict[str, float]:
-        probs = logits.float().softmax(-1)[0]
-        if not torch.isfinite(probs).all():  # never serve NaN; the model passed its checks
-            raise photo.UserError("The model's answer for this image is not a number.")
-        return {name: float(p) for name, p in zip(self.model.class_names, probs)}
+    def _answer(self, model: torch.nn.Module, small: torch.Tensor, flip_tta: bool) -> Answer:
+        """A model's calibrated answer for a uint8 image; with flip_tta, from the mean of
+        the logits of the image and its mirror image (as training.json's val_acc_flip_tta)."""
+        x = to_normalized(small[None], model.mean, model.std)
+        with torch.no_grad():
+            try:  # never serve NaN; the model passed its checks
+                return answer(model, tta_logits(model, x, flip_tta))
+            except NotANumberError as err:
+                raise photo.UserError(f"{str(err).capitalize()}.") from None
+
+    def _answers(self, image, flip_tta) -> tuple[Answer, Answer | None]:
+        model = self._require()
+        if not isinstance(flip_tta, bool):
+            raise photo.UserError(f"Flip TTA must be true or false, not {flip_tta!r}.")
+        small = self.read(image)
+        return self._answer(model, small, flip_tta), self.cnn and self._answer(self.cnn, small, flip_tta)
 
     def view(self, image: str | os.PathLike | dict | None, request: gr.Request = None) -> str:
         """/view: the image as the model reads it, a PNG of the model's input size."""
@@ -157,14 +170,23 @@ class Endpoints:
         return path if os.path.exists(path) else self._png(self.read(image).permute(1, 2, 0).numpy())
 
     def predict(self, image: str | os.PathLike | dict | None, flip_tta: bool = False) -> dict[str, float]:
-        """/predict: class probabilities for an image; with flip_tta, from the mean of the
-        logits of the image and its mirror image (as training.json's val_acc_flip_tta)."""
-        model = self._require()
-        if not isinstance(flip_tta, bool):
-            raise photo.UserError(f"Flip TTA must be true or false, not {flip_tta!r}.")
-        x = to_normalized(self.read(image)[None], model.mean, model.std)
-        with torch.no_grad():
-            return self._probs(tta_logits(model, x, flip_tta))
+        """/predict: the ViT's calibrated class probabilities for an image; with flip_tta,
+        from the mean of the logits of the image and its mirror image."""
+        return self._answers(image, flip_tta)[0].confidences
+
+    def classify(self, image: str | os.PathLike | dict | None, flip_tta: bool = False) -> dict:
+        """/classify: {"vit": ..., "cnn": ...} (the CNN's when one is loaded), each with
+        its label, calibrated confidences, whether the image looks like one of its
+        classes ("known", null where its config fixes no threshold) and its score."""
+        vit, cnn = self._answers(image, flip_tta)
+        return {"vit": vit.as_json(), **({"cnn": cnn.as_json()} if cnn else {})}
+
+    def compare(
+        self, image: str | os.PathLike | dict | None, flip_tta: bool = False
+    ) -> tuple[str, dict[str, float] | None]:
+        """/compare: both models' answers in words, and the CNN's top classes."""
+        vit, cnn = self._answers(image, flip_tta)
+        return verdict_markdown(vit, cnn), cnn.confidences if cnn else None
 
     def rollout(
         self, image: str | os.PathLike | dict | None, head_fusion: str, discard_ratio: float, block_head: str
@@ -182,8 +204,7 @@ class Endpoints:
         logits, maps, attentions = model_rollout(
             model, to_normalized(small[None], model.mean, model.std), head_fusion, discard_ratio
         )
-        probs = self._probs(logits)
-        best = max(probs, key=probs.get)
+        best = model.class_names[int(logits.argmax())]
         # The class, not its probability: the top 5 may read the mirror image too (flip
         # TTA), and one class must not show two probabilities on one page.
         caption = (

@@ -17,12 +17,14 @@ from vit_model import ViT
 
 @dataclass
 class Loaded:
-    """A loaded model (or None), the status line for the page, its folder and training.json."""
+    """A loaded model (or None, and why in `problem`), the status line for the page, its
+    folder and training.json."""
 
     model: ViT | None
     status: str
     folder: Path | None = None
     training: dict = field(default_factory=dict)
+    problem: str = ""
 
 
 def is_hub_repo_id(source: str) -> bool:
@@ -74,6 +76,7 @@ def load_model(source: str, bundled: Path, env: str) -> Loaded:
             f"**No trained model is loaded** ({problem}: {err}). Prediction, "
             f"attention rollout and mistakes are off; the augmentation and "
             f"patch tabs work. {_how_to_fix(bundled, env)}",
+            problem=f"{problem}: {err}",
         )
     where = f"`{folder}`" if folder != bundled else f"the bundled `{folder.name}/` folder"
     status = f"Model: {where}, because the app {reason}." if reason else f"Model: {where}."

@@ -4,6 +4,7 @@ not trusted to write the page's markup)."""
 
 from __future__ import annotations
 
+from calibration import in_words as calibration_in_words
 from space.model_source import Loaded
 
 
@@ -56,6 +57,7 @@ def results_markdown(loaded: Loaded) -> str:
         ("data", info.get("data")),
         ("machine", info.get("machine")),
         ("training time", f"{info['training_minutes']} min" if info.get("training_minutes") else None),
+        ("calibration", calibration_in_words(info["calibration"]) if "calibration" in info else None),
     ]
     if "per_class_acc" in info:  # checked against class_names by read_training
         rows.append(

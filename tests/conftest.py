@@ -34,6 +34,15 @@ def make_folder_dataset(
     return root
 
 
+def unlike_any_class(folder: Path) -> Path:
+    """A PNG of uniform noise: none of the classes, and scored so by the bundled ViT
+    (energy 2.20 against its threshold 2.91)."""
+    pixels = torch.randint(0, 256, (32, 32, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    path = folder / "noise.png"
+    Image.fromarray(pixels.numpy()).save(path)
+    return path
+
+
 @pytest.fixture
 def folder_data(tmp_path: Path) -> Path:
     return make_folder_dataset(tmp_path / "cifar")
@@ -123,7 +132,7 @@ def app_url():
 
     loaded = app.load_model(str(app.BUNDLED_WEIGHTS))
     assert loaded.model is not None, f"the app tests need trained weights in weights/: {loaded.status}"
-    demo = app.build_demo(loaded)
+    demo = app.build_demo(loaded, cnn=app.load_cnn(str(app.BUNDLED_WEIGHTS / "cnn")))
     port = free_port()
     app.serve(demo, "127.0.0.1", port, block=False)
     yield f"http://127.0.0.1:{port}/"

@@ -95,7 +95,8 @@ def test_predict_normalizes_with_the_config_statistics(ends):
     mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(config["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
-        expected = ends.model((image[None].float() / 255 - mean) / std).softmax(-1)[0]
+        # Calibrated: the logits over the temperature in the config, before the softmax.
+        expected = (ends.model((image[None].float() / 255 - mean) / std) / config["temperature"]).softmax(-1)[0]
     probs = ends.predict(EXAMPLE)
     assert list(probs) == config["class_names"]
     assert np.allclose(list(probs.values()), expected.numpy(), atol=1e-6)
@@ -117,7 +118,7 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror(ends):
     mirror = torch.from_numpy(png(EXAMPLE)[:, ::-1].copy()).permute(2, 0, 1)[None]
     x, x_mirror = (to_normalized(i, ends.model.mean, ends.model.std) for i in (image, mirror))
     with torch.no_grad():
-        expected = ((ends.model(x) + ends.model(x_mirror)) / 2).softmax(-1)[0]
+        expected = ((ends.model(x) + ends.model(x_mirror)) / 2 / ends.model.temperature).softmax(-1)[0]
     probs = ends.predict(EXAMPLE, True)
     assert np.allclose(list(probs.values()), expected.numpy(), atol=1e-6)
     assert probs != ends.predict(EXAMPLE, False)
@@ -428,14 +429,17 @@ def test_the_results_tab_shows_each_figure_the_model_folder_has(loaded, tmp_path
     assert shown(tmp_path) == ["Time to accuracy", "Per-class accuracy"]
 
 
+ENDPOINTS = ("view", "predict", "compare", "classify", "rollout", "augment", "patches", "mistakes")
+
+
 def test_the_page_names_its_endpoints_and_queues_them_all(loaded):
     demo = app.build_demo(loaded)
     named = {d["api_name"]: d for d in demo.config["dependencies"] if d.get("api_name")}
-    assert {"view", "predict", "rollout", "augment", "patches", "mistakes"} <= set(named)
+    assert set(ENDPOINTS) <= set(named)
     backend = [d for d in demo.config["dependencies"] if d.get("backend_fn")]
     assert all(d["queue"] is not False for d in backend if d["api_name"] != "load_example")
     public = {d["api_name"] for d in backend if d.get("api_visibility", "public") == "public"}
-    assert public == {"view", "predict", "rollout", "augment", "patches", "mistakes"}
+    assert public == set(ENDPOINTS)
     assert demo.api_open is False
 
 
@@ -451,7 +455,9 @@ def test_a_changed_control_re_answers_only_its_own_tab(loaded):
     named = {f.api_name: f for f in events if f.api_visibility != "private"}
     # Where each answer goes, by the label of its first output.
     shows = {
-        "predict": "Top 5 classes",
+        "predict": "ViT: top 5 classes",
+        "compare": "Verdict",
+        "classify": "/classify",
         "rollout": "Attention rollout",
         "augment": "Augmented versions",
         "patches": "Patches",
@@ -462,10 +468,12 @@ def test_a_changed_control_re_answers_only_its_own_tab(loaded):
         assert f.inputs[0] is view.outputs[0] and f.outputs[0].label == label
     assert named["augment"].outputs[0].elem_id == "views"
     assert [o.label for o in named["patches"].outputs[:2]] == ["Patches", "Token sequence"]
-    controls = [f for f in events if f.api_visibility == "private"]
+    controls = [f for f in events if f.api_visibility == "private" and f.fn.__name__ != "no_answers"]
     assert sorted(f.fn.__name__ for f in controls) == sorted(shows)
-    for f in controls:  # each control's change runs its own tab's endpoint, nothing else
-        assert all(by_trigger[t] == [f.fn.__name__] for t in f.targets)
+    for f in controls:  # a control's change runs the endpoints that read it, nothing else
+        for block_id, event in f.targets:
+            readers = {name for name, g in named.items() if block_id in {c._id for c in g.inputs[1:]}}
+            assert sorted(by_trigger[block_id, event]) == sorted(readers)
         own = named[f.fn.__name__]
         assert f.inputs == own.inputs and f.outputs == own.outputs  # the same answer, in place
         assert {t[0] for t in f.targets} == {c._id for c in own.inputs[1:]}  # its own controls
@@ -484,7 +492,7 @@ def test_a_control_changed_before_any_image_answers_nothing_silently():
 def test_the_page_builds_without_a_model():
     demo = app.build_demo(Loaded(None, "**No trained model is loaded** (test)."))
     names = {d.get("api_name") for d in demo.config["dependencies"]}
-    assert {"view", "predict", "rollout", "augment", "patches", "mistakes"} <= names
+    assert set(ENDPOINTS) <= names
 
 
 @pytest.mark.skipif(
@@ -508,3 +516,38 @@ def test_without_graphviz_the_model_tab_says_why(loaded, monkeypatch):
     demo = app.build_demo(loaded)
     texts = [c.get("props", {}).get("value") for c in demo.config["components"]]
     assert any("cannot be drawn here: graphviz's `dot` is not installed" in str(t) for t in texts)
+
+
+@pytest.mark.parametrize(
+    "folder, message",
+    [
+        ("missing", r"error: no usable weights in `.*missing`: .*missing does not exist"),
+        ("run", r"it looks like a training run's folder; did you mean .*run/export\?"),
+    ],
+)
+def test_a_folder_asked_for_by_name_that_cannot_load_stops_the_app_with_one_message(
+    tmp_path, monkeypatch, folder, message
+):
+    (tmp_path / "run" / "export").mkdir(parents=True)
+    (tmp_path / "run" / "export" / "config.json").write_text("{}")
+    monkeypatch.setattr("sys.argv", ["app.py", "--model", str(tmp_path / folder)])
+    monkeypatch.setattr(app, "serve", lambda *a, **k: pytest.fail("a server started without its model"))
+    with pytest.raises(SystemExit, match=message):
+        app.main()
+
+
+def test_the_page_shows_both_models_and_their_verdict(loaded):
+    from cnn_model import CNN
+
+    cnn = CNN(widths=[8, 8, 8], mean=loaded.model.mean, std=loaded.model.std)
+    demo = app.build_demo(loaded, cnn=cnn.eval())
+    ends = next(f.fn for f in demo.fns.values() if f.api_name == "classify").__wrapped__.__self__
+    cat = str(next(p for p in app.EXAMPLES_DIR.glob("*.jpg")))
+    both = ends.classify(cat)
+    assert set(both) == {"vit", "cnn"} and both["vit"]["confidences"] == ends.predict(cat)
+    verdict, cnn_top = ends.compare(cat)
+    assert verdict.splitlines()[0].startswith("ViT: ") and verdict.splitlines()[1].startswith("CNN: ")
+    assert cnn_top == both["cnn"]["confidences"]
+    alone = app.build_demo(loaded)  # without a CNN: the ViT alone
+    ends_alone = next(f.fn for f in alone.fns.values() if f.api_name == "classify").__wrapped__.__self__
+    assert set(ends_alone.classify(cat)) == {"vit"} and ends_alone.compare(cat)[1] is None

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, unlike_any_class
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -63,6 +63,29 @@ def test_view_and_predict(client):
     # Flip TTA is the second, optional argument: the mean of the image's and its mirror's logits.
     mirrored = client.predict(handle_file(CAT), True, api_name="/predict")
     assert mirrored["label"] in CLASSES and mirrored["confidences"] != result["confidences"]
+
+
+def test_classify_answers_with_both_models_calibrated(client):
+    both = client.predict(handle_file(CAT), api_name="/classify")
+    assert set(both) == {"vit", "cnn"}
+    for said in both.values():
+        assert set(said) == {"label", "confidences", "known", "score"}
+        assert set(said["confidences"]) == CLASSES and sum(said["confidences"].values()) == pytest.approx(1)
+        assert said["label"] == max(said["confidences"], key=said["confidences"].get)
+        assert isinstance(said["known"], bool) and isinstance(said["score"], float)
+    # One probability per class on the page: /predict's top 5 are /classify's ViT figures.
+    top = client.predict(handle_file(CAT), api_name="/predict")["confidences"]
+    assert all(c["confidence"] == pytest.approx(both["vit"]["confidences"][c["label"]]) for c in top)
+    verdict, cnn = client.predict(handle_file(CAT), api_name="/compare")
+    assert verdict.startswith(f"ViT: **{both['vit']['label']}**") or "does not look like" in verdict
+    assert cnn["label"] == both["cnn"]["label"]
+
+
+def test_a_photo_of_none_of_the_classes_is_flagged_by_the_vit(client, tmp_path):
+    said = client.predict(handle_file(str(unlike_any_class(tmp_path))), api_name="/classify")["vit"]
+    assert said["known"] is False and said["label"] in CLASSES
+    verdict, _ = client.predict(handle_file(str(unlike_any_class(tmp_path))), api_name="/compare")
+    assert verdict.startswith(f"ViT: this does not look like any of the 10 classes; the closest is **{said['label']}**")
 
 
 def test_requests_use_the_model_loaded_at_start_up(client, monkeypatch):

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import unlike_any_class
 
 CHROMIUM = "/usr/bin/chromium"
 TABS = {
@@ -21,6 +22,7 @@ TABS = {
 }
 REPO = Path(__file__).resolve().parent.parent
 CAT = str(REPO / "examples" / "cat_0003.jpg")
+DOG = str(REPO / "examples" / "dog_0003.jpg")  # 90% dog, 87% with its mirror image: the flip shows
 A_CLASS = re.compile("airplane|automobile|bird|cat|deer|dog|frog|horse|ship|truck")
 WAIT_MS = 60_000  # generous: the machine may be shared with a training run
 
@@ -62,7 +64,7 @@ def upload_and_wait_for_the_answer(page, path=CAT):
     from playwright.sync_api import expect
 
     page.locator("#photo input[type=file]").set_input_files(path)
-    expect(page.locator(".output-class")).to_have_text(A_CLASS, timeout=WAIT_MS)
+    expect(page.locator("#label .output-class")).to_have_text(A_CLASS, timeout=WAIT_MS)
     expect(page.locator("#seen img")).to_be_visible(timeout=WAIT_MS)
     expect(page.get_by_text("Explaining ")).to_be_visible(timeout=WAIT_MS)
 
@@ -109,17 +111,51 @@ def test_a_bad_upload_after_an_example_gets_its_message(browser, app_url, tmp_pa
 
     page, errors = open_page(browser, app_url, 1280, 900)
     page.locator(".gallery-item, button.gallery").first.click()  # an example
-    expect(page.locator(".output-class")).to_have_text(A_CLASS, timeout=WAIT_MS)
+    expect(page.locator("#label .output-class")).to_have_text(A_CLASS, timeout=WAIT_MS)
     (tmp_path / "notes.png").write_text("not an image")
     page.locator("#photo input[type=file]").set_input_files(tmp_path / "notes.png")
     expect(page.get_by_text(re.compile("Unsupported format: this app reads"))).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text(re.compile("Unsupported format"))).to_have_count(1)  # one message
+    assert_no_answer_shown(page)  # the example's answers went with it
+    assert not errors, errors
+
+
+def assert_no_answer_shown(page):
+    from playwright.sync_api import expect
+
+    for answer in ("#label .output-class", "#cnn-label .output-class", "#seen img", "#verdict p"):
+        expect(page.locator(answer)).to_have_count(0, timeout=WAIT_MS)
+    expect(page.get_by_text("Explaining ")).to_have_count(0)
+
+
+def test_both_models_answer_side_by_side_and_clearing_clears_every_answer(browser, app_url):
+    from playwright.sync_api import expect
+
+    page, errors = open_page(browser, app_url, 1280, 900)
+    upload_and_wait_for_the_answer(page)
+    expect(page.locator("#cnn-label .output-class")).to_have_text(A_CLASS, timeout=WAIT_MS)
+    expect(page.locator("#verdict")).to_contain_text(re.compile("ViT: .*CNN: ", re.S), timeout=WAIT_MS)
+    page.locator("#photo button[aria-label='Remove Image']").click()
+    assert_no_answer_shown(page)
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+    assert not errors, errors
+
+
+def test_a_photo_of_none_of_the_classes_is_flagged(browser, app_url, tmp_path):
+    from playwright.sync_api import expect
+
+    page, errors = open_page(browser, app_url, 1280, 900)
+    page.locator("#photo input[type=file]").set_input_files(unlike_any_class(tmp_path))
+    expect(page.locator("#verdict")).to_contain_text(
+        re.compile("this does not look like any of the 10 classes; the closest is"), timeout=WAIT_MS
+    )
     assert not errors, errors
 
 
 def test_a_phone_sees_the_answer_before_the_examples(browser, app_url, screenshots):
     page, errors = open_page(browser, app_url, 390, 844)
     upload_and_wait_for_the_answer(page)
-    answer = page.locator(".output-class").bounding_box()
+    answer = page.locator("#label .output-class").bounding_box()
     examples = page.get_by_text("Examples: CIFAR-10 validation images").bounding_box()
     assert answer["y"] + answer["height"] < examples["y"]
     assert answer["y"] < 844  # on the first screen, no scrolling needed
@@ -138,7 +174,7 @@ def test_a_control_answers_in_its_own_tab_and_says_nothing_before_an_upload(brow
     page.get_by_role("radio", name="8", exact=True).check()
     page.wait_for_timeout(2000)
     expect(page.get_by_text("No image:")).to_have_count(0)
-    upload_and_wait_for_the_answer(page)  # with the flip switched on
+    upload_and_wait_for_the_answer(page, DOG)  # with the flip switched on
     open_tab(page, "Patches")
     expect(page.get_by_text("16 patches of 8x8")).to_be_visible(timeout=WAIT_MS)
     page.get_by_role("radio", name="16", exact=True).check()
@@ -146,5 +182,5 @@ def test_a_control_answers_in_its_own_tab_and_says_nothing_before_an_upload(brow
     flipped = page.locator("#label").inner_text()  # the top 5 of the image and its mirror
     page.get_by_role("checkbox", name=re.compile("Flip TTA")).uncheck()
     expect(page.locator("#label")).not_to_have_text(flipped, timeout=WAIT_MS)
-    expect(page.locator(".output-class")).to_have_text(A_CLASS)
+    expect(page.locator("#label .output-class")).to_have_text(A_CLASS)
     assert not errors, errors

@@ -137,8 +137,9 @@ def model_tab(loaded: Loaded, out: Path) -> None:
 
 def answer_row(size: int) -> tuple:
     """The upload, what the model sees, the ViT's top 5 (with its flip-TTA switch), both
-    models' verdict and the CNN's top 5, and the rollout: side by side on a screen, one
-    under the other on a phone, always above the examples."""
+    models' verdict and the CNN's top 5, the ViT's rollout and the CNN's class activation
+    map: side by side on a screen, one under the other on a phone, always above the
+    examples."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=300):
             with gr.Row():
@@ -171,7 +172,9 @@ def answer_row(size: int) -> tuple:
         with gr.Column(scale=4, min_width=300):
             heatmap = gr.Image(label="Attention rollout", format="png", height=300)
             caption = gr.Markdown(label="Rollout caption", show_label=False)
-    return image, seen, label, flip, heatmap, caption, verdict, cnn_label
+            cam = gr.Image(label="CNN: class activation map", format="png", height=300, elem_id="cam")
+            cam_caption = gr.Markdown(label="Class activation map caption", show_label=False)
+    return image, seen, label, flip, heatmap, caption, verdict, cnn_label, cam, cam_caption
 
 
 def rollout_tab(ends: Endpoints, seen: gr.Image, heatmap: gr.Image, caption: gr.Markdown) -> tuple:
@@ -299,7 +302,7 @@ def build_demo(
     ]
     with gr.Blocks(title="ViT on CIFAR-10", delete_cache=delete_cache, analytics_enabled=False) as demo:
         gr.Markdown(f"# A Vision Transformer trained from scratch on CIFAR-10\n{header(loaded)}\n\n{loaded.status}")
-        image, seen, label, flip, heatmap, caption, verdict, cnn_label = answer_row(ends.size)
+        image, seen, label, flip, heatmap, caption, verdict, cnn_label, cam, cam_caption = answer_row(ends.size)
         gr.Examples(
             examples,
             inputs=image,
@@ -327,7 +330,8 @@ def build_demo(
         predict = (ends.predict, [seen, flip], [label], [flip], "predict")
         compare = (ends.compare, [seen, flip], [verdict, cnn_label], [flip], "compare")
         classify = (ends.classify, [seen, flip], [answers_json], [flip], "classify")
-        wire(ends, image, seen, [predict, compare, classify, rollout, augment, patches])
+        cams = (ends.cam, [seen], [cam, cam_caption], [], "cam")
+        wire(ends, image, seen, [predict, compare, classify, rollout, cams, augment, patches])
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE, api_open=False)
     return demo
 
@@ -354,6 +358,7 @@ def wire(ends: Endpoints, image: gr.Image, seen: gr.Image, tabs: list[tuple]) ->
                 **common,
             )
     outputs = [seen] + [o for tab in tabs for o in tab[2]]
+
     # Clearing the upload, or an upload that cannot be read, clears every answer, so that
     # no answer stays beside a photo it is not about (and no stale error badge either).
     def no_answers() -> list[None]:

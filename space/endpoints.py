@@ -208,13 +208,34 @@ class Endpoints:
         # The class, not its probability: the top 5 may read the mirror image too (flip
         # TTA), and one class must not show two probabilities on one page.
         caption = (
-            f"Explaining **{best}**, the model's top class for the image alone. Left: the "
+            f"Explaining **{best}**, the ViT's top class for the image alone. Left: the "
             f"{self.size}x{self.size} input; right: attention rollout over it. Colour "
             "scale (under the rollout): clear = little of the class token's attention, "
             "bright yellow = the most in this image."
         )
         blocks = [(self._png(p), c) for p, c in block_maps(small, attentions, head)]
         return self._png(rollout_figure(small, scale_to_unit(maps)[0])), blocks, caption
+
+    def cam(self, image: str | os.PathLike | dict | None) -> tuple[str | None, str]:
+        """/cam: the image beside the CNN's class activation map for its top class, and a
+        caption; (None, why) without a CNN."""
+        self._require()
+        if self.cnn is None:
+            return None, "No CNN is loaded beside the ViT, so there is no class activation map."
+        small = self.read(image)
+        x = to_normalized(small[None], self.cnn.mean, self.cnn.std)
+        with torch.no_grad():
+            best = int(self.cnn(x).argmax())
+            votes = self.cnn.cam(x, best)[0].clamp(min=0)  # where the features vote for the class
+        heat = votes / votes.max() if votes.max() > 0 else votes
+        rows, cols = votes.shape
+        caption = (
+            f"Explaining **{self.cnn.class_names[best]}**, the CNN's top class: where its last "
+            f"features vote for it (class activation map, Zhou et al. 2016). The {rows}x{cols} "
+            "cells' votes, averaged, plus one bias are exactly the class's logit; cells voting "
+            "against it stay clear."
+        )
+        return self._png(rollout_figure(small, heat)), caption
 
     def augment(
         self, image: str | os.PathLike | dict | None, count: int | float, seed: int | float | None

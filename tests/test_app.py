@@ -429,7 +429,7 @@ def test_the_results_tab_shows_each_figure_the_model_folder_has(loaded, tmp_path
     assert shown(tmp_path) == ["Time to accuracy", "Per-class accuracy"]
 
 
-ENDPOINTS = ("view", "predict", "compare", "classify", "rollout", "augment", "patches", "mistakes")
+ENDPOINTS = ("view", "predict", "compare", "classify", "rollout", "cam", "augment", "patches", "mistakes")
 
 
 def test_the_page_names_its_endpoints_and_queues_them_all(loaded):
@@ -458,6 +458,7 @@ def test_a_changed_control_re_answers_only_its_own_tab(loaded):
         "predict": "ViT: top 5 classes",
         "compare": "Verdict",
         "classify": "/classify",
+        "cam": "CNN: class activation map",
         "rollout": "Attention rollout",
         "augment": "Augmented versions",
         "patches": "Patches",
@@ -469,7 +470,7 @@ def test_a_changed_control_re_answers_only_its_own_tab(loaded):
     assert named["augment"].outputs[0].elem_id == "views"
     assert [o.label for o in named["patches"].outputs[:2]] == ["Patches", "Token sequence"]
     controls = [f for f in events if f.api_visibility == "private" and f.fn.__name__ != "no_answers"]
-    assert sorted(f.fn.__name__ for f in controls) == sorted(shows)
+    assert sorted(f.fn.__name__ for f in controls) == sorted(n for n in shows if n != "cam")  # the map has none
     for f in controls:  # a control's change runs the endpoints that read it, nothing else
         for block_id, event in f.targets:
             readers = {name for name, g in named.items() if block_id in {c._id for c in g.inputs[1:]}}
@@ -548,6 +549,9 @@ def test_the_page_shows_both_models_and_their_verdict(loaded):
     verdict, cnn_top = ends.compare(cat)
     assert verdict.splitlines()[0].startswith("ViT: ") and verdict.splitlines()[1].startswith("CNN: ")
     assert cnn_top == both["cnn"]["confidences"]
+    picture, caption = ends.cam(cat)
+    assert Image.open(picture).size[0] > 2 * 256 and caption.startswith(f"Explaining **{both['cnn']['label']}**")
     alone = app.build_demo(loaded)  # without a CNN: the ViT alone
     ends_alone = next(f.fn for f in alone.fns.values() if f.api_name == "classify").__wrapped__.__self__
     assert set(ends_alone.classify(cat)) == {"vit"} and ends_alone.compare(cat)[1] is None
+    assert ends_alone.cam(cat) == (None, "No CNN is loaded beside the ViT, so there is no class activation map.")

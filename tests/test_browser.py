@@ -66,7 +66,7 @@ def upload_and_wait_for_the_answer(page, path=CAT):
     page.locator("#photo input[type=file]").set_input_files(path)
     expect(page.locator("#label .output-class")).to_have_text(A_CLASS, timeout=WAIT_MS)
     expect(page.locator("#seen img")).to_be_visible(timeout=WAIT_MS)
-    expect(page.get_by_text("Explaining ")).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text(re.compile("the ViT's top class"))).to_be_visible(timeout=WAIT_MS)
 
 
 def open_tab(page, name):
@@ -123,9 +123,9 @@ def test_a_bad_upload_after_an_example_gets_its_message(browser, app_url, tmp_pa
 def assert_no_answer_shown(page):
     from playwright.sync_api import expect
 
-    for answer in ("#label .output-class", "#cnn-label .output-class", "#seen img", "#verdict p"):
+    for answer in ("#label .output-class", "#cnn-label .output-class", "#seen img", "#verdict p", "#cam img"):
         expect(page.locator(answer)).to_have_count(0, timeout=WAIT_MS)
-    expect(page.get_by_text("Explaining ")).to_have_count(0)
+    expect(page.get_by_text(re.compile("^Explaining "))).to_have_count(0)
 
 
 def test_both_models_answer_side_by_side_and_clearing_clears_every_answer(browser, app_url):
@@ -134,6 +134,8 @@ def test_both_models_answer_side_by_side_and_clearing_clears_every_answer(browse
     page, errors = open_page(browser, app_url, 1280, 900)
     upload_and_wait_for_the_answer(page)
     expect(page.locator("#cnn-label .output-class")).to_have_text(A_CLASS, timeout=WAIT_MS)
+    expect(page.locator("#cam img")).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text(re.compile("the CNN's top class: where its last features vote"))).to_be_visible()
     expect(page.locator("#verdict")).to_contain_text(re.compile("ViT: .*CNN: ", re.S), timeout=WAIT_MS)
     page.locator("#photo button[aria-label='Remove Image']").click()
     assert_no_answer_shown(page)

@@ -18,19 +18,17 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import gradio as gr
 import torch
-from gradio.data_classes import ImageData
-from gradio_client.utils import is_file_obj_with_meta
-from pydantic import ValidationError
 
 from cnn_model import CNN
 from common.model_folder import FIGURES, ModelError, load_folder
-from rollout import HEAD_FUSIONS
+from rollout import DEFAULT_DISCARD, DEFAULT_FUSION, HEAD_FUSIONS
 from space import limits, photo
-from space.endpoints import Endpoints
+from space.components import answers, photo_input
+from space.endpoints import TOP_CLASS, Endpoints
 from space.mistakes import ANY
 from space.model_source import Loaded, is_hub_repo_id, source_from
 from space.model_source import load_model as load_checked
@@ -59,51 +57,6 @@ DELETE_CACHE = (300, 900)
 
 # The page's style sheet: crisp small pictures, galleries as tall as their pictures.
 CSS_FILE = HERE / "space" / "page.css"
-
-
-def user_error(message: str) -> gr.Error:
-    """A message about the caller's input for the page and the API; no traceback in the log."""
-    return gr.Error(message, print_exception=False)
-
-
-def answers(fn: Callable[..., _T]) -> Callable[..., _T]:
-    """The one place where a caller's mistake (photo.UserError) becomes their message."""
-
-    @functools.wraps(fn)
-    def endpoint(*args):
-        try:
-            return fn(*args)
-        except photo.UserError as err:
-            raise user_error(str(err)) from None
-
-    return endpoint
-
-
-class _ImagePayload(ImageData):
-    """gradio's image payload, with a readable answer when a caller sends something else.
-
-    A file must carry gradio's file marker, as FileData requires: only then has gradio
-    checked that it was uploaded to this app (a bare {"path": ...} would name any file)."""
-
-    @classmethod
-    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> ImageData:
-        message = (
-            f"The image must be a file (gradio_client.handle_file(path)) or a base64 data: URL, not {str(obj)[:60]!r}."
-        )
-        if isinstance(obj, dict) and obj.get("path") is not None and not is_file_obj_with_meta(obj):
-            raise user_error(message)
-        try:
-            return ImageData.model_validate(obj, *args, **kwargs)
-        except ValidationError:
-            raise user_error(message) from None
-
-
-def photo_input(**kwargs) -> gr.Image:
-    """A gr.Image whose payload reaches the endpoint untouched (the events run with
-    preprocess=False), so that space/photo.py does all the decoding, within its limits."""
-    component = gr.Image(type="filepath", image_mode=None, format="png", **kwargs)
-    component.data_model = _ImagePayload
-    return component
 
 
 # ---------------------------------------------------------------- the page
@@ -183,11 +136,11 @@ def rollout_tab(ends: Endpoints, seen: gr.Image, heatmap: gr.Image, caption: gr.
         "residual paths (Abnar & Zuidema, 2020): the picture at the top."
     )
     with gr.Row():
-        fusion = gr.Radio(list(HEAD_FUSIONS), value="mean", label="Head fusion")
+        fusion = gr.Radio(list(HEAD_FUSIONS), value=DEFAULT_FUSION, label="Head fusion")
         discard = gr.Slider(
             0,
             0.95,
-            value=0.0,
+            value=DEFAULT_DISCARD,
             step=0.05,
             label="Discard ratio",
             info="drop this fraction of the weakest patch-to-patch attentions",
@@ -211,6 +164,21 @@ def rollout_tab(ends: Endpoints, seen: gr.Image, heatmap: gr.Image, caption: gr.
     )
     controls = [fusion, discard, block_head]
     return ends.rollout, [seen, *controls], [heatmap, blocks, caption], controls, "rollout"
+
+
+def class_map_tab(ends: Endpoints, seen: gr.Image) -> tuple:
+    """The ViT's class-specific map, for its answer or any class the visitor picks."""
+    gr.Markdown(
+        "Rollout is the same whichever class you ask about. Gradient-weighted rollout "
+        "(Chefer, Gur and Wolf, 2021) weights each head's attention by how much it raises "
+        "one class's score, so *why cat?* and *why dog?* get different maps."
+    )
+    names = ends.model.class_names if ends.model is not None else []
+    explain = gr.Dropdown([TOP_CLASS, *names], value=TOP_CLASS, label="Explain class")
+    with gr.Row(equal_height=False):
+        picture = gr.Image(label="Gradient rollout", format="png", height=300, elem_id="class-map")
+        caption = gr.Markdown(label="Gradient rollout caption", show_label=False)
+    return ends.class_map, [seen, explain], [picture, caption], [explain], "class_map"
 
 
 def mistakes_tab(demo: gr.Blocks, ends: Endpoints) -> None:
@@ -314,6 +282,8 @@ def build_demo(
         with gr.Tabs():
             with gr.Tab("Attention rollout", id="rollout"):
                 rollout = rollout_tab(ends, seen, heatmap, caption)
+            with gr.Tab("Why this class?", id="class_map"):
+                class_map = class_map_tab(ends, seen)
             with gr.Tab("Mistakes", id="mistakes"):
                 mistakes_tab(demo, ends)
             with gr.Tab("Results", id="results", visible=bool(figures or loaded.training)):
@@ -331,7 +301,7 @@ def build_demo(
         compare = (ends.compare, [seen, flip], [verdict, cnn_label], [flip], "compare")
         classify = (ends.classify, [seen, flip], [answers_json], [flip], "classify")
         cams = (ends.cam, [seen], [cam, cam_caption], [], "cam")
-        wire(ends, image, seen, [predict, compare, classify, rollout, cams, augment, patches])
+        wire(ends, image, seen, [predict, compare, classify, rollout, cams, class_map, augment, patches])
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE, api_open=False)
     return demo
 

@@ -9,7 +9,14 @@ for the residual path and renormalize each row, then multiply the blocks togethe
 
 so R[i, j] is how much token i at the output draws from input token j. The class
 token's row over the patch tokens, R[0, 1:], on the patch grid, is the picture: which
-parts of the image the classification drew from. The app's pictures of it are
+parts of the image the classification drew from. Plain rollout is the same for every
+class; gradient rollout (Chefer, Gur and Wolf 2021, "Generic Attention-model
+Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers") weights each
+head's attention by the gradient of one class's logit and keeps the positive part,
+
+    A_l' = mean over heads of (dlogit_c / dA_l * A_l)^+,    R = R + A_l' @ R   (R = I)
+
+so asking "why cat?" and "why dog?" gets two maps. The app's pictures of them are
 space/pictures.py's.
 """
 
@@ -21,6 +28,11 @@ from collections.abc import Sequence
 import torch
 
 HEAD_FUSIONS = ("mean", "max", "min")
+# Plain rollout's defaults, chosen by the deletion test (tools/deletion_test.py): on the
+# bundled ViT and the app's 500 validation images, mean fusion with 90% of the weakest
+# attentions discarded ranks patches best of mean/max x 0/0.9 (area 0.333 against 0.370
+# for mean and no discard, 0.385 for a random order).
+DEFAULT_FUSION, DEFAULT_DISCARD = "mean", 0.9
 
 
 def fuse_heads(attention: torch.Tensor, fusion: str = "mean") -> torch.Tensor:
@@ -124,7 +136,7 @@ def block_attention_map(
 
 @torch.no_grad()
 def model_rollout(
-    model: torch.nn.Module, x: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0
+    model: torch.nn.Module, x: torch.Tensor, head_fusion: str = DEFAULT_FUSION, discard_ratio: float = DEFAULT_DISCARD
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Run a vit_model.ViT on normalized images x in eval mode (its mode is restored);
     returns (logits, rollout maps (B, grid, grid), each block's attention)."""
@@ -136,3 +148,28 @@ def model_rollout(
         model.train(was_training)
     matrix = attention_rollout(attentions, head_fusion, discard_ratio, num_blocks=len(model.blocks))
     return logits, class_token_map(matrix), attentions
+
+
+def gradient_rollout(
+    model: torch.nn.Module, x: torch.Tensor, class_index: int | None = None
+) -> tuple[torch.Tensor, int]:
+    """The class-specific map (B, grid, grid) of a vit_model.ViT for normalized images x,
+    in eval mode (the model's mode is restored), for `class_index`, or each image's top
+    class when None; returns (maps, the class index of the first image)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            logits, attentions = model(x, return_attention=True)
+            chosen = logits.argmax(1) if class_index is None else torch.full((len(x),), class_index)
+            score = logits.gather(1, chosen[:, None].to(logits.device)).sum()
+            grads = torch.autograd.grad(score, attentions)
+    finally:
+        model.train(was_training)
+    b, _, t, _ = attentions[0].shape
+    result = torch.eye(t).expand(b, t, t).clone()
+    for attention, grad in zip(attentions, grads):
+        weighted = (grad.float() * attention.detach().float()).clamp(min=0).mean(dim=1)
+        result = result + weighted @ result
+    maps = class_token_map(result)
+    return maps, int(chosen[0])

@@ -16,7 +16,7 @@ import torch
 
 from cnn_model import CNN
 from data import to_normalized
-from rollout import HEAD_FUSIONS, model_rollout, scale_to_unit
+from rollout import HEAD_FUSIONS, gradient_rollout, model_rollout, scale_to_unit
 from space import limits, photo
 from space.mistakes import ANY, SPLIT_SEED, VAL_SIZE, Mistakes, find_mistakes, load_sample, picture, select
 from space.model_source import Loaded
@@ -24,6 +24,7 @@ from space.pictures import augmented_views, block_maps, enlarge, patch_views, ro
 from space.verdict import Answer, NotANumberError, answer, verdict_markdown
 from vit_model import tta_logits
 
+TOP_CLASS = "its top class"  # /class_map explains the model's own answer
 MISTAKES_SHOWN = 24  # the most confident mistakes of a filter, in one screen or two
 
 
@@ -215,6 +216,23 @@ class Endpoints:
         )
         blocks = [(self._png(p), c) for p, c in block_maps(small, attentions, head)]
         return self._png(rollout_figure(small, scale_to_unit(maps)[0])), blocks, caption
+
+    def class_map(self, image: str | os.PathLike | dict | None, class_name: str) -> tuple[str, str]:
+        """/class_map: the image beside the ViT's gradient-weighted rollout for one class
+        (TOP_CLASS: its own answer), and a caption."""
+        model = self._require()
+        choice = _one_of(class_name, "The class", [TOP_CLASS, *model.class_names])
+        small = self.read(image)
+        index = None if choice == TOP_CLASS else model.class_names.index(choice)
+        maps, chosen = gradient_rollout(model, to_normalized(small[None], model.mean, model.std), index)
+        whose = "the ViT's top class" if index is None else "the class you picked"
+        caption = (
+            f"Why **{model.class_names[chosen]}** ({whose})? The patches whose attention raises "
+            "that class's score, through every block (gradient-weighted attention rollout); "
+            "clear = no push towards the class. Of the maps a deletion test measured, it ranks "
+            "best the patches the ViT relies on."
+        )
+        return self._png(rollout_figure(small, scale_to_unit(maps)[0])), caption
 
     def cam(self, image: str | os.PathLike | dict | None) -> tuple[str | None, str]:
         """/cam: the image beside the CNN's class activation map for its top class, and a

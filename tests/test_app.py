@@ -429,7 +429,7 @@ def test_the_results_tab_shows_each_figure_the_model_folder_has(loaded, tmp_path
     assert shown(tmp_path) == ["Time to accuracy", "Per-class accuracy"]
 
 
-ENDPOINTS = ("view", "predict", "compare", "classify", "rollout", "cam", "augment", "patches", "mistakes")
+ENDPOINTS = ("view", "predict", "compare", "classify", "rollout", "cam", "class_map", "augment", "patches", "mistakes")
 
 
 def test_the_page_names_its_endpoints_and_queues_them_all(loaded):
@@ -459,6 +459,7 @@ def test_a_changed_control_re_answers_only_its_own_tab(loaded):
         "compare": "Verdict",
         "classify": "/classify",
         "cam": "CNN: class activation map",
+        "class_map": "Gradient rollout",
         "rollout": "Attention rollout",
         "augment": "Augmented versions",
         "patches": "Patches",
@@ -555,3 +556,15 @@ def test_the_page_shows_both_models_and_their_verdict(loaded):
     ends_alone = next(f.fn for f in alone.fns.values() if f.api_name == "classify").__wrapped__.__self__
     assert set(ends_alone.classify(cat)) == {"vit"} and ends_alone.compare(cat)[1] is None
     assert ends_alone.cam(cat) == (None, "No CNN is loaded beside the ViT, so there is no class activation map.")
+
+
+def test_the_class_map_explains_the_class_asked_for(ends):
+    top, top_caption = ends.class_map(EXAMPLE, space.endpoints.TOP_CLASS)
+    answer = max(ends.predict(EXAMPLE).items(), key=lambda kv: kv[1])[0]
+    assert top_caption.startswith(f"Why **{answer}** (the ViT's top class)?")
+    cat, cat_caption = ends.class_map(EXAMPLE, "cat")
+    dog, _ = ends.class_map(EXAMPLE, "dog")
+    assert cat_caption.startswith("Why **cat** (the class you picked)?")
+    assert not np.array_equal(png(cat), png(dog))  # rollout would draw the same map twice
+    with pytest.raises(app.photo.UserError, match="The class must be one of its top class, airplane"):
+        ends.class_map(EXAMPLE, "unicorn")

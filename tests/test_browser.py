@@ -14,6 +14,7 @@ from conftest import unlike_any_class
 CHROMIUM = "/usr/bin/chromium"
 TABS = {
     "rollout": "Attention rollout",
+    "class_map": "Why this class?",
     "mistakes": "Mistakes",
     "results": "Results",
     "model": "Model",
@@ -89,6 +90,7 @@ def test_upload_answers_at_once_and_every_tab_opens(browser, app_url, screenshot
         panel = page.get_by_role("tabpanel")
         wanted = {
             "rollout": "#blocks img",
+            "class_map": "#class-map img",
             "mistakes": "#mistakes img",
             "results": "img",
             "model": "img" if shutil.which("dot") else "pre",

@@ -9,6 +9,7 @@ from rollout import (
     class_token_map,
     discard_weakest,
     fuse_heads,
+    gradient_rollout,
     model_rollout,
     scale_to_unit,
 )
@@ -193,3 +194,28 @@ def test_upsampling_and_overlay():
     assert out.shape == (64, 64, 3) and out.dtype.name == "uint8"
     # The image shows through where the map is 0; the heat colour covers it where it is 1.
     assert abs(int(out[0, 0, 0]) - 128) <= 1 and abs(int(out[0, -1, 0]) - 128) > 20
+
+
+def test_gradient_rollout_of_one_block_is_the_positive_gradient_weighted_attention():
+    torch.manual_seed(0)
+    model = ViT(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=16).eval()
+    x = torch.randn(3, 3, 8, 8)
+    maps, first = gradient_rollout(model, x, class_index=4)
+    logits, (attention,) = model(x, return_attention=True)
+    (grad,) = torch.autograd.grad(logits[:, 4].sum(), attention)
+    expected = (grad * attention).clamp(min=0).mean(1)[:, 0, 1:].reshape(3, 2, 2)  # R = I + A', row 0
+    assert first == 4 and torch.allclose(maps, expected.detach(), atol=1e-6)
+    assert not model.training  # it was in eval mode, and stays so
+
+
+def test_gradient_rollout_depends_on_the_class_and_keeps_the_mode():
+    torch.manual_seed(0)
+    model = ViT(dim=32, depth=2, heads=2, mlp_dim=32).train()
+    x = torch.randn(2, 3, 32, 32)
+    cat, _ = gradient_rollout(model, x, class_index=3)
+    dog, _ = gradient_rollout(model, x, class_index=5)
+    top, best = gradient_rollout(model, x)
+    assert model.training  # restored
+    assert cat.shape == (2, 8, 8) and (cat >= 0).all() and not torch.allclose(cat, dog)
+    with torch.no_grad():
+        assert best == int(model.eval()(x)[0].argmax())

@@ -211,6 +211,13 @@ def mistakes_tab(demo: gr.Blocks, ends: Endpoints) -> None:
     )
 
 
+def comparison_tab(demo: gr.Blocks, ends: Endpoints) -> None:
+    """Both models on the bundled validation sample, filled when the page loads."""
+    text = gr.Markdown(ends.no_sample if ends.sample is None else "", label="Comparison", elem_id="comparison")
+    if ends.sample is not None:
+        demo.load(answers(ends.comparison), None, [text], api_name="comparison", concurrency_id="app")
+
+
 def results_tab(loaded: Loaded, figures: list[tuple[Path, str]]) -> None:
     gr.Markdown(results_markdown(loaded) or "This model's folder has no training.json.")
     # The curves are wide (loss beside accuracy): a row of their own; the others share one.
@@ -286,6 +293,8 @@ def build_demo(
                 class_map = class_map_tab(ends, seen)
             with gr.Tab("Mistakes", id="mistakes"):
                 mistakes_tab(demo, ends)
+            with gr.Tab("ViT vs CNN", id="comparison"):
+                comparison_tab(demo, ends)
             with gr.Tab("Results", id="results", visible=bool(figures or loaded.training)):
                 results_tab(loaded, figures)
             with gr.Tab("Model", id="model"):

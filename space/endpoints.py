@@ -18,6 +18,7 @@ from cnn_model import CNN
 from data import to_normalized
 from rollout import HEAD_FUSIONS, gradient_rollout, model_rollout, scale_to_unit
 from space import limits, photo
+from space.comparison import comparison_markdown, predicted_classes
 from space.mistakes import ANY, SPLIT_SEED, VAL_SIZE, Mistakes, find_mistakes, load_sample, picture, select
 from space.model_source import Loaded
 from space.pictures import augmented_views, block_maps, enlarge, patch_views, rollout_figure
@@ -104,7 +105,7 @@ class Endpoints:
             except ValueError as err:
                 self.no_sample = f"The bundled validation sample cannot be used: {err}."
         self.caveat = sample_caveat(loaded.training)
-        self._mistakes, self._mistakes_lock = None, threading.Lock()
+        self._mistakes, self._mistakes_lock, self._comparison = None, threading.Lock(), None
         self._galleries: dict[tuple[str, str], tuple[list[tuple[str, str]], str]] = {}
 
     @property
@@ -115,6 +116,22 @@ class Endpoints:
                 self._mistakes = find_mistakes(self.model, self.sample)
                 limits.release_memory()  # the attention maps of 500 images are freed
         return self._mistakes
+
+    def comparison(self) -> str:
+        """/comparison: the ViT and the CNN on the bundled sample, side by side."""
+        self._require()
+        if self.sample is None:
+            raise photo.UserError(self.no_sample)
+        if self.cnn is None:
+            return "No CNN is loaded beside the ViT, so there is nothing to compare."
+        if self._comparison is None:
+            found = self.mistakes  # the ViT's answers, found once for the page
+            vit = found.probs.argmax(1)
+            cnn = predicted_classes(self.cnn, found.sample.images)
+            self._comparison = comparison_markdown(vit, cnn, found.sample.labels, found.sample.class_names) + (
+                f"\n\nThe sample: {found.sample.description}.{self.caveat}"
+            )
+        return self._comparison
 
     def find_mistakes_now(self) -> None:
         """Find the mistakes in a background thread, so that no request waits seconds

@@ -125,7 +125,7 @@ def find_mistakes(model: ViT, sample: Sample, batch: int = 100) -> Mistakes:
     for start in range(0, len(images), batch):
         x = to_normalized(images[start : start + batch], model.mean, model.std)
         logits, rollout, _ = model_rollout(model, x)
-        probs.append(logits.float().softmax(-1))
+        probs.append((logits.float() / model.temperature).softmax(-1))  # calibrated, as on the page
         maps.append(scale_to_unit(rollout))
     probs = torch.cat(probs)
     confidence, predicted = probs.max(-1)

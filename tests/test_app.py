@@ -429,7 +429,19 @@ def test_the_results_tab_shows_each_figure_the_model_folder_has(loaded, tmp_path
     assert shown(tmp_path) == ["Time to accuracy", "Per-class accuracy"]
 
 
-ENDPOINTS = ("view", "predict", "compare", "classify", "rollout", "cam", "class_map", "augment", "patches", "mistakes")
+ENDPOINTS = (
+    "view",
+    "predict",
+    "compare",
+    "classify",
+    "rollout",
+    "cam",
+    "class_map",
+    "augment",
+    "patches",
+    "mistakes",
+    "comparison",
+)
 
 
 def test_the_page_names_its_endpoints_and_queues_them_all(loaded):
@@ -494,7 +506,7 @@ def test_a_control_changed_before_any_image_answers_nothing_silently():
 def test_the_page_builds_without_a_model():
     demo = app.build_demo(Loaded(None, "**No trained model is loaded** (test)."))
     names = {d.get("api_name") for d in demo.config["dependencies"]}
-    assert set(ENDPOINTS) <= names
+    assert set(ENDPOINTS) - {"comparison"} <= names  # without a model there is nothing to compare
 
 
 @pytest.mark.skipif(
@@ -568,3 +580,15 @@ def test_the_class_map_explains_the_class_asked_for(ends):
     assert not np.array_equal(png(cat), png(dog))  # rollout would draw the same map twice
     with pytest.raises(app.photo.UserError, match="The class must be one of its top class, airplane"):
         ends.class_map(EXAMPLE, "unicorn")
+
+
+def test_the_comparison_counts_each_model_and_where_they_part():
+    from space.comparison import comparison_markdown
+
+    labels = torch.tensor([0, 0, 1, 1])
+    vit, cnn = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 0, 1, 1])
+    text = comparison_markdown(vit, cnn, labels, ["cat", "dog"])
+    assert text.startswith("On these 4 images the **ViT is right on 50.0%** and the **CNN on 100.0%**; they give")
+    assert "same answer on 50.0%. Both right: 2; only the ViT: 0; only the CNN: 2; both wrong: 0" in text
+    assert "| cat | 2 | 50.0% | 100.0% | 50.0% |" in text and "| dog | 2 | 50.0% | 100.0% | 50.0% |" in text
+    assert "| cat | dog | cat | 1 |" in text and "| dog | cat | dog | 1 |" in text

@@ -119,6 +119,44 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> Calibration:
     )
 
 
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> list[tuple[float, float, int]]:
+    """(mean confidence, accuracy, images) of each non-empty equal-width confidence bin."""
+    confidence, predicted = probs.max(1)
+    correct = (predicted == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    found = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            found.append((float(confidence[inside].mean()), float(correct[inside].mean()), int(inside.sum())))
+    return found
+
+
+def save_reliability_diagram(logits: torch.Tensor, labels: torch.Tensor, temperature: float, path: Path) -> None:
+    """Accuracy against confidence per bin, before and after the temperature: a calibrated
+    model's points lie on the diagonal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+    for ax, t, title in ((axes[0], 1.0, "as trained"), (axes[1], temperature, f"temperature {temperature:.3f}")):
+        probs = (logits.float() / t).softmax(1)
+        confidence, accuracy, counts = zip(*reliability_bins(probs, labels))
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+        ax.scatter(confidence, accuracy, s=[12 + 300 * c / len(labels) for c in counts], label="bins (size: images)")
+        ax.plot(confidence, accuracy)
+        ece = 100 * expected_calibration_error(probs, labels)
+        ax.set(title=f"{title}: ECE {ece:.2f}%", xlabel="confidence of the top class", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(loc="upper left", fontsize=8)
+    axes[0].set_ylabel("accuracy")
+    fig.suptitle(f"Reliability on {len(labels)} validation images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     from data import to_normalized
 
@@ -174,6 +212,7 @@ def main() -> None:
             )
         if args.write:
             fitted = write_calibration(Path(folder), fit_calibration(logits, val_labels))
+            save_reliability_diagram(logits, val_labels, fitted.temperature, Path(folder) / "reliability.png")
             print(f"  wrote temperature {fitted.temperature:.3f} and energy threshold {fitted.known_threshold:.3f}")
 
 

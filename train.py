@@ -25,7 +25,7 @@ import math
 import time
 from pathlib import Path
 
-from calibration import fit_calibration
+from calibration import fit_calibration, save_reliability_diagram
 from common.atomic_files import WriteError, write_json
 from common.model_folder import ModelError
 from data import DataError, TrainingData, load_training_data, same_images
@@ -108,6 +108,7 @@ def finish(
     )
     print("drawing the plots ...", flush=True)
     plots.write_run_plots(summary, run_dir, val_images, val_labels, val.preds)
+    save_reliability_diagram(val.logits, val_labels.cpu(), calibration.temperature, run_dir / "reliability.png")
     print("writing the export ...", flush=True)
     export_dir = card.export_model(model, run_dir, summary)
     result = {**summary.as_json(), "export": str(export_dir)}

@@ -23,6 +23,7 @@ FIGURES = {
     "confusion_matrix.png": "Confusion matrix",
     "per_class_accuracy.png": "Per-class accuracy",
     "predictions.png": "Predictions",
+    "reliability.png": "Calibration (reliability diagram)",
 }
 TRAINING_FILE = "training.json"
 HUB_FILES = ["config.json", "model.safetensors", TRAINING_FILE, "README.md", *FIGURES]

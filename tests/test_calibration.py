@@ -39,3 +39,17 @@ def test_the_threshold_keeps_the_asked_fraction_of_validation_scores():
     scores = torch.arange(1000, dtype=torch.float)
     cut = calibration.threshold_keeping(scores, 0.95)
     assert (scores >= cut).float().mean() == pytest.approx(0.95, abs=0.002)
+
+
+def test_reliability_bins_hold_each_bins_confidence_accuracy_and_count():
+    probs = torch.tensor([[0.95, 0.05], [0.92, 0.08], [0.55, 0.45], [0.52, 0.48]])
+    labels = torch.tensor([0, 1, 0, 0])
+    bins = calibration.reliability_bins(probs, labels, bins=10)
+    assert [(round(c, 3), a, n) for c, a, n in bins] == [(0.535, 1.0, 2), (0.935, 0.5, 2)]
+
+
+def test_the_reliability_diagram_is_drawn(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(200, 10, generator=g), torch.randint(0, 10, (200,), generator=g)
+    calibration.save_reliability_diagram(logits, labels, 0.5, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 10_000

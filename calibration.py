@@ -157,12 +157,46 @@ def save_reliability_diagram(logits: torch.Tensor, labels: torch.Tensor, tempera
     plt.close(fig)
 
 
-def _logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+def mahalanobis_score(train_features: torch.Tensor, train_labels: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Minus the smallest Mahalanobis distance to a class mean under one covariance shared
+    by the classes (Lee et al. 2018), both fitted on training features: higher is more like
+    the training classes."""
+    train_features, features = train_features.double(), features.double()
+    classes = int(train_labels.max()) + 1
+    means = torch.stack([train_features[train_labels == k].mean(0) for k in range(classes)])
+    centred = train_features - means[train_labels]
+    covariance = centred.T @ centred / len(centred)
+    precision = torch.linalg.inv(covariance + 1e-6 * torch.eye(len(covariance), dtype=torch.float64))
+    gaps = features[:, None, :] - means[None]  # (N, classes, D)
+    distances = torch.einsum("nkd,de,nke->nk", gaps, precision, gaps)
+    return -distances.min(1).values.float()
+
+
+def _logits_and_features(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits and what the head reads (the class token's features for the ViT, the
+    pooled ones for the CNN)."""
     from data import to_normalized
 
+    seen: list[torch.Tensor] = []
+    hook = model.head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].float()))
     model.eval()
-    with torch.no_grad():
-        return torch.cat([model(to_normalized(c, model.mean, model.std)).float() for c in images.split(250)])
+    try:
+        with torch.no_grad():
+            logits = torch.cat([model(to_normalized(c, model.mean, model.std)).float() for c in images.split(250)])
+    finally:
+        hook.remove()
+    return logits, torch.cat(seen)
+
+
+def _report(name: str, fitting: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> None:
+    """One score's AUROC and what a threshold keeping 95% of `fitting` keeps elsewhere."""
+    cut = threshold_keeping(fitting, KNOWN_FRACTION)
+    print(
+        f"  {name:24s} AUROC {auroc(inside, outside):.3f}; keeping 95% of validation "
+        f"(threshold fitted on the other half): {100 * (inside >= cut).float().mean():.1f}% "
+        f"of validation and {100 * (outside >= cut).float().mean():.1f}% of the "
+        f"{len(outside)} other photos kept"
+    )
 
 
 def main() -> None:
@@ -188,12 +222,17 @@ def main() -> None:
 
     data = load_training_data(args.data_dir)
     val_images, val_labels = data.images[data.val_idx], data.labels[data.val_idx]
+    fit_idx = data.train_idx[::5]  # a fifth of the training images, for the class means
     photos = torch.stack([load_photo(p, 32) for p in sorted(Path(args.ood_dir).glob("*.jpg"))])
     half = len(val_labels) // 2  # fit on one half of validation, measure on the other
+    energies: list[tuple[torch.Tensor, torch.Tensor]] = []  # per model: validation, photos
+    answers: list[tuple[torch.Tensor, torch.Tensor]] = []
     for folder in args.models.split(","):
         config = json.loads((Path(folder) / "config.json").read_text())
         model = (CNN if "widths" in config else ViT).from_pretrained(folder)
-        logits, outside = _logits(model, val_images), _logits(model, photos)
+        (logits, val_features), (outside, photo_features) = (
+            _logits_and_features(model, x) for x in (val_images, photos)
+        )
         t = fit_temperature(logits[:half], val_labels[:half])
         test, labels = logits[half:], val_labels[half:]
         print(
@@ -202,18 +241,30 @@ def main() -> None:
             f"{100 * expected_calibration_error((test / t).softmax(1), labels):.2f}% after"
         )
         for kind in OOD_SCORES:
-            inside, other = ood_score(test, kind, t), ood_score(outside, kind, t)
-            cut = threshold_keeping(ood_score(logits[:half], kind, t))
-            print(
-                f"  {kind:12s} AUROC {auroc(inside, other):.3f}; keeping 95% of validation "
-                f"(threshold fitted on the other half): {100 * (inside >= cut).float().mean():.1f}% "
-                f"of validation and {100 * (other >= cut).float().mean():.1f}% of the "
-                f"{len(other)} other photos kept"
-            )
+            _report(kind, ood_score(logits[:half], kind, t), ood_score(test, kind, t), ood_score(outside, kind, t))
+        train_features = _logits_and_features(model, data.images[fit_idx])[1]
+        scores = [mahalanobis_score(train_features, data.labels[fit_idx], f) for f in (val_features, photo_features)]
+        _report("mahalanobis (features)", scores[0][:half], scores[0][half:], scores[1])
+        energies.append((ood_score(logits, "energy", t), ood_score(outside, "energy", t)))
+        answers.append((logits.argmax(1), outside.argmax(1)))
         if args.write:
             fitted = write_calibration(Path(folder), fit_calibration(logits, val_labels))
             save_reliability_diagram(logits, val_labels, fitted.temperature, Path(folder) / "reliability.png")
             print(f"  wrote temperature {fitted.temperature:.3f} and energy threshold {fitted.known_threshold:.3f}")
+    if len(energies) == 2:  # the two models together
+        print("both models:")
+        (a, a_out), (b, b_out) = energies
+        mean, std = (
+            torch.stack([a[:half], b[:half]]).mean(1, keepdim=True),
+            torch.stack([a[:half], b[:half]]).std(1, keepdim=True),
+        )
+        both, both_out = ((torch.stack(pair) - mean) / std for pair in ((a, b), (a_out, b_out)))
+        _report(
+            "energy, both (the lower)", both.min(0).values[:half], both.min(0).values[half:], both_out.min(0).values
+        )
+        _report("energy, both (the sum)", both.sum(0)[:half], both.sum(0)[half:], both_out.sum(0))
+        agree, agree_out = ((answers[0][i] == answers[1][i]).float() for i in (0, 1))
+        _report("the two agree (0 or 1)", agree[:half], agree[half:], agree_out)
 
 
 def write_calibration(folder: Path, calibration: Calibration) -> Calibration:

@@ -53,3 +53,14 @@ def test_the_reliability_diagram_is_drawn(tmp_path):
     logits, labels = torch.randn(200, 10, generator=g), torch.randint(0, 10, (200,), generator=g)
     calibration.save_reliability_diagram(logits, labels, 0.5, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 10_000
+
+
+def test_mahalanobis_scores_points_near_a_class_mean_above_far_ones():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    labels = torch.arange(2).repeat(200)
+    train = centres[labels] + torch.randn(400, 2, generator=g)
+    near, far = torch.tensor([[10.2, 0.1], [0.1, -0.2]]), torch.tensor([[5.0, 8.0], [-9.0, 9.0]])
+    scores = calibration.mahalanobis_score(train, labels, torch.cat([near, far]))
+    assert scores[:2].min() > scores[2:].max() and (scores <= 0).all()
+    assert float(scores[0]) == pytest.approx(-float(((near[0] - train[labels == 1].mean(0)) ** 2).sum()), rel=0.5)

@@ -94,6 +94,28 @@ def run_args(data_dir, out, *extra):
     ]
 
 
+def cnn_args(data_dir, out, *extra):
+    """A quick CNN run: narrow stages, small batches, so that the suite stays fast."""
+    return [
+        "--model",
+        "cnn",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--val-size",
+        "30",
+        "--batch-size",
+        "32",
+        "--widths",
+        "8,16",
+        "--warmup-epochs",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

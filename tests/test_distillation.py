@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_args
+from conftest import cnn_args, run_args
 from safetensors.torch import load_file, save_file
 
 import train
@@ -19,27 +19,7 @@ from training.distillation import Distillation
 @pytest.fixture(scope="module")
 def cnn_teacher(shared_folder_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "cnn"
-    result = train.main(
-        [
-            "--model",
-            "cnn",
-            "--data-dir",
-            str(shared_folder_data),
-            "--out",
-            str(out),
-            "--val-size",
-            "30",
-            "--batch-size",
-            "32",
-            "--widths",
-            "8,16",
-            "--epochs",
-            "1",
-            "--warmup-epochs",
-            "1",
-            "--no-progress",
-        ]
-    )
+    result = train.main(cnn_args(shared_folder_data, out, "--epochs", "1"))
     return out / "export", result
 
 

@@ -323,30 +323,20 @@ def test_policy_draws_per_image_in_workers():
     images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).expand(64, -1, -1, -1).contiguous()
     labels = torch.zeros(64, dtype=torch.long)
     procs = training.runtime.Processes(0, 1, torch.device("cpu"))
-    batches = training.batches.EpochBatches(
-        images,
-        labels,
-        batch_size=64,
-        seed=0,
-        procs=procs,
-        policy=training.augment.build_policy("autoaugment"),
-        workers=2,
-    )
+
+    def batches_with(workers: int) -> training.batches.EpochBatches:
+        policy = training.augment.build_policy("autoaugment")
+        return training.batches.EpochBatches(
+            images, labels, batch_size=64, seed=0, procs=procs, policy=policy, workers=workers
+        )
+
+    batches = batches_with(2)
     ((x, y),) = list(batches.epoch(0))
     assert x.dtype == torch.uint8 and x.shape == (64, 3, 32, 32)
     assert len({bytes(img.numpy()) for img in x}) > 20  # one draw per image, not per batch
     ((other, _),) = list(batches.epoch(1))
     assert not torch.equal(x, other)  # a new epoch draws anew, with the same workers
-    again = training.batches.EpochBatches(
-        images,
-        labels,
-        batch_size=64,
-        seed=0,
-        procs=procs,
-        policy=training.augment.build_policy("autoaugment"),
-        workers=1,
-    )
-    ((x_again, _),) = list(again.epoch(0))
+    ((x_again, _),) = list(batches_with(1).epoch(0))
     assert torch.equal(x, x_again)  # seeded per (epoch, image): a resumed epoch draws the same
 
 

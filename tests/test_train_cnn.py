@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import interrupted_then_resumed, read_metrics
+from conftest import cnn_args, interrupted_then_resumed, read_metrics
 
 import train
 import training.optimization
@@ -13,28 +13,6 @@ import training.settings
 from cnn_model import CNN
 from data import load_training_data, to_normalized
 from training.optimization import OptimizerSettings, build_optimizer, build_scheduler
-
-
-def cnn_args(data_dir, out, *extra):
-    """A quick CNN run: narrow stages, small batches, so that the suite stays fast."""
-    return [
-        "--model",
-        "cnn",
-        "--data-dir",
-        str(data_dir),
-        "--out",
-        str(out),
-        "--val-size",
-        "30",
-        "--batch-size",
-        "32",
-        "--widths",
-        "8,16",
-        "--warmup-epochs",
-        "1",
-        "--no-progress",
-        *extra,
-    ]
 
 
 def test_model_cnn_picks_the_cnn_recipe():

@@ -32,7 +32,8 @@ from space.endpoints import TOP_CLASS, Endpoints
 from space.mistakes import ANY
 from space.model_source import Loaded, is_hub_repo_id, source_from
 from space.model_source import load_model as load_checked
-from space.model_text import header, results_markdown
+from space.model_text import header
+from space.tabs import augment_tab, comparison_tab, model_tab, own_classes_tab, patches_tab, results_tab
 
 _T = TypeVar("_T")  # what an endpoint returns, through answers and once_shown
 HERE = Path(__file__).resolve().parent
@@ -60,32 +61,6 @@ CSS_FILE = HERE / "space" / "page.css"
 
 
 # ---------------------------------------------------------------- the page
-
-
-def model_tab(loaded: Loaded, out: Path) -> None:
-    """The computation graph drawn from the real module, the layer table, the size."""
-    from space import model_graph
-
-    model = loaded.model
-    if model is None:
-        gr.Markdown("No trained model is loaded.")
-        return
-    parameters = sum(p.numel() for p in model.parameters())
-    gr.Markdown(
-        f"**{parameters:,} parameters.** The graph is traced from the loaded module "
-        f"with one {model.image_size}x{model.image_size} input (torchview, drawn by "
-        "graphviz); the table lists each layer's output shape and parameters (torchinfo)."
-    )
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=1, min_width=240):
-            try:  # a picture of the model is worth having, not worth failing to start over
-                graph = model_graph.draw(model, model.image_size, out / "model_graph.png")
-                gr.Image(str(graph), label="Computation graph", height=900, buttons=["fullscreen"])
-            except Exception as err:
-                gr.Markdown(f"The computation graph cannot be drawn here: {err}.")
-        with gr.Column(scale=2):
-            # Plain preformatted text: all lines drawn (a code editor draws those in view).
-            gr.Markdown(f"```text\n{model_graph.layer_table(model, model.image_size)}\n```")
 
 
 def answer_row(size: int) -> tuple:
@@ -211,50 +186,6 @@ def mistakes_tab(demo: gr.Blocks, ends: Endpoints) -> None:
     )
 
 
-def comparison_tab(demo: gr.Blocks, ends: Endpoints) -> None:
-    """Both models on the bundled validation sample, filled when the page loads."""
-    text = gr.Markdown(ends.no_sample if ends.sample is None else "", label="Comparison", elem_id="comparison")
-    if ends.sample is not None:
-        demo.load(answers(ends.comparison), None, [text], api_name="comparison", concurrency_id="app")
-
-
-def results_tab(loaded: Loaded, figures: list[tuple[Path, str]]) -> None:
-    gr.Markdown(results_markdown(loaded) or "This model's folder has no training.json.")
-    # The curves are wide (loss beside accuracy): a row of their own; the others share one.
-    wide = [f for f in figures if f[0].name == "curves.png"]
-    for row in (wide, [f for f in figures if f not in wide]):
-        with gr.Row(equal_height=False):
-            for path, title in row:  # each figure has its own title, so no label over it
-                gr.Image(
-                    str(path), label=title, show_label=False, interactive=False, buttons=["fullscreen"], min_width=380
-                )
-
-
-def augment_tab(ends: Endpoints, seen: gr.Image) -> tuple:
-    gr.Markdown(
-        "The assignment recipe's training transform (random horizontal flip, then a "
-        "random resized crop of 80-100% of the area), shown de-normalized. The served "
-        "model's own recipe, in the Model tab, may add a per-image policy, MixUp or "
-        "PatchDropout on top of it."
-    )
-    with gr.Row():
-        count = gr.Slider(1, 32, value=8, step=1, label="Augmented versions")
-        seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed")
-    views = gr.Gallery(
-        label="Augmented versions", show_label=False, columns=6, height="auto", format="png", elem_id="views"
-    )
-    return ends.augment, [seen, count, seed], [views], [count, seed], "augment"
-
-
-def patches_tab(ends: Endpoints, seen: gr.Image) -> tuple:
-    default = ends.model.patch_size if ends.model is not None else 4
-    patch_size = gr.Radio(ends.patch_sizes, value=default, label=f"Patch size (divides {ends.size})")
-    caption = gr.Markdown(label="Patches caption", show_label=False)
-    grid = gr.Image(label="Patches", format="png", height=300)
-    sequence = gr.Image(label="Token sequence", format="png", height=180)
-    return ends.patches, [seen, patch_size], [grid, sequence, caption], [patch_size], "patches"
-
-
 def build_demo(
     loaded: Loaded,
     out: Path | None = None,
@@ -293,6 +224,8 @@ def build_demo(
                 class_map = class_map_tab(ends, seen)
             with gr.Tab("Mistakes", id="mistakes"):
                 mistakes_tab(demo, ends)
+            with gr.Tab("Your own classes", id="own"):
+                own = own_classes_tab(ends, seen)
             with gr.Tab("ViT vs CNN", id="comparison"):
                 comparison_tab(demo, ends)
             with gr.Tab("Results", id="results", visible=bool(figures or loaded.training)):
@@ -310,7 +243,7 @@ def build_demo(
         compare = (ends.compare, [seen, flip], [verdict, cnn_label], [flip], "compare")
         classify = (ends.classify, [seen, flip], [answers_json], [flip], "classify")
         cams = (ends.cam, [seen], [cam, cam_caption], [], "cam")
-        wire(ends, image, seen, [predict, compare, classify, rollout, cams, class_map, augment, patches])
+        wire(ends, image, seen, [predict, compare, classify, rollout, cams, class_map, own, augment, patches])
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE, api_open=False)
     return demo
 

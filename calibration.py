@@ -172,7 +172,7 @@ def mahalanobis_score(train_features: torch.Tensor, train_labels: torch.Tensor, 
     return -distances.min(1).values.float()
 
 
-def _logits_and_features(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def logits_and_features(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits and what the head reads (the class token's features for the ViT, the
     pooled ones for the CNN)."""
     from data import to_normalized
@@ -231,7 +231,7 @@ def main() -> None:
         config = json.loads((Path(folder) / "config.json").read_text())
         model = (CNN if "widths" in config else ViT).from_pretrained(folder)
         (logits, val_features), (outside, photo_features) = (
-            _logits_and_features(model, x) for x in (val_images, photos)
+            logits_and_features(model, x) for x in (val_images, photos)
         )
         t = fit_temperature(logits[:half], val_labels[:half])
         test, labels = logits[half:], val_labels[half:]
@@ -242,7 +242,7 @@ def main() -> None:
         )
         for kind in OOD_SCORES:
             _report(kind, ood_score(logits[:half], kind, t), ood_score(test, kind, t), ood_score(outside, kind, t))
-        train_features = _logits_and_features(model, data.images[fit_idx])[1]
+        train_features = logits_and_features(model, data.images[fit_idx])[1]
         scores = [mahalanobis_score(train_features, data.labels[fit_idx], f) for f in (val_features, photo_features)]
         _report("mahalanobis (features)", scores[0][:half], scores[0][half:], scores[1])
         energies.append((ood_score(logits, "energy", t), ood_score(outside, "energy", t)))

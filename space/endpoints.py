@@ -17,7 +17,7 @@ import torch
 from cnn_model import CNN
 from data import to_normalized
 from rollout import HEAD_FUSIONS, gradient_rollout, model_rollout, scale_to_unit
-from space import limits, photo
+from space import limits, own_classes, photo
 from space.comparison import comparison_markdown, predicted_classes
 from space.mistakes import ANY, SPLIT_SEED, VAL_SIZE, Mistakes, find_mistakes, load_sample, picture, select
 from space.model_source import Loaded
@@ -250,6 +250,29 @@ class Endpoints:
             "best the patches the ViT relies on."
         )
         return self._png(rollout_figure(small, scale_to_unit(maps)[0])), caption
+
+    def train_own(self, names_text: str | None, *uploads: list | None) -> tuple[own_classes.OwnClassifier, str]:
+        """The visitor's classifier (for their page's state alone) from their class names
+        and one list of photos per class, and what the page says about it."""
+        model = self._require()
+        names = own_classes.class_names(names_text)
+        groups = [list(u or []) for u in uploads[: len(names)]]
+        own_classes.check_counts(names, [len(g) for g in groups])  # before decoding any photo
+        classifier = own_classes.fit(model, names, [torch.stack([self.read(p) for p in g]) for g in groups])
+        return classifier, (
+            f"Trained on {classifier.photos} photos in {len(names)} classes: it answers "
+            f"{100 * classifier.train_accuracy:.0f}% of them right (the photos it learnt from, "
+            "so not a measure of new ones). Every photo you send from now on is also answered "
+            "by your classifier, here; it lives in this page only and is gone when you close it."
+        )
+
+    def own_answer(
+        self, image: str | os.PathLike | dict | None, classifier: own_classes.OwnClassifier | None
+    ) -> dict[str, float] | None:
+        """/own: the visitor's classifier on an image (None before they trained one)."""
+        if classifier is None or image is None:
+            return None
+        return own_classes.answer(self._require(), classifier, self.read(image))
 
     def cam(self, image: str | os.PathLike | dict | None) -> tuple[str | None, str]:
         """/cam: the image beside the CNN's class activation map for its top class, and a

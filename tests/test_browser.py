@@ -17,6 +17,7 @@ TABS = {
     "class_map": "Why this class?",
     "mistakes": "Mistakes",
     "comparison": "ViT vs CNN",
+    "own": "Your own classes",
     "results": "Results",
     "model": "Model",
     "augment": "Augmentation",
@@ -94,6 +95,7 @@ def test_upload_answers_at_once_and_every_tab_opens(browser, app_url, screenshot
             "class_map": "#class-map img",
             "mistakes": "#mistakes img",
             "comparison": "#comparison table",
+            "own": "textarea",
             "results": "img",
             "model": "img" if shutil.which("dot") else "pre",
             "augment": "img",
@@ -189,4 +191,29 @@ def test_a_control_answers_in_its_own_tab_and_says_nothing_before_an_upload(brow
     page.get_by_role("checkbox", name=re.compile("Flip TTA")).uncheck()
     expect(page.locator("#label")).not_to_have_text(flipped, timeout=WAIT_MS)
     expect(page.locator("#label .output-class")).to_have_text(A_CLASS)
+    assert not errors, errors
+
+
+def test_a_visitor_trains_their_own_classes_and_later_photos_are_answered(browser, app_url, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    groups = []
+    for name, colour in (("red", (200, 40, 40)), ("blue", (40, 40, 200))):
+        paths = []
+        for i in range(5):
+            path = tmp_path / f"{name}{i}.png"
+            Image.new("RGB", (32, 32), tuple(c + 5 * i for c in colour)).save(path)
+            paths.append(str(path))
+        groups.append(paths)
+    page, errors = open_page(browser, app_url, 1280, 900)
+    expect(page.get_by_role("tab", name="Attention rollout")).to_be_visible(timeout=WAIT_MS)
+    open_tab(page, "Your own classes")
+    page.get_by_label("Class names, comma-separated").fill("red, blue")
+    for k, paths in enumerate(groups):
+        page.locator(f"#own-files-{k + 1} input[type=file]").set_input_files(paths)
+    page.get_by_role("button", name="Train my classifier").click()
+    expect(page.get_by_text("Trained on 10 photos in 2 classes")).to_be_visible(timeout=WAIT_MS)
+    page.locator("#photo input[type=file]").set_input_files(groups[1][0])
+    expect(page.locator("#own-label .output-class")).to_have_text("blue", timeout=WAIT_MS)
     assert not errors, errors

@@ -70,50 +70,21 @@ def device() -> torch.device:
 # ---------------------------------------------------------------- training runs
 
 
+def quick_run(data_dir, out, batch_size: int) -> list[str]:
+    """What every quick test run shares: the data, the run folder, 30 validation images."""
+    return ["--data-dir", str(data_dir), "--out", str(out), "--val-size", "30", "--batch-size", str(batch_size)]
+
+
 def run_args(data_dir, out, *extra):
     """A quick run: a narrow two-block ViT, so that the suite stays fast on 2 cores."""
-    return [
-        "--data-dir",
-        str(data_dir),
-        "--out",
-        str(out),
-        "--val-size",
-        "30",
-        "--batch-size",
-        "64",
-        "--dim",
-        "64",
-        "--depth",
-        "2",
-        "--heads",
-        "4",
-        "--mlp-dim",
-        "128",
-        "--no-progress",
-        *extra,
-    ]
+    vit = ["--dim", "64", "--depth", "2", "--heads", "4", "--mlp-dim", "128"]
+    return [*quick_run(data_dir, out, 64), *vit, "--no-progress", *extra]
 
 
 def cnn_args(data_dir, out, *extra):
     """A quick CNN run: narrow stages, small batches, so that the suite stays fast."""
-    return [
-        "--model",
-        "cnn",
-        "--data-dir",
-        str(data_dir),
-        "--out",
-        str(out),
-        "--val-size",
-        "30",
-        "--batch-size",
-        "32",
-        "--widths",
-        "8,16",
-        "--warmup-epochs",
-        "1",
-        "--no-progress",
-        *extra,
-    ]
+    cnn = ["--model", "cnn", "--widths", "8,16", "--warmup-epochs", "1"]
+    return [*cnn, *quick_run(data_dir, out, 32), "--no-progress", *extra]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

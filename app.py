@@ -157,33 +157,51 @@ def class_map_tab(ends: Endpoints, seen: gr.Image) -> tuple:
 
 
 def mistakes_tab(demo: gr.Blocks, ends: Endpoints) -> None:
-    """Filters and the gallery of mistakes, filled when the page loads."""
+    """Filters and the galleries of the ViT's mistakes and (when loaded) the CNN's, one shown
+    at a time, filled when the page loads."""
     names = [ANY] + (ends.model.class_names if ends.model is not None else [])
     with gr.Row():
         filters = [
             gr.Dropdown(names, value=ANY, label="True class"),
             gr.Dropdown(names, value=ANY, label="Predicted class"),
         ]
-    summary = gr.Markdown(ends.no_sample if ends.sample is None else "", label="Mistakes summary", show_label=False)
-    gallery = gr.Gallery(
-        label="Mistakes",
-        show_label=False,
-        columns=4,
-        height="auto",
-        format="png",
-        elem_id="mistakes",
-        object_fit="contain",
-    )
-    triggers = [f.change for f in filters] + ([demo.load] if ends.sample is not None else [])
-    gr.on(
-        triggers,
-        answers(ends.mistakes_for),
-        filters,
-        [gallery, summary],
-        api_name="mistakes",
-        concurrency_id="app",
-        preprocess=False,
-    )
+        whose = gr.Radio(["ViT", "CNN"], value="ViT", label="Whose mistakes", visible=ends.cnn is not None)
+    models = [("ViT", ends.mistakes_for, "mistakes", "mistakes")]
+    if ends.cnn is not None:
+        models.append(("CNN", ends.cnn_mistakes_for, "cnn_mistakes", "cnn-mistakes"))
+    columns = []
+    for model, fn, api_name, elem_id in models:
+        with gr.Column(visible=model == "ViT") as column:
+            summary = gr.Markdown(
+                ends.no_sample if ends.sample is None else "", label=f"{model} mistakes summary", show_label=False
+            )
+            gallery = gr.Gallery(
+                label=f"{model} mistakes",
+                show_label=False,
+                columns=4,
+                height="auto",
+                format="png",
+                elem_id=elem_id,
+                elem_classes=["mistakes"],
+                object_fit="contain",
+            )
+        columns.append(column)
+        triggers = [f.change for f in filters] + ([demo.load] if ends.sample is not None else [])
+        gr.on(
+            triggers,
+            answers(fn),
+            filters,
+            [gallery, summary],
+            api_name=api_name,
+            concurrency_id="app",
+            preprocess=False,
+        )
+    if len(columns) == 2:
+
+        def shown_for(model: str) -> tuple[gr.Column, gr.Column]:
+            return gr.Column(visible=model == "ViT"), gr.Column(visible=model == "CNN")
+
+        whose.change(shown_for, whose, columns, api_visibility="private", concurrency_id="app")
 
 
 def build_demo(

@@ -19,7 +19,17 @@ from data import to_normalized
 from rollout import HEAD_FUSIONS, gradient_rollout, model_rollout, scale_to_unit
 from space import limits, own_classes, photo
 from space.comparison import comparison_markdown, predicted_classes
-from space.mistakes import ANY, SPLIT_SEED, VAL_SIZE, Mistakes, find_mistakes, load_sample, picture, select
+from space.mistakes import (
+    ANY,
+    SPLIT_SEED,
+    VAL_SIZE,
+    Mistakes,
+    find_cnn_mistakes,
+    find_mistakes,
+    load_sample,
+    picture,
+    select,
+)
 from space.model_source import Loaded
 from space.pictures import augmented_views, block_maps, enlarge, patch_views, rollout_figure
 from space.verdict import Answer, NotANumberError, answer, verdict_markdown
@@ -106,7 +116,8 @@ class Endpoints:
                 self.no_sample = f"The bundled validation sample cannot be used: {err}."
         self.caveat = sample_caveat(loaded.training)
         self._mistakes, self._mistakes_lock, self._comparison = None, threading.Lock(), None
-        self._galleries: dict[tuple[str, str], tuple[list[tuple[str, str]], str]] = {}
+        self._cnn_mistakes: Mistakes | None = None
+        self._galleries: dict[tuple[str, str, str], tuple[list[tuple[str, str]], str]] = {}
 
     @property
     def mistakes(self) -> Mistakes | None:
@@ -327,14 +338,27 @@ class Endpoints:
         return self._png(grid), self._png(sequence), caption
 
     def mistakes_for(self, true_class: str, predicted_class: str) -> tuple[list[tuple[str, str]], str]:
-        """/mistakes: bundled validation images the model gets wrong, filtered by true and
+        """/mistakes: bundled validation images the ViT gets wrong, filtered by true and
         predicted class ("any" for all), most confident first, each with its top 3 and
         its rollout; and a summary."""
+        return self._mistakes_of("ViT", true_class, predicted_class)
+
+    def cnn_mistakes_for(self, true_class: str, predicted_class: str) -> tuple[list[tuple[str, str]], str]:
+        """/cnn_mistakes: the same for the CNN, each with its class activation map."""
+        if self.cnn is None:
+            raise photo.UserError("No CNN is loaded beside the ViT, so it has no mistakes to show.")
+        return self._mistakes_of("CNN", true_class, predicted_class)
+
+    def _mistakes_of(self, model: str, true_class: str, predicted_class: str) -> tuple[list[tuple[str, str]], str]:
         self._require()
         if self.sample is None:
             raise photo.UserError(self.no_sample)
         names = [ANY] + self.sample.class_names
-        key = (_one_of(true_class, "The true class", names), _one_of(predicted_class, "The predicted class", names))
+        key = (
+            model,
+            _one_of(true_class, "The true class", names),
+            _one_of(predicted_class, "The predicted class", names),
+        )
         # Each filter's answer is drawn once; its pictures are served again while they
         # last (limits.renew), and drawn anew once the cache has deleted one.
         answer = self._galleries.get(key)
@@ -342,15 +366,24 @@ class Endpoints:
             answer = self._galleries[key] = self._draw_mistakes(*key)
         return answer
 
-    def _draw_mistakes(self, true_class: str, predicted_class: str):
-        found = self.mistakes
+    def _found(self, model: str) -> Mistakes:
+        if model == "ViT":
+            return self.mistakes
+        with self._mistakes_lock:
+            if self._cnn_mistakes is None:
+                self._cnn_mistakes = find_cnn_mistakes(self.cnn, self.sample)
+        return self._cnn_mistakes
+
+    def _draw_mistakes(self, model: str, true_class: str, predicted_class: str):
+        found = self._found(model)
         chosen = select(found, true_class, predicted_class)
         total, wrong = len(found.sample.labels), len(found.wrong)
+        shown_map = "its rollout" if model == "ViT" else "its class activation map"
         summary = (
-            f"The model gets **{wrong} of the {total}** sample images wrong "
+            f"The {model} gets **{wrong} of the {total}** sample images wrong "
             f"({100 * (total - wrong) / total:.1f}% right). This filter: {len(chosen)}"
             f"{f', the {MISTAKES_SHOWN} most confident shown' if len(chosen) > MISTAKES_SHOWN else ''}. "
-            f"Each: the image, its rollout, then true class → top 3. The sample: "
+            f"Each: the image, {shown_map}, then true class → top 3. The sample: "
             f"{found.sample.description}.{self.caveat}"
         )
         shown = [picture(found, i) for i in chosen[:MISTAKES_SHOWN]]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnn_model import CNN
 from common.model_folder import attention_bytes
 from rollout import model_rollout, scale_to_unit
 from space.pictures import attention_overlay, enlarge
@@ -45,7 +46,7 @@ class Sample:
 class Mistakes:
     sample: Sample
     probs: torch.Tensor  # (N, classes) of the loaded model
-    maps: torch.Tensor  # (N, grid, grid) rollout, each scaled to its maximum
+    maps: torch.Tensor  # (N, h, w) the ViT's rollout or the CNN's activation map, each scaled to its maximum
     wrong: list[int]  # sample positions the model gets wrong, most confident first
 
 
@@ -127,13 +128,29 @@ def find_mistakes(model: ViT, sample: Sample, batch: int = 100) -> Mistakes:
         logits, rollout, _ = model_rollout(model, x)
         probs.append((logits.float() / model.temperature).softmax(-1))  # calibrated, as on the page
         maps.append(scale_to_unit(rollout))
-    probs = torch.cat(probs)
+    resized = Sample(images, sample.labels, sample.class_names, sample.description)
+    return ranked_mistakes(resized, torch.cat(probs), torch.cat(maps))
+
+
+@torch.no_grad()
+def find_cnn_mistakes(model: CNN, sample: Sample) -> Mistakes:
+    """The CNN's answers over the sample (32x32, as the CNN reads it), each with the class
+    activation map of the class it chose."""
+    from data import to_normalized
+
+    x = to_normalized(sample.images, model.mean, model.std)
+    logits = torch.cat([model(c) for c in x.split(250)]).float()
+    chosen = logits.argmax(1)
+    maps = torch.cat([model.cam(c, k) for c, k in zip(x.split(250), chosen.split(250))])
+    return ranked_mistakes(sample, (logits / model.temperature).softmax(-1), scale_to_unit(maps.clamp(min=0)))
+
+
+def ranked_mistakes(sample: Sample, probs: torch.Tensor, maps: torch.Tensor) -> Mistakes:
+    """The sample's wrong answers under these probabilities, most confident first."""
     confidence, predicted = probs.max(-1)
     wrong = (predicted != sample.labels).nonzero().flatten()
     wrong = wrong[confidence[wrong].argsort(descending=True)].tolist()
-    return Mistakes(
-        Sample(images, sample.labels, sample.class_names, sample.description), probs, torch.cat(maps), wrong
-    )
+    return Mistakes(sample, probs, maps, wrong)
 
 
 def select(mistakes: Mistakes, true: str, predicted: str) -> list[int]:

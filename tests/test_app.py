@@ -441,12 +441,13 @@ ENDPOINTS = (
     "augment",
     "patches",
     "mistakes",
+    "cnn_mistakes",
     "comparison",
 )
 
 
 def test_the_page_names_its_endpoints_and_queues_them_all(loaded):
-    demo = app.build_demo(loaded)
+    demo = app.build_demo(loaded, cnn=app.load_cnn(str(app.BUNDLED_WEIGHTS / "cnn")))
     named = {d["api_name"]: d for d in demo.config["dependencies"] if d.get("api_name")}
     assert set(ENDPOINTS) <= set(named)
     backend = [d for d in demo.config["dependencies"] if d.get("backend_fn")]
@@ -485,7 +486,7 @@ def test_a_changed_control_re_answers_only_its_own_tab(loaded):
     assert [o.label for o in named["patches"].outputs[:2]] == ["Patches", "Token sequence"]
     # The private events that re-answer a tab when one of its controls changes (the others
     # clear the answers, or train and apply a visitor's own classifier).
-    others = {"no_answers", "train_own", "own_answer"}
+    others = {"no_answers", "train_own", "own_answer", "shown_for"}
     controls = [f for f in events if f.api_visibility == "private" and f.fn.__name__ not in others]
     assert sorted(f.fn.__name__ for f in controls) == sorted(n for n in shows if n != "cam")  # the map has none
     for f in controls:  # a control's change runs the endpoints that read it, nothing else
@@ -510,7 +511,7 @@ def test_a_control_changed_before_any_image_answers_nothing_silently():
 def test_the_page_builds_without_a_model():
     demo = app.build_demo(Loaded(None, "**No trained model is loaded** (test)."))
     names = {d.get("api_name") for d in demo.config["dependencies"]}
-    assert set(ENDPOINTS) - {"comparison"} <= names  # without a model there is nothing to compare
+    assert set(ENDPOINTS) - {"comparison", "cnn_mistakes"} <= names  # without a CNN, nothing to compare
 
 
 @pytest.mark.skipif(
@@ -596,3 +597,16 @@ def test_the_comparison_counts_each_model_and_where_they_part():
     assert "same answer on 50.0%. Both right: 2; only the ViT: 0; only the CNN: 2; both wrong: 0" in text
     assert "| cat | 2 | 50.0% | 100.0% | 50.0% |" in text and "| dog | 2 | 50.0% | 100.0% | 50.0% |" in text
     assert "| cat | dog | cat | 1 |" in text and "| dog | cat | dog | 1 |" in text
+
+
+def test_the_cnns_mistakes_come_with_its_class_activation_maps(loaded, tmp_path):
+    ends = space.endpoints.Endpoints(loaded, tmp_path, app.load_cnn(str(app.BUNDLED_WEIGHTS / "cnn")))
+    gallery, summary = ends.cnn_mistakes_for("cat", "any")
+    assert summary.startswith("The CNN gets **48 of the 500** sample images wrong (90.4% right)")
+    assert "its class activation map" in summary
+    vit_gallery, vit_summary = ends.mistakes_for("cat", "any")  # the ViT's, as before
+    assert vit_summary.startswith("The ViT gets **") and "its rollout" in vit_summary
+    assert gallery and all(caption.startswith("cat → ") for _, caption in gallery)
+    assert [c for _, c in gallery] != [c for _, c in vit_gallery]
+    with pytest.raises(app.photo.UserError, match="No CNN is loaded beside the ViT"):
+        space.endpoints.Endpoints(loaded, tmp_path).cnn_mistakes_for("any", "any")

@@ -106,6 +106,11 @@ def test_upload_answers_at_once_and_every_tab_opens(browser, app_url, screenshot
             page.get_by_label("True class").click()
             page.get_by_role("option", name="cat", exact=True).click()
             expect(panel.locator("#mistakes .caption-label").first).to_have_text(re.compile("^cat → "), timeout=WAIT_MS)
+            page.get_by_role("radio", name="CNN", exact=True).check()  # the CNN's, with its maps
+            expect(panel.get_by_text(re.compile("^The CNN gets"))).to_be_visible(timeout=WAIT_MS)
+            expect(panel.locator("#cnn-mistakes .caption-label").first).to_have_text(
+                re.compile("^cat → "), timeout=WAIT_MS
+            )
         page.screenshot(path=screenshots / f"app_{name}.png", full_page=True)
     assert not errors, errors
     for name in TABS:

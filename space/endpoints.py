@@ -8,6 +8,7 @@ import hashlib
 import math
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,6 +37,7 @@ from space.verdict import Answer, NotANumberError, answer, verdict_markdown
 from vit_model import tta_logits
 
 TOP_CLASS = "its top class"  # /class_map explains the model's own answer
+RECENT_ANSWERS = 16  # shown pictures whose answers are kept, a few per concurrent request
 MISTAKES_SHOWN = 24  # the most confident mistakes of a filter, in one screen or two
 
 
@@ -117,6 +119,8 @@ class Endpoints:
         self.caveat = sample_caveat(loaded.training)
         self._mistakes, self._mistakes_lock, self._comparison = None, threading.Lock(), None
         self._cnn_mistakes: Mistakes | None = None
+        self._recent_answers: OrderedDict[tuple[str, bool], tuple[Answer, Answer | None]] = OrderedDict()
+        self._answers_lock = threading.Lock()
         self._galleries: dict[tuple[str, str, str], tuple[list[tuple[str, str]], str]] = {}
 
     @property
@@ -181,8 +185,20 @@ class Endpoints:
         model = self._require()
         if not isinstance(flip_tta, bool):
             raise photo.UserError(f"Flip TTA must be true or false, not {flip_tta!r}.")
-        small = self.read(image)
-        return self._answer(model, small, flip_tta), self.cnn and self._answer(self.cnn, small, flip_tta)
+        # /predict, /compare and /classify all follow one shown picture: the models run once
+        # for it, and the two later calls reuse their answers.
+        photo_source(image)  # a payload that names a file outside the uploads is refused first
+        key = (payload_key(image), flip_tta)
+        with self._answers_lock:
+            found = self._recent_answers.get(key)
+        if found is None:
+            small = self.read(image)
+            found = self._answer(model, small, flip_tta), self.cnn and self._answer(self.cnn, small, flip_tta)
+            with self._answers_lock:
+                self._recent_answers[key] = found
+                while len(self._recent_answers) > RECENT_ANSWERS:
+                    self._recent_answers.popitem(last=False)
+        return found
 
     def view(self, image: str | os.PathLike | dict | None, request: gr.Request = None) -> str:
         """/view: the image as the model reads it, a PNG of the model's input size."""

@@ -610,3 +610,17 @@ def test_the_cnns_mistakes_come_with_its_class_activation_maps(loaded, tmp_path)
     assert [c for _, c in gallery] != [c for _, c in vit_gallery]
     with pytest.raises(app.photo.UserError, match="No CNN is loaded beside the ViT"):
         space.endpoints.Endpoints(loaded, tmp_path).cnn_mistakes_for("any", "any")
+
+
+def test_the_answers_of_one_shown_picture_are_computed_once(loaded, tmp_path, monkeypatch):
+    ends = space.endpoints.Endpoints(loaded, tmp_path, app.load_cnn(str(app.BUNDLED_WEIGHTS / "cnn")))
+    calls = []
+    real = space.endpoints.tta_logits
+    monkeypatch.setattr(space.endpoints, "tta_logits", lambda *a: calls.append(a[2]) or real(*a))
+    probs = ends.predict(EXAMPLE)
+    both = ends.classify(EXAMPLE)
+    ends.compare(EXAMPLE)
+    assert calls == [False, False]  # the ViT and the CNN, once each, for three endpoints
+    assert both["vit"]["confidences"] == probs
+    ends.predict(EXAMPLE, True)  # the mirror image is another answer
+    assert calls == [False, False, True, True]

@@ -108,7 +108,9 @@ def _load_torchvision_split(root: Path, split: str, download: bool) -> ImageSet:
         )
     try:
         ds = CIFAR10(str(root), train=split == "train", download=download)
-    except Exception as err:  # no network, a broken archive, a full disk, ...
+    # torchvision documents no errors here: no network (URLError), a broken archive
+    # (tarfile's, zlib's), a failed checksum (RuntimeError), a full disk (OSError), ...
+    except Exception as err:
         raise DataError(
             f"data folder {root} has no train/<class>/ images, and CIFAR-10 could not be "
             f"downloaded into it ({type(err).__name__}: {err})"
@@ -151,6 +153,8 @@ def _decode(path: Path) -> torch.Tensor:
         with Image.open(path) as im:
             im.load()  # a truncated file fails here rather than decoding half an image
             rgb = im.convert("RGB")
+    # Pillow's decoders raise what their parsing hits on a damaged file (OSError,
+    # SyntaxError, struct.error, IndexError, DecompressionBombError, ...), undocumented.
     except Exception as err:
         raise DataError(f"cannot read image {path}: {err}") from err
     return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3).permute(2, 0, 1)
@@ -165,7 +169,10 @@ def _load_folder_split(root: Path, split: str) -> ImageSet:
         try:
             state = torch.load(cache, weights_only=True)
             return ImageSet(state["images"], state["labels"], state["class_names"])
-        except Exception as err:  # truncated by a full disk or a copy: decode again
+        # Cut by a full disk or a copy: decode again. torch.load documents no errors (a
+        # cut file raises RuntimeError, EOFError, pickle's, ...), nor does a cache of
+        # another layout (KeyError).
+        except Exception as err:
             print(
                 f"note: the decode cache {cache} is unreadable ({type(err).__name__}); decoding the images again",
                 file=sys.stderr,

@@ -1,7 +1,7 @@
 """Train the ViT or the CNN on CIFAR-10: build, train epoch by epoch, keep the best,
-finish. Behind it, the training/ package: the command line and what a resume may change
-(settings), each recipe (recipes), what a run trains (trainer), checkpoints, plots, and
-the card, export and Hub upload (card).
+finish. Behind it, the training/ package: the command line (command_line), what a resume
+may change and the checks (settings), each recipe (recipes), what a run trains (trainer),
+checkpoints, plots, and the card, export and Hub upload (card).
 
     python train.py --epochs 160 --data-dir DATA --out runs/vit       # the assignment recipe
     python train.py --recipe budget --epochs 30 --data-dir DATA ...     # most accuracy per FLOP
@@ -30,19 +30,22 @@ from common.atomic_files import WriteError, write_json
 from common.model_folder import ModelError
 from data import DataError, TrainingData, load_training_data, same_images
 from training import card, console, evaluation, lineage, plots
-from training.checkpoints import Parent, RunState, load_checkpoint, remove_leftovers
+from training.checkpoints import RunState, StartingModel, load_checkpoint, remove_leftovers
+from training.command_line import parse_args
 from training.errors import RunError
 from training.evaluation import Evaluator
 from training.optimization import scaled_milestones
-from training.runtime import Processes, start_processes
-from training.settings import check_args, parse_args, resumed_args, run_command, shareable_settings
-from training.trainer import Trainer
+from training.runtime import ProcessPlacement, start_processes
+from training.settings import check_settings, resumed_settings, run_command, shareable_settings
+from training.trainer import Trainer, TrainerSettings
 from vit_model import ViT, count_parameters
 
 # ---------------------------------------------------------------- checks, model, augmentation
 
 
-def check_data_fits(args: argparse.Namespace, data: TrainingData, world: int, parent: Parent | None) -> None:
+def check_data_fits(
+    args: argparse.Namespace, data: TrainingData, world: int, starting_model: StartingModel | None
+) -> None:
     """Checks that need the data: the patch grid, the batch size, the --init-from model."""
     size = data.image_size
     if args.model == "vit" and size % args.patch_size:
@@ -54,8 +57,8 @@ def check_data_fits(args: argparse.Namespace, data: TrainingData, world: int, pa
         raise RunError(f"--batch-size {args.batch_size} is not divisible by {world} processes")
     if len(data.train_idx) < args.batch_size:
         raise RunError(f"--batch-size {args.batch_size} is larger than the {len(data.train_idx)} training images")
-    if parent:
-        parent.check_fits(
+    if starting_model:
+        starting_model.check_fits(
             {**vars(args), "image_size": size, "num_classes": len(data.class_names), "mean": data.mean},
             len(data.val_idx),
         )
@@ -68,7 +71,7 @@ def finish(
     args: argparse.Namespace,
     state: RunState,
     data: TrainingData,
-    procs: Processes,
+    procs: ProcessPlacement,
     bf16: bool,
     teacher: dict | None,
 ) -> dict:
@@ -121,7 +124,7 @@ def prepare_run(
 ) -> tuple[argparse.Namespace, dict | None, RunState | None]:
     """The settings, the saved checkpoint (or None) and the run state (or None)."""
     if not args.resume:
-        check_args(args)
+        check_settings(vars(args))
         if (Path(args.out) / "last.pt").exists() and not args.overwrite:
             raise RunError(
                 f"{args.out} holds a run (its last.pt): add --resume to "
@@ -133,16 +136,21 @@ def prepare_run(
     if (run_dir / "best.pt").exists():
         load_checkpoint(run_dir / "best.pt", resume_hint=True)
     state = RunState.from_checkpoint(saved)
-    args = resumed_args(args, argv, state.settings, state.epoch)
-    check_args(args)
+    args = argparse.Namespace(**resumed_settings(vars(args), argv, state.settings, state.epoch))
+    check_settings(vars(args))
     return args, saved, state
 
 
-def run_state(args: argparse.Namespace, data: TrainingData, state: RunState | None, parent: Parent | None) -> RunState:
+def run_state(
+    args: argparse.Namespace, data: TrainingData, state: RunState | None, starting_model: StartingModel | None
+) -> RunState:
     """A new run's state, or the resumed one after checking that the data is the same."""
     if state is None:
         return RunState(
-            settings=vars(args).copy(), mean=data.mean, std=data.std, parent=parent.training if parent else None
+            settings=vars(args).copy(),
+            mean=data.mean,
+            std=data.std,
+            parent=starting_model.training if starting_model else None,
         )
     if not same_images(state.mean, data.mean):
         raise RunError(
@@ -184,11 +192,11 @@ def run(argv: list[str] | None) -> dict | None:
     data = procs.first_on_main(
         lambda: load_training_data(args.data_dir, args.val_size, args.seed, args.train_subset, args.download)
     )
-    parent = Parent.load(args.init_from) if args.init_from and not saved else None
-    check_data_fits(args, data, procs.world, parent)
-    note = state and state.regrown_note(args)
-    state = run_state(args, data, state, parent)
-    trainer = Trainer.build(args, data, state, saved, parent, procs)
+    starting_model = StartingModel.load(args.init_from) if args.init_from and not saved else None
+    check_data_fits(args, data, procs.world, starting_model)
+    note = state and state.replanned_note(vars(args))
+    state = run_state(args, data, state, starting_model)
+    trainer = Trainer.build(TrainerSettings.of(vars(args)), data, state, saved, starting_model, procs)
     scorer = Evaluator(data.mean, data.std, args.eval_batch_size, procs.device, bf16)
     if procs.main:  # only the main process validates
         val_images, val_labels = data.images[data.val_idx].to(procs.device), data.labels[data.val_idx]
@@ -210,24 +218,24 @@ def run(argv: list[str] | None) -> dict | None:
     result, first_epoch = None, state.epoch
     while state.epoch < args.epochs:
         start, lr = time.time(), trainer.optimizer.param_groups[0]["lr"]
-        row = trainer.train_epoch(args, state.epoch, procs, bf16)
+        row = trainer.train_epoch(state.epoch, procs, bf16)
         if not math.isfinite(row["train_loss"]):  # every process sees the reduced loss
             raise RunError(diverged_message(args, state.epoch + 1, lr))
         state.epoch += 1
         if procs.main:
-            val = scorer.evaluate(trainer.scored, val_images, val_labels)
+            val = scorer.evaluate(trainer.evaluated_model, val_images, val_labels)
             row = {"epoch": state.epoch, "lr": lr, **row, "val_loss": val.loss, "val_acc": val.acc}
             if trainer.ema is not None:  # the weights as trained, beside their average
                 row["val_acc_without_ema"] = scorer.evaluate(trainer.model, val_images, val_labels).acc
             row.update(seconds=time.time() - start, machine=procs.machine(), **procs.peak_memory())
             if note:
                 row["note"], note = note, None
-            state.end_epoch(row, run_dir, trainer.model, trainer.optimizer, trainer.scored, trainer.ema)
+            state.end_epoch(row, run_dir, trainer.model, trainer.optimizer, trainer.evaluated_model, trainer.ema)
             console.print_epoch(state.epoch, row, args.epochs, first=state.epoch == first_epoch + 1)
         procs.barrier()
     if procs.main:
         result = finish(
-            trainer.scored,
+            trainer.evaluated_model,
             run_dir=run_dir,
             args=args,
             state=state,

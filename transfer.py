@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the transfer; an input it refuses is one `error: ...` line and exit status 2."""
     args = parse_args(argv)
     from common.atomic_files import WriteError
-    from training.transfer import Settings, TransferError, run_transfer
+    from training.transfer import run_transfer
+    from training.transfer_settings import Settings, TransferError
 
     try:
         device = device_or_error(args.device)

@@ -17,8 +17,8 @@ def main() -> None:
     real_epoch = training.trainer.Trainer.train_epoch
     out = Path(sys.argv[sys.argv.index("--out") + 1])
 
-    def recorded_epoch(self, args, epoch, procs, bf16):
-        row = real_epoch(self, args, epoch, procs, bf16)
+    def recorded_epoch(self, epoch, procs, bf16):
+        row = real_epoch(self, epoch, procs, bf16)
         out.mkdir(parents=True, exist_ok=True)
         torch.save(self.model.state_dict(), out / f"rank{os.environ['RANK']}-epoch{epoch + 1}.pt")
         return row

@@ -47,7 +47,7 @@ def test_attention_dropout_on_the_device_drops_and_stays_unbiased(device):
 
 
 def test_a_gpu_training_step_runs_a_fused_attention_kernel(device):
-    procs = training.runtime.Processes(0, 1, device)
+    procs = training.runtime.ProcessPlacement(0, 1, device)
     calls = attention_calls(procs, procs.use_bf16("auto"), steps=1, batch_size=8)
     if device.type == "cpu":
         assert fused_operators(calls) == []  # the written-out product, for the cheap dropout
@@ -113,7 +113,7 @@ def test_a_short_run_on_the_device_resumes_where_it_stopped(device, shared_folde
     rows = read_metrics(tmp_path / "b")
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(("peak_memory_gib" in r) == (device.type == "cuda") for r in rows)
-    assert result_a["machine"] == training.runtime.Processes(0, 1, torch.device(device)).machine()
+    assert result_a["machine"] == training.runtime.ProcessPlacement(0, 1, torch.device(device)).machine()
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     for part in ("model", "ema"):

@@ -41,7 +41,7 @@ def one_step_loss(distill, mixing=None) -> tuple[float, torch.Tensor, torch.Tens
         mixing=mixing,
         label_smoothing=0.0,
         bf16=False,
-        procs=training.runtime.Processes(0, 1, torch.device("cpu")),
+        procs=training.runtime.ProcessPlacement(0, 1, torch.device("cpu")),
         distill=distill,
     )
     return row["train_loss"], student(x), x, y

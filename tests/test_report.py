@@ -103,7 +103,7 @@ def test_a_run_that_moved_between_machines_names_each_with_its_epochs(tmp_path):
 def test_the_machine_is_named_with_its_vector_units():
     import training.runtime
 
-    machine = training.runtime.Processes(0, 1, torch.device("cpu")).machine()
+    machine = training.runtime.ProcessPlacement(0, 1, torch.device("cpu")).machine()
     units = torch.backends.cpu.get_cpu_capability()
     assert f"CPU ({units}" in machine and machine.endswith(f"{torch.get_num_threads()} threads")
     assert ("native bf16" in machine) == training.runtime.cpu_has_native_bf16()

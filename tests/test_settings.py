@@ -5,7 +5,7 @@ import pytest
 from conftest import run_args
 
 import train
-import training.settings
+import training.command_line
 
 
 @pytest.mark.parametrize(
@@ -20,7 +20,7 @@ def test_flags_that_are_no_finite_number_are_refused(flag, value, folder_data, t
 
 def test_val_size_nan_is_refused_by_its_parser(capsys):
     with pytest.raises(SystemExit):
-        training.settings.parse_args(["--val-size", "nan"])
+        training.command_line.parse_args(["--val-size", "nan"])
     assert "--val-size: nan must be a fraction" in capsys.readouterr().err
 
 

@@ -17,6 +17,7 @@ import common.model_folder
 import train
 import training.batches
 import training.checkpoints
+import training.command_line
 import training.epoch
 import training.evaluation
 import training.optimization
@@ -39,7 +40,7 @@ def test_milestones_scale_with_epochs():
 
 
 def test_scheduler_follows_the_assignment():
-    args = training.settings.parse_args(["--epochs", "160", "--lr", "1e-3"])
+    args = training.command_line.parse_args(["--epochs", "160", "--lr", "1e-3"])
     model = torch.nn.Linear(2, 2)
     opt = build_optimizer(model, OptimizerSettings.of(vars(args)), torch.device("cpu"))
     sched = build_scheduler(opt, OptimizerSettings.of(vars(args)), steps_per_epoch=3)
@@ -66,7 +67,11 @@ def test_end_to_end_run_writes_everything(shared_folder_data, tmp_path):
     rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert set(rows[0]) >= {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "machine"}
-    assert result["machine"] == rows[0]["machine"] == training.runtime.Processes(0, 1, torch.device("cpu")).machine()
+    assert (
+        result["machine"]
+        == rows[0]["machine"]
+        == training.runtime.ProcessPlacement(0, 1, torch.device("cpu")).machine()
+    )
     from PIL import Image
 
     for name in common.model_folder.FIGURES:  # real pictures, not blank canvases
@@ -236,13 +241,19 @@ def test_unreachable_hub_keeps_the_export(shared_folder_data, tmp_path, monkeypa
 # ---------------------------------------------------------------- recipes
 
 
+def built_model(args) -> ViT:
+    """The model train.py builds from these arguments, for ten classes."""
+    settings = training.trainer.TrainerSettings.of(vars(args))
+    return training.trainer.build_model(settings, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
+
+
 def test_assignment_recipe_is_the_default_and_adds_nothing():
-    args = training.settings.parse_args([])
+    args = training.command_line.parse_args([])
     assert (args.recipe, args.epochs, args.schedule, args.warmup_epochs) == ("assignment", 160, "step", 0)
     assert training.augment.build_policy(args.policy) is None
     assert training.augment.build_mixing(args.mixup_alpha, args.cutmix_alpha, 10) is None
     assert args.label_smoothing == 0.0 and args.decay_all
-    model = training.trainer.build_model(args, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
+    model = built_model(args)
     # Every dropout 0.2, nn.MultiheadAttention's own on the attention weights included.
     assert all(b.drop_path.p == 0 and b.attn.dropout == 0.2 and b.drop1.p == 0.2 for b in model.blocks)
     assert model.pos_drop.p == 0.2 and model.blocks[0].mlp[2].p == 0.2
@@ -251,26 +262,28 @@ def test_assignment_recipe_is_the_default_and_adds_nothing():
 def test_strong_recipe_switches_every_ingredient_on():
     from torchvision.transforms import v2
 
-    args = training.settings.parse_args(["--recipe", "strong"])
+    args = training.command_line.parse_args(["--recipe", "strong"])
     assert (args.epochs, args.schedule, args.warmup_epochs, args.label_smoothing) == (200, "cosine", 10, 0.1)
     policy = training.augment.build_policy(args.policy)
     assert isinstance(policy, v2.AutoAugment) and policy.policy == v2.AutoAugmentPolicy.CIFAR10
     mixing = training.augment.build_mixing(args.mixup_alpha, args.cutmix_alpha, 10)
     assert isinstance(mixing, v2.RandomChoice)
     assert {type(t) for t in mixing.transforms} == {v2.MixUp, v2.CutMix}
-    model = training.trainer.build_model(args, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
+    model = built_model(args)
     rates = [b.drop_path.p for b in model.blocks]
     assert rates[0] == 0 and rates[-1] == pytest.approx(0.1) and rates == sorted(rates)
     assert all(b.attn.dropout == 0.1 and b.drop1.p == 0.0 for b in model.blocks)
 
 
 def test_each_ingredient_can_be_switched_off_alone():
-    args = training.settings.parse_args(["--recipe", "strong", "--policy", "none", "--mixup-alpha", "0", "--decay-all"])
+    args = training.command_line.parse_args(
+        ["--recipe", "strong", "--policy", "none", "--mixup-alpha", "0", "--decay-all"]
+    )
     assert training.augment.build_policy(args.policy) is None
     assert type(training.augment.build_mixing(args.mixup_alpha, args.cutmix_alpha, 10)).__name__ == "CutMix"
     assert args.decay_all and args.label_smoothing == 0.1 and args.drop_path == 0.1
     with pytest.raises(RunError, match="--label-smoothing must be in"):
-        training.settings.check_args(training.settings.parse_args(["--label-smoothing", "1.5"]))
+        training.settings.check_settings(vars(training.command_line.parse_args(["--label-smoothing", "1.5"])))
 
 
 def test_no_weight_decay_on_norms_biases_and_embeddings():
@@ -297,7 +310,7 @@ def stepped_lrs(optimizer, scheduler, steps: int) -> list[float]:
 
 
 def test_warmup_cosine_learning_rate_at_chosen_steps():
-    args = training.settings.parse_args(["--recipe", "strong", "--lr", "1e-3"])  # 200 epochs, 10 warmup
+    args = training.command_line.parse_args(["--recipe", "strong", "--lr", "1e-3"])  # 200 epochs, 10 warmup
     opt = build_optimizer(torch.nn.Linear(2, 2), OptimizerSettings.of(vars(args)), torch.device("cpu"))
     lrs = stepped_lrs(opt, build_scheduler(opt, OptimizerSettings.of(vars(args)), steps_per_epoch=10), 2000)
     assert lrs[0] == pytest.approx(1e-5)  # first warmup step: 1/100 of the peak
@@ -308,7 +321,7 @@ def test_warmup_cosine_learning_rate_at_chosen_steps():
 
 
 def test_mixup_cutmix_targets_sum_to_one():
-    args = training.settings.parse_args(["--recipe", "strong"])
+    args = training.command_line.parse_args(["--recipe", "strong"])
     mixing = training.augment.build_mixing(args.mixup_alpha, args.cutmix_alpha, 10)
     torch.manual_seed(0)
     x = torch.randn(32, 3, 32, 32)
@@ -322,7 +335,7 @@ def test_mixup_cutmix_targets_sum_to_one():
 def test_policy_draws_per_image_in_workers():
     images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).expand(64, -1, -1, -1).contiguous()
     labels = torch.zeros(64, dtype=torch.long)
-    procs = training.runtime.Processes(0, 1, torch.device("cpu"))
+    procs = training.runtime.ProcessPlacement(0, 1, torch.device("cpu"))
 
     def batches_with(workers: int) -> training.batches.EpochBatches:
         policy = training.augment.build_policy("autoaugment")
@@ -393,13 +406,13 @@ def test_main_process_loads_the_data_before_the_others(monkeypatch):
     events = []
     monkeypatch.setattr(training.runtime.dist, "barrier", lambda: events.append("barrier"))
     for rank in (0, 1):
-        procs = training.runtime.Processes(rank, 2, torch.device("cpu"))
+        procs = training.runtime.ProcessPlacement(rank, 2, torch.device("cpu"))
         assert procs.first_on_main(lambda rank=rank: events.append(f"load {rank}") or rank) == rank
     assert events == ["load 0", "barrier", "barrier", "load 1"]
 
 
 def test_the_card_command_trains_the_run_again_whatever_resumed_it():
-    args = training.settings.parse_args(
+    args = training.command_line.parse_args(
         [
             "--recipe",
             "budget",
@@ -425,13 +438,13 @@ def test_the_card_command_trains_the_run_again_whatever_resumed_it():
     assert training.settings.run_command(vars(args)) == (
         "python train.py --recipe budget --epochs 100 --data-dir cifar10-jpeg --ema 0.999 --dim 128"
     )
-    args = training.settings.parse_args(["--epochs", "3", "--decay-all", "--policy", "autoaugment"])
+    args = training.command_line.parse_args(["--epochs", "3", "--decay-all", "--policy", "autoaugment"])
     assert training.settings.run_command(vars(args)) == (
         "python train.py --recipe assignment --epochs 3 --data-dir data --policy autoaugment"
     )
-    args = training.settings.parse_args(["--recipe", "strong", "--no-decay-all", "--decay-all"])
+    args = training.command_line.parse_args(["--recipe", "strong", "--no-decay-all", "--decay-all"])
     assert training.settings.run_command(vars(args)).endswith("--data-dir data --decay-all")
-    args = training.settings.parse_args(
+    args = training.command_line.parse_args(
         ["--recipe", "budget", "--init-from", "/work/main/weights", "--teacher", "/work/runs/teacher30"]
     )
     assert training.settings.run_command(vars(args)).endswith("--init-from weights --teacher teacher30")
@@ -480,13 +493,13 @@ def test_processes_split_each_epoch_into_full_disjoint_batches():
     labels = torch.arange(45)
     shards = []
     for rank in range(2):
-        procs = training.runtime.Processes(rank, 2, torch.device("cpu"))
+        procs = training.runtime.ProcessPlacement(rank, 2, torch.device("cpu"))
         batches = training.batches.EpochBatches(images, labels, batch_size=8, seed=0, procs=procs)
         got = [y for _, y in batches.epoch(3)]
         assert batches.steps == len(got) == 5 and all(len(y) == 4 for y in got)  # 22 // 4
         shards.append(torch.cat(got))
     assert not set(shards[0].tolist()) & set(shards[1].tolist())
-    procs = training.runtime.Processes(0, 1, torch.device("cpu"))
+    procs = training.runtime.ProcessPlacement(0, 1, torch.device("cpu"))
     one = training.batches.EpochBatches(images, labels, batch_size=8, seed=0, procs=procs)
     left_out = [set(range(45)) - set(torch.cat([y for _, y in one.epoch(e)]).tolist()) for e in range(4)]
     assert all(len(s) == 5 for s in left_out) and len(set.union(*left_out)) > 5  # a new tail each epoch
@@ -582,7 +595,7 @@ def test_resume_honours_more_epochs_and_refuses_other_changes(shared_folder_data
 
 
 def test_extended_schedule_continues_from_the_new_plan():
-    args = training.settings.parse_args(["--epochs", "16"])
+    args = training.command_line.parse_args(["--epochs", "16"])
     opt = build_optimizer(torch.nn.Linear(2, 2), OptimizerSettings.of(vars(args)), torch.device("cpu"))
     opt.param_groups[0]["lr"] = 5e-6  # as a resumed optimizer holds it after both drops
     build_scheduler(opt, OptimizerSettings.of(vars(args)), steps_per_epoch=2, done_steps=2 * 12)
@@ -590,10 +603,10 @@ def test_extended_schedule_continues_from_the_new_plan():
 
 
 def test_bf16_only_where_it_is_native_and_faster(monkeypatch):
-    cuda = training.runtime.Processes(0, 1, torch.device("cuda", 0))
+    cuda = training.runtime.ProcessPlacement(0, 1, torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert not cuda.use_bf16("auto") and cuda.use_bf16("on")  # a T4 or V100 emulates it
-    cpu = training.runtime.Processes(0, 1, torch.device("cpu"))
+    cpu = training.runtime.ProcessPlacement(0, 1, torch.device("cpu"))
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     monkeypatch.setattr(training.runtime, "cpu_bf16_speedup", lambda: 1.49)  # a Zen 4
     assert cpu.use_bf16("auto") and not cpu.use_bf16("off")
@@ -602,7 +615,7 @@ def test_bf16_only_where_it_is_native_and_faster(monkeypatch):
     assert not cpu.use_bf16("auto") and cpu.use_bf16("on")
     assert cpu.bf16_words("auto") == "bf16 off (measured 0.56x float32's speed)"
     assert cpu.bf16_words("on") == "bf16 on"
-    assert not training.runtime.Processes(0, 1, torch.device("mps")).use_bf16("auto")
+    assert not training.runtime.ProcessPlacement(0, 1, torch.device("mps")).use_bf16("auto")
 
 
 def test_bf16_speed_is_measured_only_on_cpus_with_bf16_units(monkeypatch):
@@ -610,7 +623,7 @@ def test_bf16_speed_is_measured_only_on_cpus_with_bf16_units(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     training.runtime.cpu_bf16_speedup.cache_clear()
     assert training.runtime.cpu_bf16_speedup() == 0.0 and not training.runtime.cpu_has_native_bf16()
-    assert not training.runtime.Processes(0, 1, torch.device("cpu")).use_bf16("auto")
+    assert not training.runtime.ProcessPlacement(0, 1, torch.device("cpu")).use_bf16("auto")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     training.runtime.cpu_bf16_speedup.cache_clear()
     real_autocast = training.runtime.bf16_autocast
@@ -627,7 +640,7 @@ def test_bf16_speed_is_measured_only_on_cpus_with_bf16_units(monkeypatch):
     speedup = training.runtime.cpu_bf16_speedup()
     training.runtime.cpu_bf16_speedup.cache_clear()
     assert 0 < speedup < 0.9
-    assert not training.runtime.Processes(0, 1, torch.device("cpu")).use_bf16("auto")
+    assert not training.runtime.ProcessPlacement(0, 1, torch.device("cpu")).use_bf16("auto")
     training.runtime.cpu_bf16_speedup.cache_clear()
 
 
@@ -641,19 +654,19 @@ def test_process_group_backend_follows_the_device(monkeypatch):
     procs = training.runtime.start_processes("cpu")  # --device cpu under torchrun, GPUs or not
     assert calls == [("gloo", {})] and procs.world == 2
     assert isinstance(procs.attention_context(), type(torch.nn.attention.sdpa_kernel([])))
-    cuda = training.runtime.Processes(0, 1, torch.device("cuda"))
+    cuda = training.runtime.ProcessPlacement(0, 1, torch.device("cuda"))
     assert cuda.attention_context().__class__.__name__ == "nullcontext"
 
 
 def test_fused_adamw_on_the_cpu():
-    args = training.settings.parse_args([])
+    args = training.command_line.parse_args([])
     opt = build_optimizer(torch.nn.Linear(2, 2), OptimizerSettings.of(vars(args)), torch.device("cpu"))
     assert opt.defaults["fused"]
 
 
 def test_progress_bar_shows_the_last_step_of_a_short_epoch(capsys):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
-    procs = training.runtime.Processes(0, 1, torch.device("cpu"))
+    procs = training.runtime.ProcessPlacement(0, 1, torch.device("cpu"))
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     batches = training.batches.EpochBatches(images, torch.arange(64) % 10, batch_size=16, seed=0, procs=procs)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -741,7 +754,7 @@ def test_linear_schedule_factor_by_hand():
 
 
 def budget_optimizer(*flags):
-    args = training.settings.parse_args(["--recipe", "budget", "--lr", "1e-3", *flags])
+    args = training.command_line.parse_args(["--recipe", "budget", "--lr", "1e-3", *flags])
     return args, build_optimizer(torch.nn.Linear(2, 2), OptimizerSettings.of(vars(args)), torch.device("cpu"))
 
 
@@ -774,10 +787,10 @@ def test_linear_schedule_learning_rates_and_fast_forward():
 def test_budget_recipe_resolves_its_auto_values_from_epochs(tmp_path):
     from torchvision.transforms import v2
 
-    args = training.settings.parse_args(["--recipe", "budget", "--epochs", "50"])
+    args = training.command_line.parse_args(["--recipe", "budget", "--epochs", "50"])
     assert (args.warmup_epochs, args.policy) == (2, "trivialaugment")  # 5% of 50 is 2.5: round() gives 2
     assert isinstance(training.augment.build_policy(args.policy), v2.TrivialAugmentWide)
-    args = training.settings.parse_args(["--recipe", "budget", "--epochs", "20"])
+    args = training.command_line.parse_args(["--recipe", "budget", "--epochs", "20"])
     assert (args.warmup_epochs, args.policy) == (1, "none")
     assert training.augment.build_policy(args.policy) is None
     # warmup: 5% of the epochs, at least 1; the policy from 40 epochs on.
@@ -789,23 +802,23 @@ def test_budget_recipe_resolves_its_auto_values_from_epochs(tmp_path):
         (100, 5, "trivialaugment"),
         (200, 10, "trivialaugment"),
     ]:
-        args = training.settings.parse_args(["--recipe", "budget", "--epochs", str(epochs)])
+        args = training.command_line.parse_args(["--recipe", "budget", "--epochs", str(epochs)])
         assert (args.warmup_epochs, args.policy) == (warmup, policy), epochs
     # Without --epochs: the recipe's 30 (warmup 1.5 rounds to 2), no policy.
-    args = training.settings.parse_args(["--recipe", "budget", "--data-dir", str(tmp_path)])
+    args = training.command_line.parse_args(["--recipe", "budget", "--data-dir", str(tmp_path)])
     assert (args.epochs, args.warmup_epochs, args.policy) == (30, 2, "none")
     assert (args.schedule, args.lr, args.weight_decay, args.decay_all) == ("linear", 5e-4, 0.05, False)
     assert (args.label_smoothing, args.mixup_alpha, args.cutmix_alpha, args.ema) == (0.1, 0.0, 0.0, 0.0)
     assert (args.dropout, args.attn_dropout, args.drop_path, args.patch_keep) == (0.0, 0.0, 0.1, 0.5)
-    training.settings.check_args(args)
+    training.settings.check_settings(vars(args))
     assert training.augment.build_mixing(args.mixup_alpha, args.cutmix_alpha, 10) is None
-    model = training.trainer.build_model(args, [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
+    model = built_model(args)
     assert model.pos_drop.p == 0 and all(b.drop1.p == 0 and b.attn.dropout == 0 for b in model.blocks)
     assert model.blocks[0].drop_path.p == 0 and model.blocks[-1].drop_path.p == pytest.approx(0.1)
 
 
 def test_budget_recipe_flags_win_over_its_values():
-    args = training.settings.parse_args(
+    args = training.command_line.parse_args(
         [
             "--recipe",
             "budget",
@@ -828,13 +841,13 @@ def test_budget_recipe_flags_win_over_its_values():
     )
     assert (args.warmup_epochs, args.policy, args.patch_keep, args.schedule) == (0, "none", 1.0, "cosine")
     assert (args.drop_path, args.ema, args.decay_all, args.epochs) == (0.0, 0.99, True, 50)
-    args = training.settings.parse_args(
+    args = training.command_line.parse_args(
         ["--recipe", "budget", "--epochs", "20", "--warmup-epochs", "0.5", "--policy", "autoaugment"]
     )
     assert (args.warmup_epochs, args.policy) == (0.5, "autoaugment")
     # An 'auto' value follows only the recipe that has it.
-    assert training.settings.parse_args(["--recipe", "strong", "--epochs", "50"]).warmup_epochs == 10
-    assert training.settings.parse_args(["--epochs", "50"]).policy == "none"
+    assert training.command_line.parse_args(["--recipe", "strong", "--epochs", "50"]).warmup_epochs == 10
+    assert training.command_line.parse_args(["--epochs", "50"]).policy == "none"
 
 
 def recording_lrs(monkeypatch) -> list[float]:

@@ -8,19 +8,19 @@ import torch
 from conftest import cnn_args, interrupted_then_resumed, read_metrics
 
 import train
+import training.command_line
 import training.optimization
-import training.settings
 from cnn_model import CNN
 from data import load_training_data, to_normalized
 from training.optimization import OptimizerSettings, build_optimizer, build_scheduler
 
 
 def test_model_cnn_picks_the_cnn_recipe():
-    args = training.settings.parse_args(["--model", "cnn"])
+    args = training.command_line.parse_args(["--model", "cnn"])
     assert (args.recipe, args.model, args.optimizer, args.augment) == ("cnn", "cnn", "sgd", "translate")
     assert (args.batch_size, args.lr, args.momentum, args.label_smoothing) == (1024, 1.3, 0.85, 0.2)
-    assert training.settings.parse_args(["--recipe", "cnn"]).model == "cnn"
-    assert training.settings.parse_args([]).model == "vit"
+    assert training.command_line.parse_args(["--recipe", "cnn"]).model == "cnn"
+    assert training.command_line.parse_args([]).model == "vit"
 
 
 @pytest.mark.parametrize(
@@ -35,12 +35,12 @@ def test_model_cnn_picks_the_cnn_recipe():
 )
 def test_flags_of_the_other_model_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
-        training.settings.parse_args(argv)
+        training.command_line.parse_args(argv)
     assert message in capsys.readouterr().err
 
 
 def test_sgd_trains_batchnorm_shifts_faster_with_the_same_decay_per_step():
-    args = training.settings.parse_args(["--model", "cnn", "--lr", "0.5"])
+    args = training.command_line.parse_args(["--model", "cnn", "--lr", "0.5"])
     model = CNN(widths=[8, 16])
     optimizer = build_optimizer(model, OptimizerSettings.of(vars(args)), torch.device("cpu"))
     scheduler = build_scheduler(optimizer, OptimizerSettings.of(vars(args)), steps_per_epoch=10)

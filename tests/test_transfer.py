@@ -13,20 +13,11 @@ import space.model_source
 import transfer
 from cnn_model import CNN
 from data import channel_stats
-from training.transfer import (
-    HEAD,
-    Settings,
-    Split,
-    TransferError,
-    fixed_by_design,
-    load_source,
-    probe_start,
-    read_class_folder,
-    run_transfer,
-    scratch_start,
-    stratified_split,
-    train_stage,
-)
+from training.transfer import run_transfer
+from training.transfer_photos import Split, read_class_folder, stratified_split
+from training.transfer_settings import Settings, TransferError
+from training.transfer_source import HEAD, load_source, probe_start, scratch_start
+from training.transfer_stages import fixed_by_design, train_stage
 from vit_model import ViT
 
 CLASSES = ["cats", "dogs", "mugs"]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from common.atomic_files import atomic_write, json_text
 from training.errors import RunError
-from training.runtime import Processes, bf16_autocast, pick_device, use_cuda_device
+from training.runtime import ProcessPlacement, bf16_autocast, pick_device, use_cuda_device
 from vit_model import ViT
 
 # torch's fused attention operators; the math kernel is aten::_scaled_dot_product_attention_math.
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def attention_calls(procs: Processes, bf16: bool, steps: int = 3, batch_size: int = 128) -> Counter:
+def attention_calls(procs: ProcessPlacement, bf16: bool, steps: int = 3, batch_size: int = 128) -> Counter:
     """How often each attention-named operator and GPU kernel ran in `steps` training
     steps of the assignment's ViT on procs' device."""
     from torch.profiler import ProfilerActivity, profile
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {err}") from None
     if device.type == "cuda":
         use_cuda_device(device)
-    procs = Processes(0, 1, device)
+    procs = ProcessPlacement(0, 1, device)
     bf16 = procs.use_bf16(args.amp)
     calls = attention_calls(procs, bf16, args.steps, args.batch_size)
     fused = fused_operators(calls)

@@ -209,7 +209,7 @@ def load_images(args: argparse.Namespace, n: int) -> tuple[torch.Tensor, torch.T
 
 def measure(args: argparse.Namespace, device: torch.device, timing: Timing) -> tuple[dict, dict]:
     """(results per contender, setup shared by all)."""
-    procs = training.runtime.Processes(0, 1, device)
+    procs = training.runtime.ProcessPlacement(0, 1, device)
     bf16 = procs.use_bf16(args.amp)
     images, labels, data_description = load_images(args, timing.steps * args.batch_size)
     mean, std = channel_stats(images)

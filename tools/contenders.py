@@ -27,14 +27,14 @@ from torchvision import transforms
 
 import training.augment
 import training.batches
+import training.command_line
 import training.optimization
 import training.runtime
-import training.settings
 import training.trainer
 from data import CROP_RATIO, CROP_SCALE, train_transform
 from training.batches import ImageTensorDataset
 from training.epoch import train_one_epoch
-from training.optimization import OptimizerSettings, build_optimizer, build_scheduler
+from training.optimization import build_optimizer, build_scheduler
 from vit_model import CIFAR10_CLASSES, ViT
 
 # ---------------------------------------------------------------- the naive baseline
@@ -163,12 +163,13 @@ def from_train_py(
     """train.py's recipe, model, optimizer, augmentation and epoch loop, unchanged: an
     epoch is one epoch.train_one_epoch over the first steps x batch images, which ends
     with the epoch's single host synchronization."""
-    cfg = training.settings.parse_args(
+    cfg = training.command_line.parse_args(
         ["--recipe", recipe, "--batch-size", str(batch_size), "--epochs", "1", "--seed", str(seed)]
     )
-    procs = training.runtime.Processes(0, 1, device)
-    model = training.trainer.build_model(cfg, CIFAR10_CLASSES, mean, std, images.shape[-1]).to(device)
-    optimizer = build_optimizer(model, OptimizerSettings.of(vars(cfg)), device)
+    settings = training.trainer.TrainerSettings.of(vars(cfg))
+    procs = training.runtime.ProcessPlacement(0, 1, device)
+    model = training.trainer.build_model(settings, CIFAR10_CLASSES, mean, std, images.shape[-1]).to(device)
+    optimizer = build_optimizer(model, settings.optimization, device)
     batches = training.batches.EpochBatches(
         images,
         labels,
@@ -177,8 +178,8 @@ def from_train_py(
         procs=procs,
         policy=training.augment.build_policy(cfg.policy),
     )
-    scheduler = build_scheduler(optimizer, OptimizerSettings.of(vars(cfg)), batches.steps)
-    augment = training.trainer.build_augment(cfg, mean, std, images.shape[-1])
+    scheduler = build_scheduler(optimizer, settings.optimization, batches.steps)
+    augment = training.trainer.build_augment(settings, mean, std, images.shape[-1])
     mixing = training.augment.build_mixing(cfg.mixup_alpha, cfg.cutmix_alpha, len(CIFAR10_CLASSES))
     generator = procs.generator(cfg.seed)
 
@@ -200,7 +201,7 @@ def from_train_py(
     return TrainPy(
         cfg,
         model,
-        lambda m: build_optimizer(m, OptimizerSettings.of(vars(cfg)), device),
+        lambda m: build_optimizer(m, settings.optimization, device),
         epoch,
         procs.attention_context,
         augment,

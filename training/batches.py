@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Dataset
 
-from training.runtime import Processes, seed_for
+from training.runtime import ProcessPlacement, seed_for
 
 
 class ImageTensorDataset(Dataset):
@@ -56,7 +56,7 @@ class EpochBatches:
         *,
         batch_size: int,
         seed: int,
-        procs: Processes,
+        procs: ProcessPlacement,
         policy=None,
         workers: int = 0,
     ):

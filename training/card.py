@@ -15,7 +15,14 @@ from calibration import in_words as calibration_in_words
 from common.atomic_files import write_json
 from common.model_folder import FIGURES, TRAINING_FILE
 from training.evaluation import per_class_accuracy
-from training.lineage import command_text, fine_tune_starts, lineage, replayable, teachers_down_the_line
+from training.lineage import (
+    command_text,
+    fine_tune_starts,
+    history_minutes,
+    lineage,
+    replayable,
+    teachers_down_the_line,
+)
 from vit_model import count_parameters
 
 
@@ -89,7 +96,7 @@ class RunSummary:
     @property
     def training_minutes(self) -> float:
         """All the training these weights took: the starting models' and every teacher's included."""
-        return sum(h["seconds"] for h in self.full_history) / 60 + sum(m for _, m in self.teachers)
+        return history_minutes(self.full_history) + sum(m for _, m in self.teachers)
 
     @property
     def teachers(self) -> list[tuple[int, float]]:
@@ -244,7 +251,7 @@ def ema_row(summary: RunSummary) -> dict[str, str]:
 def started_from(summary: RunSummary) -> dict[str, str]:
     """The card's rows for a run that began from another model's weights (--init-from)."""
     earlier = summary.earlier_epochs
-    own = sum(h["seconds"] for h in summary.history) / 60
+    own = history_minutes(summary.history)
     return {
         "started from": f"{summary.started_from}: "
         + command_text(summary.parent.get("command"), summary.parent.get("history", [])),
@@ -288,6 +295,9 @@ def push_to_hub(export_dir: Path, repo_id: str) -> str:
         api.upload_folder(
             folder_path=str(export_dir), repo_id=repo_id, commit_message="Upload ViT trained with vit-cifar train.py"
         )
+    # The Hub client's errors have no common base: its own are OSErrors, but a network
+    # failure surfaces as its HTTP library's (httpx's are plain Exceptions), a bad token
+    # or repo id as ValueError, ...
     except Exception as err:
         raise RuntimeError(
             f"upload to the Hub repo {repo_id} failed ({type(err).__name__}: "

@@ -10,14 +10,15 @@ from (seed, epoch, rank) every epoch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from common.atomic_files import atomic_save, atomic_write, json_text
 from common.model_folder import ModelError, load_folder
@@ -60,6 +61,8 @@ def load_checkpoint(path: Path, resume_hint: bool = False) -> dict:
         )
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
+    # torch.load documents no errors: a cut or foreign file fails wherever its unpickler
+    # or zip reader stops (RuntimeError, EOFError, pickle.UnpicklingError, ...).
     except Exception as err:
         reason = (
             "it is empty"
@@ -174,14 +177,15 @@ class RunState:
                 raise RunError("the checkpoint has no EMA weights to continue")
             ema.load_state_dict(saved["ema"])
 
-    def regrown_note(self, args: argparse.Namespace) -> str | None:
-        """The note of the first epoch after a resume that changed --epochs (the card prints it)."""
-        if self.settings["epochs"] == args.epochs:
+    def replanned_note(self, resumed: Mapping) -> str | None:
+        """The note of the first epoch after a resume that changed --epochs (the card
+        prints it), from the resumed run's settings; None where --epochs is unchanged."""
+        if self.settings["epochs"] == resumed["epochs"]:
             return None
         return (
-            f"{REPLANNED} {args.epochs} instead of {self.settings['epochs']}: the "
-            f"learning-rate schedule was re-planned for {args.epochs} epochs from here on "
-            f"(warmup {args.warmup_epochs:g} epochs and policy {args.policy} kept from the start)"
+            f"{REPLANNED} {resumed['epochs']} instead of {self.settings['epochs']}: the "
+            f"learning-rate schedule was re-planned for {resumed['epochs']} epochs from here on "
+            f"(warmup {resumed['warmup_epochs']:g} epochs and policy {resumed['policy']} kept from the start)"
         )
 
     def end_epoch(
@@ -190,15 +194,16 @@ class RunState:
         run_dir: Path,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
-        scored: torch.nn.Module,
+        evaluated: torch.nn.Module,
         ema: torch.nn.Module | None,
     ) -> None:
-        """Record an epoch: best.pt if it is the best so far, then last.pt and metrics."""
+        """Record an epoch: best.pt (the `evaluated` weights) if it is the best so far,
+        then last.pt and metrics."""
         self.history.append(row)
         if row["val_acc"] > self.best_val_acc:
             self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
             atomic_save(
-                on_cpu({"model": scored.state_dict(), "epoch": self.epoch, "val_acc": row["val_acc"]}),
+                on_cpu({"model": evaluated.state_dict(), "epoch": self.epoch, "val_acc": row["val_acc"]}),
                 run_dir / "best.pt",
             )
         self.save(run_dir / "last.pt", model, optimizer, ema)
@@ -207,8 +212,8 @@ class RunState:
 
 
 @dataclass
-class Parent:
-    """The exported model a run started with --init-from begins from: its checked weights
+class StartingModel:
+    """The exported model that a run with --init-from starts from: its checked weights
     and config, and its training.json, which says how it was trained and on which split."""
 
     weights: dict[str, torch.Tensor]
@@ -216,15 +221,18 @@ class Parent:
     training: dict
 
     @classmethod
-    def load(cls, folder: str) -> Parent:
+    def load(cls, folder: str) -> StartingModel:
         path = Path(folder)
         try:
             model = load_folder(path)
         except (ModelError, OSError) as err:
             raise RunError(f"--init-from {folder}: {err}") from None
-        except Exception as err:  # safetensors' own errors: a truncated or foreign file
+        # A cut or foreign model.safetensors (SafetensorError), weights of another shape
+        # (RuntimeError), a config the ViT's constructor refuses (TypeError, ValueError).
+        except (SafetensorError, RuntimeError, TypeError, ValueError) as err:
             raise RunError(
-                f"--init-from {folder}: its model.safetensors is unreadable ({type(err).__name__}: {err})"
+                f"--init-from {folder}: its weights do not load into the ViT its config.json "
+                f"describes ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
             ) from None
         try:
             training = json.loads((path / "training.json").read_text())

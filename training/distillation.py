@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 
 from cnn_model import CNN
 from data import same_images, same_split
@@ -84,10 +85,13 @@ def load_teacher(folder: str | Path, val_images: int, seed: int, mean: list[floa
     config, training = read_teacher_folder(folder)
     try:
         model = CNN.from_pretrained(folder)
-    except Exception as err:  # safetensors' and the mixin's own errors: a foreign or cut file
+    # A cut or foreign model.safetensors (SafetensorError), weights of another shape
+    # (RuntimeError), a config the CNN's constructor refuses (TypeError, ValueError), a
+    # file this user may not read (OSError).
+    except (SafetensorError, RuntimeError, TypeError, ValueError, OSError) as err:
         raise TeacherError(
             f"{folder}: its weights do not load into the CNN its config.json "
-            f"describes ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            f"describes ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
         ) from None
     if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
         raise TeacherError(

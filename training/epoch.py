@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from training.distillation import Distillation
 from training.optimization import WeightAverage
-from training.runtime import Processes, bf16_autocast
+from training.runtime import ProcessPlacement, bf16_autocast
 
 # How often the progress bar reads the running loss back from the device: each read
 # waits for the device's queue to drain, so it happens by the clock, not every step.
@@ -31,7 +31,7 @@ def train_one_epoch(
     mixing: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
     label_smoothing: float,
     bf16: bool,
-    procs: Processes,
+    procs: ProcessPlacement,
     patch_keep: float = 1.0,
     ema: WeightAverage | None = None,
     distill: Distillation | None = None,

@@ -84,12 +84,17 @@ def teachers_down_the_line(training: dict | None) -> list[tuple[int, float]]:
     )
 
 
+def history_minutes(history: list[dict]) -> float:
+    """The wall-clock minutes the epochs of a history took, each as its row records them."""
+    return sum(h["seconds"] for h in history) / 60
+
+
 def minutes_at_epochs(history: list[dict], teachers: list[tuple[int, float]]) -> list[float]:
     """Cumulative wall-clock minutes at the end of each epoch of a lineage history, a
     teacher's minutes counted before the first epoch it taught."""
     total, out = 0.0, []
     for h in history:
-        total += sum(m for before, m in teachers if before == h["epoch"] - 1) + h["seconds"] / 60
+        total += sum(m for before, m in teachers if before == h["epoch"] - 1) + history_minutes([h])
         out.append(total)
     return out
 

@@ -16,7 +16,7 @@ import torch
 
 from common.atomic_files import atomic_write
 from training.card import RunSummary
-from training.lineage import machine_spans, minutes_at_epochs
+from training.lineage import history_minutes, machine_spans, minutes_at_epochs
 
 if TYPE_CHECKING:  # for annotations: matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
@@ -107,7 +107,7 @@ def save_time_to_accuracy(history: list[dict], path: Path, teachers: list[tuple[
     for before, minutes in teachers:
         start = at.get(before + 1)
         if start is not None:
-            ax.axvline(start - history[before]["seconds"] / 60, color="gray", linestyle=":", linewidth=1)
+            ax.axvline(start - history_minutes([history[before]]), color="gray", linestyle=":", linewidth=1)
             ax.annotate(
                 f"+{minutes:.0f} min teacher",
                 (start, 0),

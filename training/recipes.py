@@ -62,7 +62,7 @@ RECIPES = {
     ),
     # Most accuracy per training FLOP at a fixed --epochs (README, "The budget recipe"):
     # warmup then linear decay to zero over exactly this run, no dropout, drop path, half
-    # the patches per training image; "auto" values follow --epochs (budget_value).
+    # the patches per training image; "auto" values follow --epochs (budget_auto_value).
     "budget": dict(
         model="vit",
         epochs=30,
@@ -127,7 +127,7 @@ def recipe_help(key: str, what: str, models: tuple[str, ...] = ("vit", "cnn")) -
     return f"{what} [recipe: {values}]"
 
 
-def budget_value(key: str, epochs: int) -> int | str:
+def budget_auto_value(key: str, epochs: int) -> int | str:
     """The budget recipe's epoch-dependent values: warmup 5% of the run (at least one
     epoch), and a light per-image policy only for runs long enough to need regularizing."""
     if key == "warmup_epochs":
@@ -140,4 +140,4 @@ def recipe_defaults(name: str, epochs: int | None) -> dict:
     values worked out for the run's --epochs (the recipe's own where not given)."""
     values = dict(RECIPES[name])
     epochs = values["epochs"] if epochs is None else epochs
-    return {key: budget_value(key, epochs) if value == "auto" else value for key, value in values.items()}
+    return {key: budget_auto_value(key, epochs) if value == "auto" else value for key, value in values.items()}

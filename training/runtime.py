@@ -23,7 +23,7 @@ _T = TypeVar("_T")  # what first_on_main's load returns
 
 
 @dataclass
-class Processes:
+class ProcessPlacement:
     """This process's place in the run (rank among world) and its device."""
 
     rank: int
@@ -189,14 +189,14 @@ def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
     return device
 
 
-def start_processes(device_name: str) -> Processes:
+def start_processes(device_name: str) -> ProcessPlacement:
     """One process, or under torchrun the process group: NCCL for CUDA devices, gloo
     otherwise (so --device cpu works on a GPU machine), with the CUDA device set first."""
     if "RANK" not in os.environ:
         device = pick_device(device_name)
         if device.type == "cuda":
             use_cuda_device(device)
-        return Processes(0, 1, device)
+        return ProcessPlacement(0, 1, device)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = pick_device(device_name, local_rank, int(os.environ.get("WORLD_SIZE", 1)))
     if device.type == "cuda":
@@ -204,7 +204,7 @@ def start_processes(device_name: str) -> Processes:
         dist.init_process_group("nccl", device_id=device)
     else:
         dist.init_process_group("gloo")
-    return Processes(dist.get_rank(), dist.get_world_size(), device, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return ProcessPlacement(dist.get_rank(), dist.get_world_size(), device, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
 def use_cuda_device(device: torch.device) -> None:

@@ -14,20 +14,11 @@ import torch
 from common.atomic_files import WriteError, atomic_write, write_json
 from training.evaluation import Evaluator, confusion_matrix, per_class_accuracy
 from training.plots import pyplot, save_figure
-from training.runtime import Processes
-from training.transfer import (
-    EVAL_BATCH,
-    KIND_NAMES,
-    STAGE_NAMES,
-    STAGES,
-    Log,
-    Run,
-    Settings,
-    Source,
-    Split,
-    load_source,
-    stage_lr,
-)
+from training.runtime import ProcessPlacement
+from training.transfer_photos import Split
+from training.transfer_settings import STAGE_NAMES, STAGES, Log, Settings, stage_lr
+from training.transfer_source import KIND_NAMES, Source, load_source
+from training.transfer_stages import EVAL_BATCH, Run
 from vit_model import ViT
 
 COLORS = {"scratch": "tab:gray", "probe": "tab:blue", "finetune": "tab:orange"}
@@ -243,7 +234,7 @@ def finish(
     model = models[best]
     model.load_state_dict(runs[best].best_state)
     scores = score(model, split)
-    machine = Processes(0, 1, split.val_images.device).machine()
+    machine = ProcessPlacement(0, 1, split.val_images.device).machine()
     settings.out.mkdir(parents=True, exist_ok=True)
     plot = settings.out / "transfer.png"
     save_plot(

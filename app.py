@@ -7,8 +7,10 @@ model is, how it trained and where it fails.
     VIT_CIFAR_MODEL=USER/REPO python app.py     # the same, as a Space variable would set it
 
 Named API endpoints for gradio_client: /view (the image the model reads), /predict,
-/rollout, /augment, /patches, /mistakes. Photos are read by space/photo.py, the model is
-checked by common/model_folder.py, the endpoints live in space/endpoints.py; this file holds the page.
+/classify, /compare, /rollout, /cam, /class_map, /cnn_class_map, /augment, /patches,
+/mistakes, /cnn_mistakes, /comparison (docs/APP.md lists them). Photos are read by
+space/photo.py, the models are checked by common/model_folder.py, the endpoints live in
+space/endpoints.py; this file holds the page.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import gradio as gr
 import torch
 
 from cnn_model import CNN
-from common.model_folder import FIGURES, ModelError, load_folder
+from common.model_folder import FIGURES, ModelError, load_folder, read_training
 from rollout import DEFAULT_DISCARD, DEFAULT_FUSION, HEAD_FUSIONS
 from space import limits, photo
 from space.components import answers, photo_input
@@ -141,8 +143,9 @@ def rollout_tab(ends: Endpoints, seen: gr.Image, heatmap: gr.Image, caption: gr.
     return ends.rollout, [seen, *controls], [heatmap, blocks, caption], controls, "rollout"
 
 
-def class_map_tab(ends: Endpoints, seen: gr.Image) -> tuple:
-    """The ViT's class-specific map, for its answer or any class the visitor picks."""
+def class_map_tab(ends: Endpoints, seen: gr.Image) -> tuple[tuple, tuple]:
+    """The ViT's class-specific map, for its answer or any class the visitor picks, and
+    the CNN's class activation map for the same class beside it (when it has that class)."""
     gr.Markdown(
         "Rollout is the same whichever class you ask about. Gradient-weighted rollout "
         "(Chefer, Gur and Wolf, 2021) weights each head's attention by how much it raises "
@@ -153,7 +156,17 @@ def class_map_tab(ends: Endpoints, seen: gr.Image) -> tuple:
     with gr.Row(equal_height=False):
         picture = gr.Image(label="Gradient rollout", format="png", height=300, elem_id="class-map")
         caption = gr.Markdown(label="Gradient rollout caption", show_label=False)
-    return ends.class_map, [seen, explain], [picture, caption], [explain], "class_map"
+    # The CNN answers the same question beside it, where it knows the same classes (its
+    # endpoint says why not, otherwise).
+    beside = ends.cnn is not None and ends.cnn.class_names == names
+    with gr.Row(equal_height=False, visible=beside):
+        cnn_picture = gr.Image(
+            label="CNN: the class's activation map", format="png", height=300, elem_id="cnn-class-map"
+        )
+        cnn_caption = gr.Markdown(label="CNN class activation map caption", show_label=False)
+    vit = (ends.class_map, [seen, explain], [picture, caption], [explain], "class_map")
+    cnn = (ends.cnn_class_map, [seen, explain], [cnn_picture, cnn_caption], [explain], "cnn_class_map")
+    return vit, cnn
 
 
 def mistakes_tab(demo: gr.Blocks, ends: Endpoints) -> None:
@@ -210,12 +223,13 @@ def build_demo(
     delete_cache: tuple[int, int] = DELETE_CACHE,
     warm: bool = False,
     cnn: CNN | None = None,
+    cnn_training: dict | None = None,
 ) -> gr.Blocks:
     """The page for a loaded ViT (or none: the model's parts then say why), with the CNN
-    answering beside it when one is given; `warm` starts finding the model's mistakes at
-    once, in the background (the server does)."""
+    answering beside it when one is given (`cnn_training`: its training.json); `warm`
+    starts finding the model's mistakes at once, in the background (the server does)."""
     out = Path(out or picture_folder())
-    ends = Endpoints(loaded, out, cnn)
+    ends = Endpoints(loaded, out, cnn, cnn_training)
     if warm:
         ends.find_mistakes_now()
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.jpg"))
@@ -239,11 +253,11 @@ def build_demo(
             with gr.Tab("Attention rollout", id="rollout"):
                 rollout = rollout_tab(ends, seen, heatmap, caption)
             with gr.Tab("Why this class?", id="class_map"):
-                class_map = class_map_tab(ends, seen)
+                class_maps = class_map_tab(ends, seen)
             with gr.Tab("Mistakes", id="mistakes"):
                 mistakes_tab(demo, ends)
             with gr.Tab("Your own classes", id="own"):
-                own = own_classes_tab(ends, seen)
+                own, own_map = own_classes_tab(ends, seen)
             with gr.Tab("ViT vs CNN", id="comparison"):
                 comparison_tab(demo, ends)
             with gr.Tab("Results", id="results", visible=bool(figures or loaded.training)):
@@ -261,7 +275,8 @@ def build_demo(
         compare = (ends.compare, [seen, flip], [verdict, cnn_label], [flip], "compare")
         classify = (ends.classify, [seen, flip], [answers_json], [flip], "classify")
         cams = (ends.cam, [seen], [cam, cam_caption], [], "cam")
-        wire(ends, image, seen, [predict, compare, classify, rollout, cams, class_map, own, augment, patches])
+        tabs = [predict, compare, classify, rollout, cams, *class_maps, own, own_map, augment, patches]
+        wire(ends, image, seen, tabs)
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE, api_open=False)
     return demo
 
@@ -374,7 +389,8 @@ def main() -> None:
         raise SystemExit(f"error: {loaded.problem}")
     print(loaded.status.replace("`", "").replace("**", ""), flush=True)
     cnn = load_cnn(args.cnn)
-    serve(build_demo(loaded, warm=True, cnn=cnn), args.host, args.port)
+    cnn_training = read_training(Path(args.cnn).expanduser()) if cnn else None
+    serve(build_demo(loaded, warm=True, cnn=cnn, cnn_training=cnn_training), args.host, args.port)
 
 
 def load_cnn(folder: str) -> CNN | None:

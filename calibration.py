@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 OOD_SCORES = ("max_softmax", "max_logit", "energy")
+APP_SAMPLE = 500  # validation images the app bundles, on which it fits the two models' PairThreshold
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> float:
@@ -119,6 +120,33 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> Calibration:
     )
 
 
+@dataclass(frozen=True)
+class PairThreshold:
+    """Two models' energy scores as one: each standardized by its mean and spread on
+    validation images, then summed; an image whose sum is below `threshold` (where
+    KNOWN_FRACTION of those images score higher) looks like none of the classes."""
+
+    means: tuple[float, float]
+    stds: tuple[float, float]
+    threshold: float
+
+    def standardized(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """(2, N): each model's scores in its own validation spreads."""
+        return torch.stack([(first - self.means[0]) / self.stds[0], (second - self.means[1]) / self.stds[1]])
+
+    def score(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return self.standardized(first, second).sum(0)
+
+
+def fit_pair(first: torch.Tensor, second: torch.Tensor) -> PairThreshold:
+    """The PairThreshold of two models' energy scores on the same validation images."""
+    first, second = first.double(), second.double()
+    unfitted = PairThreshold((float(first.mean()), float(second.mean())), (float(first.std()), float(second.std())), 0)
+    return PairThreshold(
+        unfitted.means, unfitted.stds, threshold_keeping(unfitted.score(first, second), KNOWN_FRACTION)
+    )
+
+
 def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> list[tuple[float, float, int]]:
     """(mean confidence, accuracy, images) of each non-empty equal-width confidence bin."""
     confidence, predicted = probs.max(1)
@@ -173,19 +201,18 @@ def mahalanobis_score(train_features: torch.Tensor, train_labels: torch.Tensor, 
 
 
 def logits_and_features(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The logits and what the head reads (the class token's features for the ViT, the
-    pooled ones for the CNN)."""
+    """The logits and what the head reads (`head_input`: the ViT's class token, the CNN's
+    pooled features) for uint8 images, in eval mode (the model's mode is restored)."""
     from data import to_normalized
 
-    seen: list[torch.Tensor] = []
-    hook = model.head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].float()))
+    was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            logits = torch.cat([model(to_normalized(c, model.mean, model.std)).float() for c in images.split(250)])
+            features = torch.cat([model.head_input(to_normalized(c, model.mean, model.std)) for c in images.split(250)])
+            return model.head(features).float(), features.float()
     finally:
-        hook.remove()
-    return logits, torch.cat(seen)
+        model.train(was_training)
 
 
 def _report(name: str, fitting: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> None:
@@ -193,7 +220,7 @@ def _report(name: str, fitting: torch.Tensor, inside: torch.Tensor, outside: tor
     cut = threshold_keeping(fitting, KNOWN_FRACTION)
     print(
         f"  {name:24s} AUROC {auroc(inside, outside):.3f}; keeping 95% of validation "
-        f"(threshold fitted on the other half): {100 * (inside >= cut).float().mean():.1f}% "
+        f"(threshold fitted on other validation images): {100 * (inside >= cut).float().mean():.1f}% "
         f"of validation and {100 * (outside >= cut).float().mean():.1f}% of the "
         f"{len(outside)} other photos kept"
     )
@@ -227,6 +254,7 @@ def main() -> None:
     half = len(val_labels) // 2  # fit on one half of validation, measure on the other
     energies: list[tuple[torch.Tensor, torch.Tensor]] = []  # per model: validation, photos
     answers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    served: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = []  # model, its logits
     for folder in args.models.split(","):
         config = json.loads((Path(folder) / "config.json").read_text())
         model = (CNN if "widths" in config else ViT).from_pretrained(folder)
@@ -247,24 +275,60 @@ def main() -> None:
         _report("mahalanobis (features)", scores[0][:half], scores[0][half:], scores[1])
         energies.append((ood_score(logits, "energy", t), ood_score(outside, "energy", t)))
         answers.append((logits.argmax(1), outside.argmax(1)))
+        served.append((model, logits, outside))
         if args.write:
             fitted = write_calibration(Path(folder), fit_calibration(logits, val_labels))
             save_reliability_diagram(logits, val_labels, fitted.temperature, Path(folder) / "reliability.png")
             print(f"  wrote temperature {fitted.temperature:.3f} and energy threshold {fitted.known_threshold:.3f}")
-    if len(energies) == 2:  # the two models together
+    if len(energies) == 2:
         print("both models:")
-        (a, a_out), (b, b_out) = energies
-        mean, std = (
-            torch.stack([a[:half], b[:half]]).mean(1, keepdim=True),
-            torch.stack([a[:half], b[:half]]).std(1, keepdim=True),
-        )
-        both, both_out = ((torch.stack(pair) - mean) / std for pair in ((a, b), (a_out, b_out)))
-        _report(
-            "energy, both (the lower)", both.min(0).values[:half], both.min(0).values[half:], both_out.min(0).values
-        )
-        _report("energy, both (the sum)", both.sum(0)[:half], both.sum(0)[half:], both_out.sum(0))
-        agree, agree_out = ((answers[0][i] == answers[1][i]).float() for i in (0, 1))
-        _report("the two agree (0 or 1)", agree[:half], agree[half:], agree_out)
+        _report_pair(energies, answers, half)
+        _report_served(served)
+
+
+def _report_pair(
+    energies: list[tuple[torch.Tensor, torch.Tensor]], answers: list[tuple[torch.Tensor, torch.Tensor]], half: int
+) -> None:
+    """The two models' scores together: standardized and fitted on the first half of
+    validation (and, as the app fits them, on only its first APP_SAMPLE images)."""
+    (a, a_out), (b, b_out) = energies
+    pair = fit_pair(a[:half], b[:half])
+    both, both_out = pair.standardized(a, b), pair.standardized(a_out, b_out)
+    _report("energy, both (the lower)", both.min(0).values[:half], both.min(0).values[half:], both_out.min(0).values)
+    _report(
+        "energy, both (the sum)",
+        pair.score(a[:half], b[:half]),
+        pair.score(a[half:], b[half:]),
+        pair.score(a_out, b_out),
+    )
+    small = fit_pair(a[:APP_SAMPLE], b[:APP_SAMPLE])
+    _report(
+        f"the sum, fitted on {APP_SAMPLE}",
+        small.score(a[:APP_SAMPLE], b[:APP_SAMPLE]),
+        small.score(a[half:], b[half:]),
+        small.score(a_out, b_out),
+    )
+    agree, agree_out = ((answers[0][i] == answers[1][i]).float() for i in (0, 1))
+    _report("the two agree (0 or 1)", agree[:half], agree[half:], agree_out)
+
+
+def _report_served(served: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]) -> None:
+    """The two models together as the app judges them: each config's temperature (as
+    loaded), the PairThreshold fitted on the app's bundled validation sample; measured on
+    every validation image and every other photo."""
+    from space.mistakes import load_sample
+
+    sample = load_sample().images
+    pair = fit_pair(*(ood_score(logits_and_features(m, sample)[0], "energy", m.temperature) for m, _, _ in served))
+    inside, outside = (
+        pair.score(*(ood_score(logits[i], "energy", m.temperature) for m, *logits in served)) for i in (0, 1)
+    )
+    print(
+        f"  as the app serves them    AUROC {auroc(inside, outside):.3f}; threshold fitted on its "
+        f"{len(sample)}-image sample: {100 * (inside >= pair.threshold).float().mean():.1f}% of the "
+        f"{len(inside)} validation images kept, {100 * (outside < pair.threshold).float().mean():.1f}% "
+        f"of the {len(outside)} other photos flagged"
+    )
 
 
 def write_calibration(folder: Path, calibration: Calibration) -> Calibration:

@@ -128,9 +128,14 @@ class CNN(
         x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's and cuDNN's fast layout
         return self.stages(F.gelu(self.stem(x)))
 
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head reads for normalized images, (B, widths[-1]): the pooled last-stage
+        features times the logit scale; a linear probe's features."""
+        return self.features(x).mean(dim=(2, 3)) * self.logit_scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for normalized images (B, C, H, W)."""
-        return self.head(self.features(x).mean(dim=(2, 3)) * self.logit_scale)
+        return self.head(self.head_input(x))
 
     def cam(self, x: torch.Tensor, class_index: torch.Tensor | int) -> torch.Tensor:
         """Class activation maps (B, h, w) for normalized images: at each position the

@@ -23,7 +23,7 @@ space/pictures.py's.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -151,16 +151,22 @@ def model_rollout(
 
 
 def gradient_rollout(
-    model: torch.nn.Module, x: torch.Tensor, class_index: int | None = None
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    class_index: int | None = None,
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """The class-specific map (B, grid, grid) of a vit_model.ViT for normalized images x,
     in eval mode (the model's mode is restored), for `class_index`, or each image's top
-    class when None; returns (maps, the class index of the first image)."""
+    class when None; returns (maps, the class index of the first image). `head`, when
+    given, scores in place of the model's head, from the class token's features that head
+    reads (a linear probe on them, say): its logits are the ones explained."""
     was_training = model.training
     model.eval()
     try:
         with torch.enable_grad():
-            logits, attentions = model(x, return_attention=True)
+            features, attentions = model.encode(x, return_attention=True)
+            logits = (head or model.head)(features)
             chosen = logits.argmax(1) if class_index is None else torch.full((len(x),), class_index)
             score = logits.gather(1, chosen[:, None].to(logits.device)).sum()
             grads = torch.autograd.grad(score, attentions)

@@ -247,6 +247,15 @@ class ViT(
         random subset per image after the positions are added (PatchDropout, Liu et al.
         2022): fewer tokens, a cheaper step; evaluation always sees every patch.
         """
+        features, attentions = self.encode(x, return_attention, patch_keep)
+        logits = self.head(features)
+        return (logits, attentions) if return_attention else logits
+
+    def encode(
+        self, x: torch.Tensor, return_attention: bool = False, patch_keep: float = 1.0
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """What the head reads, (B, dim): the class token after the last norm; and each
+        block's attention weights (None unless return_attention). Arguments as forward's."""
         tokens = self.patch_embed(patchify(x, self.patch_size)) + self.pos_embed[:, 1:]
         if self.training and patch_keep < 1:
             b, n, d = tokens.shape
@@ -259,8 +268,11 @@ class ViT(
         for block in self.blocks:
             x, weights = block(x, need_weights=return_attention)
             attentions.append(weights)
-        logits = self.head(self.norm(x[:, 0]))
-        return (logits, attentions) if return_attention else logits
+        return self.norm(x[:, 0]), attentions
+
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head reads for normalized images, (B, dim): a linear probe's features."""
+        return self.encode(x)[0]
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, flip: bool = False) -> torch.Tensor:

@@ -10,11 +10,12 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import gradio as gr
 import torch
 
+from calibration import PairThreshold, fit_pair, logits_and_features, ood_score
 from cnn_model import CNN
 from data import to_normalized
 from rollout import HEAD_FUSIONS, gradient_rollout, model_rollout, scale_to_unit
@@ -33,12 +34,20 @@ from space.mistakes import (
 )
 from space.model_source import Loaded
 from space.pictures import augmented_views, block_maps, enlarge, patch_views, rollout_figure
-from space.verdict import Answer, NotANumberError, answer, verdict_markdown
+from space.verdict import Answer, NotANumberError, Together, answer, together, verdict_markdown
 from vit_model import tta_logits
 
 TOP_CLASS = "its top class"  # /class_map explains the model's own answer
 RECENT_ANSWERS = 16  # shown pictures whose answers are kept, a few per concurrent request
 MISTAKES_SHOWN = 24  # the most confident mistakes of a filter, in one screen or two
+
+
+class Answers(NamedTuple):
+    """Both models' answers for one shown picture, and their joint call where fitted."""
+
+    vit: Answer
+    cnn: Answer | None
+    both: Together | None
 
 
 def photo_source(payload: str | os.PathLike | dict | None) -> str | os.PathLike | BinaryIO | None:
@@ -96,9 +105,10 @@ def _one_of(value, name: str, choices) -> str:
 
 class Endpoints:
     """The app's named endpoints for one loaded model (or none), writing their pictures
-    into `out` (gradio's cache folder, where they expire with DELETE_CACHE)."""
+    into `out` (gradio's cache folder, where they expire with DELETE_CACHE); `cnn_training`
+    is the CNN's training.json, which says whether it held out the bundled sample."""
 
-    def __init__(self, loaded: Loaded, out: Path, cnn: CNN | None = None):
+    def __init__(self, loaded: Loaded, out: Path, cnn: CNN | None = None, cnn_training: dict | None = None):
         self.model, self.out, self.cnn = loaded.model, out, cnn
         self.size = self.model.image_size if self.model is not None else 32
         # Without a model any statistics show the augmentation exactly as training does it
@@ -117,9 +127,20 @@ class Endpoints:
             except ValueError as err:
                 self.no_sample = f"The bundled validation sample cannot be used: {err}."
         self.caveat = sample_caveat(loaded.training)
+        # Both models' scores are judged together only where both held out the sample that
+        # fixes their joint threshold.
+        self.pairs = (
+            cnn is not None
+            and self.sample is not None
+            and cnn.class_names == self.model.class_names
+            and not self.caveat
+            and not sample_caveat(cnn_training or {})
+        )
+        self._pair: PairThreshold | None = None
+        self._pair_lock = threading.Lock()
         self._mistakes, self._mistakes_lock, self._comparison = None, threading.Lock(), None
         self._cnn_mistakes: Mistakes | None = None
-        self._recent_answers: OrderedDict[tuple[str, bool], tuple[Answer, Answer | None]] = OrderedDict()
+        self._recent_answers: OrderedDict[tuple[str, bool], Answers] = OrderedDict()
         self._answers_lock = threading.Lock()
         self._galleries: dict[tuple[str, str, str], tuple[list[tuple[str, str]], str]] = {}
 
@@ -131,6 +152,20 @@ class Endpoints:
                 self._mistakes = find_mistakes(self.model, self.sample)
                 limits.release_memory()  # the attention maps of 500 images are freed
         return self._mistakes
+
+    @property
+    def pair(self) -> PairThreshold | None:
+        """The two models' joint threshold, fitted on first use on the bundled validation
+        sample (a second); None where self.pairs is false."""
+        with self._pair_lock:
+            if self._pair is None and self.pairs:
+                self._pair = fit_pair(
+                    *(
+                        ood_score(logits_and_features(m, self.sample.images)[0], "energy", m.temperature)
+                        for m in (self.model, self.cnn)
+                    )
+                )
+        return self._pair
 
     def comparison(self) -> str:
         """/comparison: the ViT and the CNN on the bundled sample, side by side."""
@@ -151,7 +186,7 @@ class Endpoints:
     def find_mistakes_now(self) -> None:
         """Find the mistakes in a background thread, so that no request waits seconds
         for them (one that comes sooner waits for this one, not for its own)."""
-        threading.Thread(target=lambda: self.mistakes, name="find-mistakes", daemon=True).start()
+        threading.Thread(target=lambda: (self.pair, self.mistakes), name="find-mistakes", daemon=True).start()
 
     def _png(self, pixels) -> str:
         return limits.save_png(pixels, self.out)
@@ -181,7 +216,7 @@ class Endpoints:
             except NotANumberError as err:
                 raise photo.UserError(f"{str(err).capitalize()}.") from None
 
-    def _answers(self, image, flip_tta) -> tuple[Answer, Answer | None]:
+    def _answers(self, image, flip_tta) -> Answers:
         model = self._require()
         if not isinstance(flip_tta, bool):
             raise photo.UserError(f"Flip TTA must be true or false, not {flip_tta!r}.")
@@ -193,7 +228,8 @@ class Endpoints:
             found = self._recent_answers.get(key)
         if found is None:
             small = self.read(image)
-            found = self._answer(model, small, flip_tta), self.cnn and self._answer(self.cnn, small, flip_tta)
+            vit, cnn = self._answer(model, small, flip_tta), self.cnn and self._answer(self.cnn, small, flip_tta)
+            found = Answers(vit, cnn, together(self.pair, vit, cnn) if self.pair else None)
             with self._answers_lock:
                 self._recent_answers[key] = found
                 while len(self._recent_answers) > RECENT_ANSWERS:
@@ -217,21 +253,27 @@ class Endpoints:
     def predict(self, image: str | os.PathLike | dict | None, flip_tta: bool = False) -> dict[str, float]:
         """/predict: the ViT's calibrated class probabilities for an image; with flip_tta,
         from the mean of the logits of the image and its mirror image."""
-        return self._answers(image, flip_tta)[0].confidences
+        return self._answers(image, flip_tta).vit.confidences
 
     def classify(self, image: str | os.PathLike | dict | None, flip_tta: bool = False) -> dict:
         """/classify: {"vit": ..., "cnn": ...} (the CNN's when one is loaded), each with
         its label, calibrated confidences, whether the image looks like one of its
-        classes ("known", null where its config fixes no threshold) and its score."""
-        vit, cnn = self._answers(image, flip_tta)
-        return {"vit": vit.as_json(), **({"cnn": cnn.as_json()} if cnn else {})}
+        classes ("known", null where its config fixes no threshold) and its score; and
+        "both" ({"known", "score"}: the two scores together, what the page says) where the
+        two models' joint threshold is fitted."""
+        found = self._answers(image, flip_tta)
+        return {
+            "vit": found.vit.as_json(),
+            **({"cnn": found.cnn.as_json()} if found.cnn else {}),
+            **({"both": found.both.as_json()} if found.both else {}),
+        }
 
     def compare(
         self, image: str | os.PathLike | dict | None, flip_tta: bool = False
     ) -> tuple[str, dict[str, float] | None]:
         """/compare: both models' answers in words, and the CNN's top classes."""
-        vit, cnn = self._answers(image, flip_tta)
-        return verdict_markdown(vit, cnn), cnn.confidences if cnn else None
+        found = self._answers(image, flip_tta)
+        return verdict_markdown(*found), found.cnn.confidences if found.cnn else None
 
     def rollout(
         self, image: str | os.PathLike | dict | None, head_fusion: str, discard_ratio: float, block_head: str
@@ -278,19 +320,31 @@ class Endpoints:
         )
         return self._png(rollout_figure(small, scale_to_unit(maps)[0])), caption
 
-    def train_own(self, names_text: str | None, *uploads: list | None) -> tuple[own_classes.OwnClassifier, str]:
-        """The visitor's classifier (for their page's state alone) from their class names
-        and one list of photos per class, and what the page says about it."""
-        model = self._require()
+    def _own_model(self, name: str) -> torch.nn.Module:
+        """The served model whose features a visitor's classifier reads (one of own_classes.MODELS)."""
+        vit = self._require()
+        if _one_of(name, "The model", own_classes.MODELS) == "ViT":
+            return vit
+        if self.cnn is None:
+            raise photo.UserError("No CNN is loaded beside the ViT: train your classifier on the ViT's features.")
+        return self.cnn
+
+    def train_own(
+        self, names_text: str | None, model_name: str, *uploads: list | None
+    ) -> tuple[own_classes.OwnClassifier, str]:
+        """The visitor's classifier (for their page's state alone) from their class names,
+        the model whose features it reads and one list of photos per class, and what the
+        page says about it."""
+        model = self._own_model(model_name)
         names = own_classes.class_names(names_text)
         groups = [list(u or []) for u in uploads[: len(names)]]
         own_classes.check_counts(names, [len(g) for g in groups])  # before decoding any photo
         classifier = own_classes.fit(model, names, [torch.stack([self.read(p) for p in g]) for g in groups])
         return classifier, (
-            f"Trained on {classifier.photos} photos in {len(names)} classes: it answers "
-            f"{100 * classifier.train_accuracy:.0f}% of them right (the photos it learnt from, "
+            f"Trained on the {model_name}'s features of {classifier.photos} photos in {len(names)} classes: "
+            f"it answers {100 * classifier.train_accuracy:.0f}% of them right (the photos it learnt from, "
             "so not a measure of new ones). Every photo you send from now on is also answered "
-            "by your classifier, here; it lives in this page only and is gone when you close it."
+            "by your classifier, here, with its map; it lives in this page only and is gone when you close it."
         )
 
     def own_answer(
@@ -299,26 +353,52 @@ class Endpoints:
         """/own: the visitor's classifier on an image (None before they trained one)."""
         if classifier is None or image is None:
             return None
-        return own_classes.answer(self._require(), classifier, self.read(image))
+        return own_classes.answer(self._own_model(classifier.model), classifier, self.read(image))
+
+    def own_map(
+        self, image: str | os.PathLike | dict | None, classifier: own_classes.OwnClassifier | None
+    ) -> tuple[str | None, str]:
+        """/own_map: the image beside the map of the visitor's classifier for its top class,
+        and a caption; (None, "") before they trained one."""
+        if classifier is None or image is None:
+            return None, ""
+        small = self.read(image)
+        heat, best = own_classes.explain(self._own_model(classifier.model), classifier, small)
+        if classifier.model == "CNN":
+            how = (
+                "where the CNN's last features vote for it through your classifier (class activation "
+                "map: the cells' votes, averaged, plus your classifier's bias are exactly its score)"
+            )
+        else:
+            how = "the patches whose attention raises your classifier's score for it (gradient-weighted rollout)"
+        caption = f"Why **{classifier.class_names[best]}**, your classifier's top class? Bright: {how}."
+        return self._png(rollout_figure(small, heat)), caption
 
     def cam(self, image: str | os.PathLike | dict | None) -> tuple[str | None, str]:
         """/cam: the image beside the CNN's class activation map for its top class, and a
         caption; (None, why) without a CNN."""
+        return self.cnn_class_map(image, TOP_CLASS)
+
+    def cnn_class_map(self, image: str | os.PathLike | dict | None, class_name: str) -> tuple[str | None, str]:
+        """/cnn_class_map: the image beside the CNN's class activation map for one class
+        (TOP_CLASS: its own answer), and a caption; (None, why) without a CNN."""
         self._require()
         if self.cnn is None:
             return None, "No CNN is loaded beside the ViT, so there is no class activation map."
+        choice = _one_of(class_name, "The CNN's class", [TOP_CLASS, *self.cnn.class_names])
         small = self.read(image)
         x = to_normalized(small[None], self.cnn.mean, self.cnn.std)
         with torch.no_grad():
-            best = int(self.cnn(x).argmax())
-            votes = self.cnn.cam(x, best)[0].clamp(min=0)  # where the features vote for the class
+            index = int(self.cnn(x).argmax()) if choice == TOP_CLASS else self.cnn.class_names.index(choice)
+            votes = self.cnn.cam(x, index)[0].clamp(min=0)  # where the features vote for the class
         heat = votes / votes.max() if votes.max() > 0 else votes
         rows, cols = votes.shape
+        whose = "the CNN's top class" if choice == TOP_CLASS else "the class you picked for the CNN"
         caption = (
-            f"Explaining **{self.cnn.class_names[best]}**, the CNN's top class: where its last "
+            f"Explaining **{self.cnn.class_names[index]}**, {whose}: where its last "
             f"features vote for it (class activation map, Zhou et al. 2016). The {rows}x{cols} "
             "cells' votes, averaged, plus one bias are exactly the class's logit; cells voting "
-            "against it stay clear."
+            "against it stay clear." + ("" if votes.max() > 0 else " Here no cell votes for it.")
         )
         return self._png(rollout_figure(small, heat)), caption
 

@@ -41,17 +41,21 @@ def model_tab(loaded: Loaded, out: Path) -> None:
             gr.Markdown(f"```text\n{model_graph.layer_table(model, model.image_size)}\n```")
 
 
-def own_classes_tab(ends: Endpoints, seen: gr.Image) -> tuple:
-    """Name 2-5 classes, drop their photos, train a probe on the ViT's frozen features."""
+def own_classes_tab(ends: Endpoints, seen: gr.Image) -> tuple[tuple, tuple]:
+    """Name 2-5 classes, drop their photos, train a probe on the frozen features of the ViT
+    (or of the CNN, where one is loaded); returns the wiring of /own and of /own_map."""
     gr.Markdown(
-        f"Teach the ViT your own classes: name {own_classes.MIN_CLASSES} to {own_classes.MAX_CLASSES} "
+        f"Teach a model your own classes: name {own_classes.MIN_CLASSES} to {own_classes.MAX_CLASSES} "
         f"(comma-separated), drop {own_classes.MIN_PHOTOS} to {own_classes.MAX_PHOTOS} photos of each "
         "in the boxes in the same order, and train. A linear layer learns your classes from the "
-        "features the ViT's head reads (a linear probe; the ViT itself stays as it is), in about "
-        "a second. Your classifier is yours alone: no other visitor sees it, and it is gone when "
-        "you close the page."
+        "features the model's head reads (a linear probe; the model itself stays as it is), in about "
+        "a second, and a map shows where in each later photo it finds its answer. Your classifier is "
+        "yours alone: no other visitor sees it, and it is gone when you close the page."
     )
-    names = gr.Textbox(label="Class names, comma-separated", placeholder="ant, bee")
+    with gr.Row():
+        names = gr.Textbox(label="Class names, comma-separated", placeholder="ant, bee", scale=3)
+        # Without a CNN there is nothing to choose: the ViT's features it is.
+        model = gr.Radio(list(own_classes.MODELS), value="ViT", label="Features of", visible=ends.cnn is not None)
     with gr.Row():
         uploads = [
             gr.File(
@@ -66,13 +70,27 @@ def own_classes_tab(ends: Endpoints, seen: gr.Image) -> tuple:
     train = gr.Button("Train my classifier", variant="primary")
     status = gr.Markdown(label="Your classifier's training", show_label=False)
     mine = gr.State(None)
-    label = gr.Label(num_top_classes=own_classes.MAX_CLASSES, label="Your classifier", elem_id="own-label")
+    with gr.Row(equal_height=False):
+        label = gr.Label(num_top_classes=own_classes.MAX_CLASSES, label="Your classifier", elem_id="own-label")
+        with gr.Column():
+            picture = gr.Image(label="Your classifier's map", format="png", height=300, elem_id="own-map")
+            caption = gr.Markdown(label="Your classifier's map caption", show_label=False)
     common = dict(preprocess=False, concurrency_id="app")
     trained = train.click(
-        answers(ends.train_own), [names, *uploads], [mine, status], api_visibility="private", **common
+        answers(ends.train_own), [names, model, *uploads], [mine, status], api_visibility="private", **common
     )
     trained.success(answers(ends.own_answer), [seen, mine], [label], api_visibility="private", **common)
-    return ends.own_answer, [seen, mine], [label], [], "own"
+    # Named apart: gradio would name it after the function, leaving the public one "own_map_1".
+    trained.success(
+        answers(ends.own_map),
+        [seen, mine],
+        [picture, caption],
+        api_name="trained_own_map",
+        api_visibility="private",
+        **common,
+    )
+    own = (ends.own_answer, [seen, mine], [label], [], "own")
+    return own, (ends.own_map, [seen, mine], [picture, caption], [], "own_map")
 
 
 def comparison_tab(demo: gr.Blocks, ends: Endpoints) -> None:

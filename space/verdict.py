@@ -1,15 +1,16 @@
 """What the page and /classify say about an image: each model's calibrated probabilities
 (softmax of the logits over the temperature in its config), its top class, and whether
 the image looks like any of its classes at all (its energy score against the threshold
-fixed on validation images), in words and as JSON."""
+fixed on validation images; with two models, both their scores together), in words and
+as JSON."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from calibration import ood_score
+from calibration import PairThreshold, ood_score
 
 
 class NotANumberError(ValueError):
@@ -48,16 +49,46 @@ def answer(model: torch.nn.Module, logits: torch.Tensor) -> Answer:
     )
 
 
+@dataclass(frozen=True)
+class Together:
+    """Whether an image looks like the classes to two models' scores together."""
+
+    known: bool
+    score: float  # the sum of the two standardized energy scores
+
+    def as_json(self) -> dict:
+        return {"known": self.known, "score": self.score}
+
+
+def together(pair: PairThreshold, first: Answer, second: Answer) -> Together:
+    """Two models' answers for one image judged by their PairThreshold."""
+    score = float(pair.score(torch.tensor(first.score), torch.tensor(second.score)))
+    return Together(known=score >= pair.threshold, score=score)
+
+
+def top(said: Answer) -> str:
+    return f"**{said.label}** ({100 * said.confidences[said.label]:.0f}%)"
+
+
 def in_words(name: str, said: Answer) -> str:
     """One model's answer as a sentence of the page."""
-    top = f"**{said.label}** ({100 * said.confidences[said.label]:.0f}%)"
     if said.known is False:
-        return f"{name}: this does not look like any of the {len(said.confidences)} classes; the closest is {top}."
-    return f"{name}: {top}."
+        return (
+            f"{name}: this does not look like any of the {len(said.confidences)} classes; the closest is {top(said)}."
+        )
+    return f"{name}: {top(said)}."
 
 
-def verdict_markdown(vit: Answer, cnn: Answer | None) -> str:
-    """The ViT's answer, the CNN's beside it, and one line when their top classes differ."""
+def verdict_markdown(vit: Answer, cnn: Answer | None, both: Together | None = None) -> str:
+    """The ViT's answer, the CNN's beside it, and one line when their top classes differ;
+    with `both`, whether the image looks like any class is the two models' joint call."""
+    if both is not None and cnn is not None:
+        if not both.known:
+            return (
+                f"This does not look like any of the {len(vit.confidences)} classes to the two models "
+                f"together; the closest is {top(vit)} for the ViT and {top(cnn)} for the CNN."
+            )
+        vit, cnn = replace(vit, known=None), replace(cnn, known=None)  # the joint call stands for each
     lines = [in_words("ViT", vit)]
     if cnn is not None:
         lines.append(in_words("CNN", cnn))

@@ -437,7 +437,9 @@ ENDPOINTS = (
     "rollout",
     "cam",
     "class_map",
+    "cnn_class_map",
     "own",
+    "own_map",
     "augment",
     "patches",
     "mistakes",
@@ -458,7 +460,7 @@ def test_the_page_names_its_endpoints_and_queues_them_all(loaded):
 
 
 def test_a_changed_control_re_answers_only_its_own_tab(loaded):
-    demo = app.build_demo(loaded)
+    demo = app.build_demo(loaded, cnn=app.load_cnn(str(app.BUNDLED_WEIGHTS / "cnn")))
     events = [f for f in demo.fns.values() if f.fn is not None]
     by_trigger = {}
     for f in events:
@@ -474,6 +476,7 @@ def test_a_changed_control_re_answers_only_its_own_tab(loaded):
         "classify": "/classify",
         "cam": "CNN: class activation map",
         "class_map": "Gradient rollout",
+        "cnn_class_map": "CNN: the class's activation map",
         "rollout": "Attention rollout",
         "augment": "Augmented versions",
         "patches": "Patches",
@@ -486,7 +489,7 @@ def test_a_changed_control_re_answers_only_its_own_tab(loaded):
     assert [o.label for o in named["patches"].outputs[:2]] == ["Patches", "Token sequence"]
     # The private events that re-answer a tab when one of its controls changes (the others
     # clear the answers, or train and apply a visitor's own classifier).
-    others = {"no_answers", "train_own", "own_answer", "shown_for"}
+    others = {"no_answers", "train_own", "own_answer", "own_map", "shown_for"}
     controls = [f for f in events if f.api_visibility == "private" and f.fn.__name__ not in others]
     assert sorted(f.fn.__name__ for f in controls) == sorted(n for n in shows if n != "cam")  # the map has none
     for f in controls:  # a control's change runs the endpoints that read it, nothing else
@@ -572,6 +575,7 @@ def test_the_page_shows_both_models_and_their_verdict(loaded):
     alone = app.build_demo(loaded)  # without a CNN: the ViT alone
     ends_alone = next(f.fn for f in alone.fns.values() if f.api_name == "classify").__wrapped__.__self__
     assert set(ends_alone.classify(cat)) == {"vit"} and ends_alone.compare(cat)[1] is None
+    assert not ends.pairs  # a CNN whose training.json does not show it held out the sample
     assert ends_alone.cam(cat) == (None, "No CNN is loaded beside the ViT, so there is no class activation map.")
 
 
@@ -624,3 +628,52 @@ def test_the_answers_of_one_shown_picture_are_computed_once(loaded, tmp_path, mo
     assert both["vit"]["confidences"] == probs
     ends.predict(EXAMPLE, True)  # the mirror image is another answer
     assert calls == [False, False, True, True]
+
+
+def test_the_two_models_are_judged_together_on_a_threshold_fitted_on_the_sample(loaded, tmp_path):
+    from calibration import logits_and_features, ood_score
+    from common.model_folder import read_training
+
+    folder = app.BUNDLED_WEIGHTS / "cnn"
+    ends = space.endpoints.Endpoints(loaded, tmp_path, app.load_cnn(str(folder)), read_training(folder))
+    assert ends.pairs and ends.pair is ends.pair  # fitted once
+    sample = ends.sample.images
+    scores = ends.pair.score(
+        *(ood_score(logits_and_features(m, sample)[0], "energy", m.temperature) for m in (ends.model, ends.cnn))
+    )
+    assert float((scores >= ends.pair.threshold).double().mean()) == pytest.approx(0.95, abs=0.003)
+    said = ends.classify(EXAMPLE)
+    assert said["both"]["score"] == pytest.approx(
+        float(ends.pair.score(torch.tensor(said["vit"]["score"]), torch.tensor(said["cnn"]["score"]))), rel=1e-5
+    )
+    assert said["both"]["known"] == (said["both"]["score"] >= ends.pair.threshold)
+    unmatched = space.endpoints.Endpoints(loaded, tmp_path, app.load_cnn(str(folder)), {"split_seed": 7})
+    assert not unmatched.pairs and unmatched.pair is None and "both" not in unmatched.classify(EXAMPLE)
+
+
+def test_the_cnns_map_explains_the_class_asked_for(loaded, tmp_path):
+    from cnn_model import CNN
+    from data import to_normalized
+
+    folder = app.BUNDLED_WEIGHTS / "cnn"
+    ends = space.endpoints.Endpoints(loaded, tmp_path, app.load_cnn(str(folder)))
+    top_label = ends.classify(EXAMPLE)["cnn"]["label"]
+    picture, caption = ends.cnn_class_map(EXAMPLE, space.endpoints.TOP_CLASS)
+    assert caption.startswith(f"Explaining **{top_label}**, the CNN's top class")
+    cam_picture, cam_caption = ends.cam(EXAMPLE)  # /cam: the same map
+    assert cam_caption == caption and np.array_equal(png(cam_picture), png(picture))
+    other = next(n for n in ends.cnn.class_names if n != top_label)
+    other_picture, other_caption = ends.cnn_class_map(EXAMPLE, other)
+    assert other_caption.startswith(f"Explaining **{other}**, the class you picked for the CNN: where its")
+    assert not np.array_equal(png(picture), png(other_picture))
+    # The picture is the class's own votes: those of `other`, scaled to their maximum.
+    x = to_normalized(ends.read(EXAMPLE)[None], ends.cnn.mean, ends.cnn.std)
+    votes = CNN.cam(ends.cnn, x, ends.cnn.class_names.index(other))[0]
+    assert ("no cell votes" in other_caption) == bool(votes.max() <= 0)
+    with pytest.raises(app.photo.UserError, match="The CNN's class must be one of"):
+        ends.cnn_class_map(EXAMPLE, "unicorn")
+    alone = space.endpoints.Endpoints(loaded, tmp_path)
+    assert alone.cnn_class_map(EXAMPLE, "cat") == (
+        None,
+        "No CNN is loaded beside the ViT, so there is no class activation map.",
+    )

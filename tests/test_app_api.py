@@ -67,7 +67,9 @@ def test_view_and_predict(client):
 
 def test_classify_answers_with_both_models_calibrated(client):
     both = client.predict(handle_file(CAT), api_name="/classify")
-    assert set(both) == {"vit", "cnn"}
+    assert set(both) == {"vit", "cnn", "both"}
+    together = both.pop("both")  # the two scores judged together: what the page says
+    assert set(together) == {"known", "score"} and together["known"] is True
     for said in both.values():
         assert set(said) == {"label", "confidences", "known", "score"}
         assert set(said["confidences"]) == CLASSES and sum(said["confidences"].values()) == pytest.approx(1)
@@ -81,11 +83,16 @@ def test_classify_answers_with_both_models_calibrated(client):
     assert cnn["label"] == both["cnn"]["label"]
 
 
-def test_a_photo_of_none_of_the_classes_is_flagged_by_the_vit(client, tmp_path):
-    said = client.predict(handle_file(str(unlike_any_class(tmp_path))), api_name="/classify")["vit"]
-    assert said["known"] is False and said["label"] in CLASSES
+def test_a_photo_of_none_of_the_classes_is_flagged_by_the_two_models_together(client, tmp_path):
+    said = client.predict(handle_file(str(unlike_any_class(tmp_path))), api_name="/classify")
+    assert said["vit"]["known"] is False and said["vit"]["label"] in CLASSES
+    assert said["both"]["known"] is False
     verdict, _ = client.predict(handle_file(str(unlike_any_class(tmp_path))), api_name="/compare")
-    assert verdict.startswith(f"ViT: this does not look like any of the 10 classes; the closest is **{said['label']}**")
+    assert verdict.startswith(
+        "This does not look like any of the 10 classes to the two models together; "
+        f"the closest is **{said['vit']['label']}** ("
+    )
+    assert f"for the ViT and **{said['cnn']['label']}** (" in verdict
 
 
 def test_requests_use_the_model_loaded_at_start_up(client, monkeypatch):
@@ -115,6 +122,19 @@ def test_rollout(client):
     assert caption.startswith("Explaining **")
     # No probability beside the class: the top 5 (with or without flip TTA) is the one place for it.
     assert "%" not in caption
+
+
+def test_a_visitors_own_classifier_keeps_its_answer_and_has_its_map_apart(client):
+    info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+
+    def shape(name: str) -> tuple[list[str], list[str]]:
+        return [p["component"] for p in info[name]["parameters"]], [r["component"] for r in info[name]["returns"]]
+
+    assert shape("/own") == (["Image"], ["Label"])  # as API users have called it
+    assert shape("/own_map") == (["Image"], ["Image", "Markdown"])
+    # A caller's session holds no classifier (one is trained on the page): nothing to say.
+    assert client.predict(handle_file(CAT), api_name="/own") == {}  # gradio's empty Label
+    assert client.predict(handle_file(CAT), api_name="/own_map") == (None, "")
 
 
 def test_mistakes(client):

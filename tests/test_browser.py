@@ -92,7 +92,7 @@ def test_upload_answers_at_once_and_every_tab_opens(browser, app_url, screenshot
         panel = page.get_by_role("tabpanel")
         wanted = {
             "rollout": "#blocks img",
-            "class_map": "#class-map img",
+            "class_map": "#cnn-class-map img",  # the CNN's beside the ViT's
             "mistakes": "#mistakes img",
             "comparison": "#comparison table",
             "own": "textarea",
@@ -102,6 +102,8 @@ def test_upload_answers_at_once_and_every_tab_opens(browser, app_url, screenshot
             "patches": "img",
         }[name]  # without graphviz the Model tab has no graph
         expect(panel.locator(wanted).first).to_be_visible(timeout=WAIT_MS)
+        if name == "class_map":
+            expect(panel.locator("#class-map img").first).to_be_visible(timeout=WAIT_MS)
         if name == "mistakes":
             page.get_by_label("True class").click()
             page.get_by_role("option", name="cat", exact=True).click()
@@ -160,7 +162,8 @@ def test_a_photo_of_none_of_the_classes_is_flagged(browser, app_url, tmp_path):
     page, errors = open_page(browser, app_url, 1280, 900)
     page.locator("#photo input[type=file]").set_input_files(unlike_any_class(tmp_path))
     expect(page.locator("#verdict")).to_contain_text(
-        re.compile("this does not look like any of the 10 classes; the closest is"), timeout=WAIT_MS
+        re.compile("does not look like any of the 10 classes to the two models together; the closest is"),
+        timeout=WAIT_MS,
     )
     assert not errors, errors
 
@@ -218,7 +221,16 @@ def test_a_visitor_trains_their_own_classes_and_later_photos_are_answered(browse
     for k, paths in enumerate(groups):
         page.locator(f"#own-files-{k + 1} input[type=file]").set_input_files(paths)
     page.get_by_role("button", name="Train my classifier").click()
-    expect(page.get_by_text("Trained on 10 photos in 2 classes")).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text("Trained on the ViT's features of 10 photos in 2 classes")).to_be_visible(timeout=WAIT_MS)
     page.locator("#photo input[type=file]").set_input_files(groups[1][0])
     expect(page.locator("#own-label .output-class")).to_have_text("blue", timeout=WAIT_MS)
+    expect(page.locator("#own-map img")).to_be_visible(timeout=WAIT_MS)  # with its map, explained
+    expect(page.get_by_text("Why blue, your classifier's top class?")).to_be_visible(timeout=WAIT_MS)
+    page.get_by_role("radio", name="CNN", exact=True).check()  # the CNN's features instead
+    page.get_by_role("button", name="Train my classifier").click()
+    expect(page.get_by_text("Trained on the CNN's features of 10 photos")).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text(re.compile("class activation map: the cells' votes"))).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#own-label .output-class")).to_have_text("blue", timeout=WAIT_MS)
+    page.locator("#photo button[aria-label='Remove Image']").click()  # no map beside no picture
+    expect(page.locator("#own-map img")).to_have_count(0, timeout=WAIT_MS)
     assert not errors, errors

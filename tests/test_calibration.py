@@ -64,3 +64,17 @@ def test_mahalanobis_scores_points_near_a_class_mean_above_far_ones():
     scores = calibration.mahalanobis_score(train, labels, torch.cat([near, far]))
     assert scores[:2].min() > scores[2:].max() and (scores <= 0).all()
     assert float(scores[0]) == pytest.approx(-float(((near[0] - train[labels == 1].mean(0)) ** 2).sum()), rel=0.5)
+
+
+def test_the_pair_threshold_standardizes_each_model_and_keeps_95_percent_of_the_sum():
+    torch.manual_seed(0)
+    first, second = 3 + 2 * torch.randn(2000), -1 + 0.5 * torch.randn(2000)
+    pair = calibration.fit_pair(first, second)
+    assert pair.means == pytest.approx((float(first.mean()), float(second.mean())))
+    assert pair.stds == pytest.approx((float(first.std()), float(second.std())))
+    z = pair.standardized(first, second)
+    assert z.mean(1).tolist() == pytest.approx([0, 0], abs=1e-6) and z.std(1).tolist() == pytest.approx([1, 1])
+    kept = (pair.score(first, second) >= pair.threshold).double().mean()
+    assert float(kept) == pytest.approx(0.95, abs=0.002)
+    # A model with ten times the spread does not outweigh the other in the sum.
+    assert calibration.fit_pair(first, 10 * second).threshold == pytest.approx(pair.threshold, rel=1e-6)

@@ -219,3 +219,21 @@ def test_gradient_rollout_depends_on_the_class_and_keeps_the_mode():
     assert cat.shape == (2, 8, 8) and (cat >= 0).all() and not torch.allclose(cat, dog)
     with torch.no_grad():
         assert best == int(model.eval()(x)[0].argmax())
+
+
+def test_gradient_rollout_explains_the_logits_of_a_head_given_in_place_of_the_models():
+    torch.manual_seed(0)
+    model = ViT(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=16).eval()
+    probe = torch.nn.Linear(16, 3)  # a probe on the class token's features, as the app trains
+    x = torch.randn(3, 3, 8, 8)
+    maps, first = gradient_rollout(model, x, class_index=2, head=probe)
+    read = []
+    hook = model.norm.register_forward_hook(lambda module, inputs, output: read.append(output))
+    _, (attention,) = model(x, return_attention=True)
+    hook.remove()
+    (grad,) = torch.autograd.grad(probe(read[0])[:, 2].sum(), attention)
+    expected = (grad * attention).clamp(min=0).mean(1)[:, 0, 1:].reshape(3, 2, 2)
+    assert first == 2 and torch.allclose(maps, expected.detach(), atol=1e-6)
+    assert not torch.allclose(maps, gradient_rollout(model, x, class_index=2)[0], atol=1e-4)  # not the ViT's own
+    assert gradient_rollout(model, x, head=probe)[1] == int(probe(read[0][:1]).argmax())  # the probe's top class
+    assert model(x).shape == (3, 10)  # the model's own head is back

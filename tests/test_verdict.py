@@ -50,3 +50,25 @@ def test_the_verdict_says_when_the_models_disagree():
         "The two models disagree: the ViT says cat, the CNN dog.",
     ]
     assert "disagree" not in verdict_markdown(vit, Answer("cat", {"cat": 0.9, "dog": 0.1}, True, 6.0))
+
+
+def test_two_models_together_make_one_call_that_overrides_each_models_own():
+    from calibration import fit_pair
+    from space.verdict import together
+
+    pair = fit_pair(torch.linspace(0, 10, 101), torch.linspace(0, 20, 101))
+    vit = Answer("cat", {"cat": 0.7, "dog": 0.3}, False, 9.0)  # flagged alone,
+    cnn = Answer("dog", {"cat": 0.4, "dog": 0.6}, True, 18.0)
+    both = together(pair, vit, cnn)
+    assert both.known and both.score == pytest.approx(float(pair.score(torch.tensor(9.0), torch.tensor(18.0))))
+    assert verdict_markdown(vit, cnn, both).splitlines() == [  # but not together
+        "ViT: **cat** (70%).  ",
+        "CNN: **dog** (60%).  ",
+        "The two models disagree: the ViT says cat, the CNN dog.",
+    ]
+    low = together(pair, Answer("cat", {"cat": 0.7, "dog": 0.3}, True, 0.0), Answer("cat", vit.confidences, True, 0.0))
+    assert not low.known and low.as_json() == {"known": False, "score": low.score}
+    assert verdict_markdown(vit, cnn, low) == (
+        "This does not look like any of the 2 classes to the two models together; "
+        "the closest is **cat** (70%) for the ViT and **dog** (60%) for the CNN."
+    )

@@ -4,13 +4,11 @@ what is wrong with a photo.UserError; app.py turns that into the caller's messag
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 import gradio as gr
 import torch
@@ -20,16 +18,16 @@ from cnn_model import CNN
 from data import to_normalized
 from rollout import HEAD_FUSIONS, gradient_rollout, model_rollout, scale_to_unit
 from space import limits, own_classes, photo
+from space.arguments import one_of, payload_key, photo_source, whole_number
 from space.comparison import comparison_markdown, predicted_classes
 from space.mistakes import (
     ANY,
-    SPLIT_SEED,
-    VAL_SIZE,
     Mistakes,
     find_cnn_mistakes,
     find_mistakes,
     load_sample,
     picture,
+    sample_caveat,
     select,
 )
 from space.model_source import Loaded
@@ -48,59 +46,6 @@ class Answers(NamedTuple):
     vit: Answer
     cnn: Answer | None
     both: Together | None
-
-
-def photo_source(payload: str | os.PathLike | dict | None) -> str | os.PathLike | BinaryIO | None:
-    """What load_photo reads for an input: a file path (from Python), a file uploaded to
-    this app (from a request), or the bytes of a data: URL."""
-    if payload is None or isinstance(payload, (str, os.PathLike)):
-        return payload
-    if isinstance(payload, dict) and str(payload.get("url") or "").startswith("data:"):
-        return photo.read_data_url(payload["url"])
-    path = payload.get("path") if isinstance(payload, dict) else None
-    # gradio has checked the upload already; this keeps any other file out regardless.
-    if path and Path(path).resolve().is_relative_to(Path(gr.utils.get_upload_folder()).resolve()):
-        return path
-    raise photo.UserError("The image must be a file uploaded to this app or a base64 data: URL.")
-
-
-def sample_caveat(training: dict) -> str:
-    """The bundled sample is held out from the split the bundled weights used; a model
-    trained on another split (or whose training.json does not say) may have seen some."""
-    if (training.get("split_seed"), training.get("val_images")) == (SPLIT_SEED, VAL_SIZE):
-        return ""
-    return (
-        " **This model's training.json does not show the same validation split, so it "
-        "may have trained on some of these images.**"
-    )
-
-
-def payload_key(payload: str | os.PathLike | dict | None) -> str:
-    """Which image a payload is: its file path (uploads are named by content), or a
-    hash of an inline data: URL."""
-    if isinstance(payload, dict) and str(payload.get("url") or "").startswith("data:"):
-        return hashlib.sha256(payload["url"].encode()).hexdigest()
-    if isinstance(payload, dict):
-        return str(payload.get("path"))
-    return str(payload)
-
-
-def _whole(value, name: str, low: int, high: int) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value != int(value)
-        or not low <= value <= high
-    ):
-        raise photo.UserError(f"{name} must be a whole number from {low} to {high}, not {value!r}.")
-    return int(value)
-
-
-def _one_of(value, name: str, choices) -> str:
-    if value not in list(choices):
-        raise photo.UserError(f"{name} must be one of {', '.join(map(str, choices))}, not {value!r}.")
-    return value
 
 
 class Endpoints:
@@ -281,11 +226,11 @@ class Endpoints:
         """/rollout: the image beside its attention rollout (with the colour scale), each
         block's raw attention for one head or the heads fused, and a caption."""
         model = self._require()
-        _one_of(head_fusion, "Head fusion", HEAD_FUSIONS)
+        one_of(head_fusion, "Head fusion", HEAD_FUSIONS)
         if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)) or not 0 <= discard_ratio < 1:
             raise photo.UserError(f"The discard ratio must be at least 0 and below 1, not {discard_ratio!r}.")
         heads = [f"head {h + 1}" for h in range(self.heads)]
-        head = _one_of(block_head, "Block head", list(HEAD_FUSIONS) + heads)
+        head = one_of(block_head, "Block head", list(HEAD_FUSIONS) + heads)
         head = heads.index(head) if head in heads else head
         small = self.read(image)
         logits, maps, attentions = model_rollout(
@@ -307,7 +252,7 @@ class Endpoints:
         """/class_map: the image beside the ViT's gradient-weighted rollout for one class
         (TOP_CLASS: its own answer), and a caption."""
         model = self._require()
-        choice = _one_of(class_name, "The class", [TOP_CLASS, *model.class_names])
+        choice = one_of(class_name, "The class", [TOP_CLASS, *model.class_names])
         small = self.read(image)
         index = None if choice == TOP_CLASS else model.class_names.index(choice)
         maps, chosen = gradient_rollout(model, to_normalized(small[None], model.mean, model.std), index)
@@ -323,7 +268,7 @@ class Endpoints:
     def _own_model(self, name: str) -> torch.nn.Module:
         """The served model whose features a visitor's classifier reads (one of own_classes.MODELS)."""
         vit = self._require()
-        if _one_of(name, "The model", own_classes.MODELS) == "ViT":
+        if one_of(name, "The model", own_classes.MODELS) == "ViT":
             return vit
         if self.cnn is None:
             raise photo.UserError("No CNN is loaded beside the ViT: train your classifier on the ViT's features.")
@@ -385,7 +330,7 @@ class Endpoints:
         self._require()
         if self.cnn is None:
             return None, "No CNN is loaded beside the ViT, so there is no class activation map."
-        choice = _one_of(class_name, "The CNN's class", [TOP_CLASS, *self.cnn.class_names])
+        choice = one_of(class_name, "The CNN's class", [TOP_CLASS, *self.cnn.class_names])
         small = self.read(image)
         x = to_normalized(small[None], self.cnn.mean, self.cnn.std)
         with torch.no_grad():
@@ -408,8 +353,8 @@ class Endpoints:
         """/augment: the image as the model reads it, then `count` augmented versions."""
         if seed is None:
             raise photo.UserError("Enter a seed: any whole number from 0 up gives repeatable draws.")
-        count = _whole(count, "The number of augmented versions", 1, 32)
-        seed = _whole(seed, "The seed", 0, 2**32 - 1)
+        count = whole_number(count, "The number of augmented versions", 1, 32)
+        seed = whole_number(seed, "The seed", 0, 2**32 - 1)
         small = self.read(image)
         views = augmented_views(small, count, seed, self.mean, self.std)
         return [(self._png(enlarge(small, 128)), f"input, {self.size}x{self.size}")] + [
@@ -452,8 +397,8 @@ class Endpoints:
         names = [ANY] + self.sample.class_names
         key = (
             model,
-            _one_of(true_class, "The true class", names),
-            _one_of(predicted_class, "The predicted class", names),
+            one_of(true_class, "The true class", names),
+            one_of(predicted_class, "The predicted class", names),
         )
         # Each filter's answer is drawn once; its pictures are served again while they
         # last (limits.renew), and drawn anew once the cache has deleted one.

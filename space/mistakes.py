@@ -178,3 +178,14 @@ def picture(mistakes: Mistakes, i: int, size: int = 96, gap: int = 4) -> tuple[n
     guesses = ", ".join(f"{names[k]} {100 * float(p):.0f}%" for p, k in zip(top.values, top.indices))
     caption = f"{names[mistakes.sample.labels[i]]} → {guesses}"
     return np.concatenate([crisp, white, overlay], axis=1), caption
+
+
+def sample_caveat(training: dict) -> str:
+    """The bundled sample is held out from the split the bundled weights used; a model
+    trained on another split (or whose training.json does not say) may have seen some."""
+    if (training.get("split_seed"), training.get("val_images")) == (SPLIT_SEED, VAL_SIZE):
+        return ""
+    return (
+        " **This model's training.json does not show the same validation split, so it "
+        "may have trained on some of these images.**"
+    )

@@ -301,9 +301,9 @@ def test_an_expired_picture_is_named_as_such(ends):
 
 
 def test_a_model_from_another_split_is_warned_about(loaded):
-    assert space.endpoints.sample_caveat(loaded.training) == ""
+    assert space.mistakes.sample_caveat(loaded.training) == ""
     for training in ({**loaded.training, "split_seed": 1}, {**loaded.training, "val_images": 4000}, {}):
-        assert "may have trained on some of these images" in space.endpoints.sample_caveat(training)
+        assert "may have trained on some of these images" in space.mistakes.sample_caveat(training)
 
 
 def test_identical_pictures_are_written_whole_and_shared(tmp_path):

@@ -9,7 +9,7 @@ model is, how it trained and where it fails.
 Named API endpoints for gradio_client: /view (the image the model reads), /predict,
 /classify, /compare, /rollout, /cam, /class_map, /cnn_class_map, /augment, /patches,
 /mistakes, /cnn_mistakes, /comparison (docs/APP.md lists them). Photos are read by
-space/photo.py, the models are checked by common/model_folder.py, the endpoints live in
+common/photo.py, the models are checked by common/model_folder.py, the endpoints live in
 space/endpoints.py; this file holds the page.
 """
 
@@ -26,9 +26,10 @@ import gradio as gr
 import torch
 
 from cnn_model import CNN
+from common import photo
 from common.model_folder import FIGURES, ModelError, load_folder, read_training
 from rollout import DEFAULT_DISCARD, DEFAULT_FUSION, HEAD_FUSIONS
-from space import limits, photo
+from space import limits
 from space.components import answers, photo_input
 from space.endpoints import TOP_CLASS, Endpoints
 from space.mistakes import ANY

@@ -243,8 +243,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     from cnn_model import CNN
+    from common.photo import load_photo
     from data import load_training_data
-    from space.photo import load_photo
     from vit_model import ViT
 
     data = load_training_data(args.data_dir)

@@ -30,6 +30,7 @@ import torch
 from torchvision.transforms import v2
 
 from common.atomic_files import atomic_save
+from common.photo import DAMAGED
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 CROP_SCALE = (0.8, 1.0)
@@ -153,9 +154,7 @@ def _decode(path: Path) -> torch.Tensor:
         with Image.open(path) as im:
             im.load()  # a truncated file fails here rather than decoding half an image
             rgb = im.convert("RGB")
-    # Pillow's decoders raise what their parsing hits on a damaged file (OSError,
-    # SyntaxError, struct.error, IndexError, DecompressionBombError, ...), undocumented.
-    except Exception as err:
+    except (*DAMAGED, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
     return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3).permute(2, 0, 1)
 

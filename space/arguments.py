@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import gradio as gr
 
-from space import photo
+from common import photo
 
 
 def photo_source(payload: str | os.PathLike | dict | None) -> str | os.PathLike | BinaryIO | None:

@@ -12,7 +12,7 @@ from gradio.data_classes import ImageData
 from gradio_client.utils import is_file_obj_with_meta
 from pydantic import ValidationError
 
-from space import photo
+from common import photo
 
 _T = TypeVar("_T")  # what an endpoint returns, through answers
 
@@ -56,7 +56,7 @@ class _ImagePayload(ImageData):
 
 def photo_input(**kwargs) -> gr.Image:
     """A gr.Image whose payload reaches the endpoint untouched (the events run with
-    preprocess=False), so that space/photo.py does all the decoding, within its limits."""
+    preprocess=False), so that common/photo.py does all the decoding, within its limits."""
     component = gr.Image(type="filepath", image_mode=None, format="png", **kwargs)
     component.data_model = _ImagePayload
     return component

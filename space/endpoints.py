@@ -15,9 +15,10 @@ import torch
 
 from calibration import PairThreshold, fit_pair, logits_and_features, ood_score
 from cnn_model import CNN
+from common import photo
 from data import to_normalized
 from rollout import HEAD_FUSIONS, gradient_rollout, model_rollout, scale_to_unit
-from space import limits, own_classes, photo
+from space import limits, own_classes
 from space.arguments import one_of, payload_key, photo_source, whole_number
 from space.comparison import comparison_markdown, predicted_classes
 from space.mistakes import (

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from calibration import logits_and_features
 from cnn_model import CNN
+from common.photo import UserError
 from data import to_normalized
 from rollout import gradient_rollout, scale_to_unit
-from space.photo import UserError
 
 MODELS = ("ViT", "CNN")  # whose frozen features a probe may read
 MIN_CLASSES, MAX_CLASSES = 2, 5

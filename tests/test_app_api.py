@@ -21,7 +21,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-import space.photo
+import common.photo
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 REPO = Path(__file__).resolve().parent.parent
@@ -401,7 +401,7 @@ def test_an_image_given_by_web_address_is_refused_before_anything_fetches_it(app
 
 
 def test_the_upload_limit_is_the_apps_to_the_byte(app_url):
-    for size, accepted in ((space.photo.MAX_FILE_BYTES, True), (space.photo.MAX_FILE_BYTES + 1, False)):
+    for size, accepted in ((common.photo.MAX_FILE_BYTES, True), (common.photo.MAX_FILE_BYTES + 1, False)):
         response = httpx.post(
             f"{app_url}gradio_api/upload", files={"files": ("x.jpg", b"\xff" * size, "image/jpeg")}, timeout=60
         )

@@ -13,12 +13,12 @@ from PIL import Image
 import app
 from cnn_model import CNN
 from common.model_folder import load_folder
+from common.photo import UserError
 from data import to_normalized
 from rollout import gradient_rollout, scale_to_unit
 from space import own_classes
 from space.endpoints import Endpoints
 from space.model_source import Loaded
-from space.photo import UserError
 from space.pictures import rollout_figure
 
 BUNDLED = Path(__file__).resolve().parent.parent / "weights"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-import space.photo
+import common.photo
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cat_0003.jpg"
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarn
 
 
 def read(path, size=32) -> np.ndarray:
-    return space.photo.load_photo(path, size).permute(1, 2, 0).numpy().astype(int)
+    return common.photo.load_photo(path, size).permute(1, 2, 0).numpy().astype(int)
 
 
 def near(color, expected, tol=12):
@@ -37,14 +37,14 @@ def jpeg_claiming(path: Path, width: int, height: int) -> Path:
 
 
 def test_a_cifar_image_is_read_unchanged():
-    image = space.photo.load_photo(EXAMPLE, 32)
+    image = common.photo.load_photo(EXAMPLE, 32)
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
     assert np.array_equal(image.permute(1, 2, 0).numpy(), np.asarray(Image.open(EXAMPLE).convert("RGB")))
 
 
 def test_the_size_is_the_models(tmp_path):
     Image.new("RGB", (100, 80), RED).save(tmp_path / "red.png")
-    assert space.photo.load_photo(tmp_path / "red.png", 48).shape == (3, 48, 48)
+    assert common.photo.load_photo(tmp_path / "red.png", 48).shape == (3, 48, 48)
 
 
 def test_center_crop_then_resize(tmp_path):
@@ -133,10 +133,10 @@ def test_a_photo_beyond_pillows_bomb_guard_is_read_at_reduced_scale(tmp_path):
 
 
 def test_jpeg_decompression_bombs_stay_refused(tmp_path):
-    with pytest.raises(space.photo.UserError, match="too many pixels to decode safely"):
-        space.photo.load_photo(jpeg_claiming(tmp_path / "bomb.jpg", 60000, 60000), 32)
-    with pytest.raises(space.photo.UserError, match="too many pixels to decode safely"):
-        space.photo.load_photo(jpeg_claiming(tmp_path / "wide.jpg", 65000, 8000), 32)  # 520 MP
+    with pytest.raises(common.photo.UserError, match="too many pixels to decode safely"):
+        common.photo.load_photo(jpeg_claiming(tmp_path / "bomb.jpg", 60000, 60000), 32)
+    with pytest.raises(common.photo.UserError, match="too many pixels to decode safely"):
+        common.photo.load_photo(jpeg_claiming(tmp_path / "wide.jpg", 65000, 8000), 32)  # 520 MP
 
 
 @pytest.mark.parametrize(
@@ -154,12 +154,12 @@ def test_jpeg_decompression_bombs_stay_refused(tmp_path):
 def test_bad_images_get_one_clear_message(tmp_path, make, message):
     path = tmp_path / "upload.png"
     make(path)
-    with pytest.raises(space.photo.UserError, match=re.escape(message)):
-        space.photo.load_photo(path, 32)
+    with pytest.raises(common.photo.UserError, match=re.escape(message)):
+        common.photo.load_photo(path, 32)
 
 
 def test_every_format_the_page_names_is_read(tmp_path):
-    for fmt in space.photo.FORMATS:
+    for fmt in common.photo.FORMATS:
         path = tmp_path / f"red.{fmt.lower()}"
         Image.new("RGB", (40, 40), RED).save(path, fmt)
         assert near(read(path)[20, 20], RED, 20), fmt
@@ -170,22 +170,22 @@ def test_truncated_jpeg_is_a_clear_error(tmp_path):
     Image.fromarray(noise).save(tmp_path / "full.jpg")
     data = (tmp_path / "full.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(space.photo.UserError, match="damaged or incomplete"):
-        space.photo.load_photo(tmp_path / "cut.jpg", 32)
+    with pytest.raises(common.photo.UserError, match="damaged or incomplete"):
+        common.photo.load_photo(tmp_path / "cut.jpg", 32)
 
 
 def test_a_deleted_file_has_expired_and_no_message_names_a_server_path(tmp_path):
-    with pytest.raises(space.photo.UserError, match="This picture has expired") as expired:
-        space.photo.load_photo(tmp_path / "deleted.png", 32)
+    with pytest.raises(common.photo.UserError, match="This picture has expired") as expired:
+        common.photo.load_photo(tmp_path / "deleted.png", 32)
     (tmp_path / "folder.png").mkdir()  # a file system's error, not a decoder's
-    with pytest.raises(space.photo.UserError, match="damaged or incomplete") as unreadable:
-        space.photo.load_photo(tmp_path / "folder.png", 32)
+    with pytest.raises(common.photo.UserError, match="damaged or incomplete") as unreadable:
+        common.photo.load_photo(tmp_path / "folder.png", 32)
     assert str(tmp_path) not in str(expired.value) + str(unreadable.value)
 
 
 def test_no_image_is_a_clear_error():
-    with pytest.raises(space.photo.UserError, match="No image"):
-        space.photo.load_photo(None, 32)
+    with pytest.raises(common.photo.UserError, match="No image"):
+        common.photo.load_photo(None, 32)
 
 
 def data_url(image: Image.Image, fmt: str = "PNG") -> str:
@@ -195,28 +195,28 @@ def data_url(image: Image.Image, fmt: str = "PNG") -> str:
 
 
 def test_data_urls_meet_the_upload_limits(monkeypatch):
-    assert near(read(space.photo.read_data_url(data_url(Image.new("RGB", (40, 40), BLUE))))[3, 3], BLUE)
+    assert near(read(common.photo.read_data_url(data_url(Image.new("RGB", (40, 40), BLUE))))[3, 3], BLUE)
     # 144 megapixels in a few kilobytes: refused from the header, before any decoding.
-    bomb = space.photo.read_data_url(data_url(Image.new("1", (12000, 12000))))
+    bomb = common.photo.read_data_url(data_url(Image.new("1", (12000, 12000))))
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
-    with pytest.raises(space.photo.UserError, match="12000x12000 .* more than the 25 megapixels"):
-        space.photo.load_photo(bomb, 32)
+    with pytest.raises(common.photo.UserError, match="12000x12000 .* more than the 25 megapixels"):
+        common.photo.load_photo(bomb, 32)
 
 
 def test_oversized_or_malformed_data_urls_are_refused_before_decoding(monkeypatch):
     monkeypatch.setattr(base64, "b64decode", lambda *a, **k: pytest.fail("decoded"))
     with pytest.raises(
-        space.photo.UserError,
+        common.photo.UserError,
         match=r"about 2.1 MB; inline images up to 2 MB .* files "
         r"\(up to 20 MB\)",
     ):
-        space.photo.read_data_url("data:image/png;base64," + "A" * 2_800_000)
-    with pytest.raises(space.photo.UserError, match="must be a base64 `data:` URL"):
-        space.photo.read_data_url("data:image/png,rawbytes")
+        common.photo.read_data_url("data:image/png;base64," + "A" * 2_800_000)
+    with pytest.raises(common.photo.UserError, match="must be a base64 `data:` URL"):
+        common.photo.read_data_url("data:image/png,rawbytes")
     monkeypatch.undo()
-    assert len(space.photo.read_data_url("data:image/png;base64," + "A" * 2_666_664).getvalue()) == 1_999_998
-    with pytest.raises(space.photo.UserError, match="not valid base64"):
-        space.photo.read_data_url("data:image/png;base64,@@@@")
+    assert len(common.photo.read_data_url("data:image/png;base64," + "A" * 2_666_664).getvalue()) == 1_999_998
+    with pytest.raises(common.photo.UserError, match="not valid base64"):
+        common.photo.read_data_url("data:image/png;base64,@@@@")
 
 
 def progressive_jpeg(size: tuple[int, int], repeat_last_scan: int = 0) -> io.BytesIO:
@@ -236,8 +236,8 @@ def test_a_progressive_jpeg_with_hundreds_of_scans_is_refused_before_decoding(mo
     bomb = progressive_jpeg((64, 48), repeat_last_scan=200)
     decoded = []
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or None)
-    with pytest.raises(space.photo.UserError, match=r"has 2\d\d progressive scans, more than the 40 .*baseline"):
-        space.photo.load_photo(bomb, 32)
+    with pytest.raises(common.photo.UserError, match=r"has 2\d\d progressive scans, more than the 40 .*baseline"):
+        common.photo.load_photo(bomb, 32)
     assert decoded == []
 
 
@@ -247,21 +247,21 @@ def test_a_progressive_jpeg_is_held_to_the_pixels_decoded_in_full():
     baseline = io.BytesIO()
     Image.new("RGB", (width, height), (90, 140, 200)).save(baseline, "JPEG")
     assert near(read(baseline)[5, 5], (90, 140, 200))
-    with pytest.raises(space.photo.UserError, match=r"progressive JPEG of 30 megapixels.*up to 25 megapixels"):
-        space.photo.load_photo(progressive_jpeg((width, height)), 32)
+    with pytest.raises(common.photo.UserError, match=r"progressive JPEG of 30 megapixels.*up to 25 megapixels"):
+        common.photo.load_photo(progressive_jpeg((width, height)), 32)
 
 
 def test_an_empty_or_oversized_file_is_refused_by_its_size(tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
-    with pytest.raises(space.photo.UserError, match=r"empty \(0 bytes\)"):
-        space.photo.load_photo(empty, 32)
+    with pytest.raises(common.photo.UserError, match=r"empty \(0 bytes\)"):
+        common.photo.load_photo(empty, 32)
     big = tmp_path / "big.jpg"
-    big.write_bytes(EXAMPLE.read_bytes() + b"\0" * space.photo.MAX_FILE_BYTES)
-    with pytest.raises(space.photo.UserError, match=r"is 20.0 MB; images up to 20 MB are accepted"):
-        space.photo.load_photo(big, 32)
-    with pytest.raises(space.photo.UserError, match="images up to 20 MB are accepted"):
-        space.photo.load_photo(io.BytesIO(big.read_bytes()), 32)
+    big.write_bytes(EXAMPLE.read_bytes() + b"\0" * common.photo.MAX_FILE_BYTES)
+    with pytest.raises(common.photo.UserError, match=r"is 20.0 MB; images up to 20 MB are accepted"):
+        common.photo.load_photo(big, 32)
+    with pytest.raises(common.photo.UserError, match="images up to 20 MB are accepted"):
+        common.photo.load_photo(io.BytesIO(big.read_bytes()), 32)
 
 
 def test_a_phones_multi_picture_jpeg_is_decoded_at_reduced_scale_like_any_jpeg(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from common.photo import UserError, load_photo
 from data import IMAGE_SUFFIXES, split_indices
-from space.photo import UserError, load_photo
 from training.transfer_settings import Log, Settings, TransferError
 
 # With an 80/20 split, five images give a class one to validate on and four to train on.

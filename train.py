@@ -184,6 +184,26 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise SystemExit(f"error: {err}") from None
 
 
+def start_line(
+    args: argparse.Namespace,
+    data: TrainingData,
+    trainer: Trainer,
+    procs: ProcessPlacement,
+    state: RunState,
+    resumed: bool,
+) -> str:
+    """What a run says when it starts: the data, the model, the machine, what is left."""
+    left = (
+        f"resuming after epoch {state.epoch} of {args.epochs}"
+        if resumed
+        else f"{args.epochs} epochs of {trainer.batches.steps} steps"
+    )
+    return (
+        f"{data.description}; {count_parameters(trainer.model):,} parameters; "
+        f"{procs.machine()}; {procs.bf16_words(args.amp)}; {left}"
+    )
+
+
 def run(argv: list[str] | None) -> dict | None:
     args, saved, state = prepare_run(parse_args(argv), argv)
     run_dir = Path(args.out)
@@ -202,16 +222,7 @@ def run(argv: list[str] | None) -> dict | None:
         val_images, val_labels = data.images[data.val_idx].to(procs.device), data.labels[data.val_idx]
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_leftovers(run_dir)
-        print(
-            f"{data.description}; {count_parameters(trainer.model):,} parameters; "
-            f"{procs.machine()}; {procs.bf16_words(args.amp)}; "
-            + (
-                f"resuming after epoch {state.epoch} of {args.epochs}"
-                if saved
-                else f"{args.epochs} epochs of {trainer.batches.steps} steps"
-            ),
-            flush=True,
-        )
+        print(start_line(args, data, trainer, procs, state, resumed=bool(saved)), flush=True)
         if note:
             print(note, flush=True)
 
@@ -245,9 +256,8 @@ def run(argv: list[str] | None) -> dict | None:
             teacher=trainer.teacher_record,
         )
         print(
-            f"best validation accuracy {100 * result['val_acc']:.2f}% at epoch "
-            f"{result['best_epoch']} ({100 * result['val_acc_flip_tta']:.2f}% with flip "
-            f"TTA); export in {result['export']}",
+            f"best validation accuracy {100 * result['val_acc']:.2f}% at epoch {result['best_epoch']} "
+            f"({100 * result['val_acc_flip_tta']:.2f}% with flip TTA); export in {result['export']}",
             flush=True,
         )
     procs.close()

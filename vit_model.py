@@ -43,9 +43,10 @@ def unpatchify(patches: torch.Tensor, patch_size: int, height: int, width: int) 
     return x.reshape(b, c, height, width)
 
 
-# Dropout keeps an element when a uniform 32-bit word falls below this many of the 2**32
-# words: the keep probability is exact to 2**-32 (torch.rand's floats resolve 2**-24).
+# Dropout keeps an element when a uniform 32-bit number falls below this many of the
+# 2**32: the keep probability is exact to 2**-32 (torch.rand's floats resolve 2**-24).
 _WORDS = 2**32
+_LOW_BITS = 2**24  # of the number, below its top byte
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -53,26 +54,38 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     1 - p and scaled by 1 / (1 - p); the identity when not training.
 
     On a CPU, torch's bernoulli_ draws one double per element under a lock unless the CPU
-    is Intel (only there does it take MKL's parallel path); here one 64-bit draw from
-    torch's default generator serves two elements and the mask is a single comparison,
-    several times cheaper on every CPU. Seeding torch (torch.manual_seed) fixes the masks.
-    Other devices keep F.dropout, whose fused kernels are already cheap.
+    is Intel (only there does it take MKL's parallel path), and any CPU generator fills
+    on one core. Here an element's 32-bit number is drawn a byte at a time: its top byte
+    alone decides all but 1 in 256 elements, so one 64-bit draw from torch's default
+    generator serves eight, and only the elements whose top byte ties the threshold's
+    draw their other 24 bits. Several times cheaper than bernoulli_ on every CPU, and the
+    same keep probability as comparing whole 32-bit numbers. Seeding torch
+    (torch.manual_seed) fixes the masks. Other devices keep F.dropout, whose fused
+    kernels are already cheap.
     """
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or not 0.0 < p < 1.0:
         return F.dropout(x, p, training=True)
     n = x.numel()
-    kept_words = round((1.0 - p) * _WORDS)
-    # random_(-2**63, None) fills all 64 bits; seen as int32, each half is uniform over
-    # all 2**32 values, exactly kept_words of which lie below kept_words - 2**31.
-    words = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-(2**63), None)
-    words = words.view(torch.int32)[:n].view(x.shape)
+    kept_words = min(max(round((1.0 - p) * _WORDS), 1), _WORDS - 1)
+    top_byte, low_bits = divmod(kept_words, _LOW_BITS)
+    # random_(-2**63, None) fills all 64 bits: eight uniform bytes per draw.
+    top = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), None).view(torch.uint8)
     # The comparison writes 0 / 1 straight into x's dtype, then one in-place scaling:
     # 2-3x cheaper than torch.where or a bool mask converted afterwards.
-    mask = torch.empty(x.shape, dtype=x.dtype)
-    torch.lt(words, kept_words - _WORDS // 2, out=mask)
-    return x * mask.mul_(_WORDS / kept_words)
+    mask = torch.empty(n, dtype=x.dtype)
+    torch.lt(top[:n], top_byte, out=mask)
+    # nonzero scans on one core: it looks for the 1 in 256 ties among the draws holding
+    # one (seen as 64-bit words of eight flags), then among those draws' eight bytes.
+    tied = top == top_byte
+    near = tied.view(torch.int64).nonzero().squeeze(1)
+    candidates = (near[:, None] * 8 + torch.arange(8)).flatten()
+    ties = candidates[tied[candidates] & (candidates < n)]
+    if len(ties):
+        low = torch.empty(len(ties), dtype=torch.int64).random_(0, _LOW_BITS)
+        mask[ties] = (low < low_bits).to(x.dtype)
+    return x * mask.view(x.shape).mul_(_WORDS / kept_words)
 
 
 class Dropout(nn.Dropout):

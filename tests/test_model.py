@@ -167,9 +167,41 @@ def test_dropout_keeps_each_element_with_probability_keep_and_scales_by_one_over
     assert abs(out.double().mean().item() - 1.0) < 5 * 1.25 * (0.16 / n) ** 0.5
 
 
+def test_dropout_keeps_exactly_the_elements_whose_32_bit_number_is_below_the_threshold():
+    """Each element's number: its top byte from the shared 64-bit draws, then 24 more bits
+    for the elements whose top byte ties the threshold's, drawn in that order."""
+    n, p = 300_003, 0.2  # not a whole number of draws: the last one's spare bytes never count
+    kept_words = round((1 - p) * 2**32)
+    torch.manual_seed(7)
+    out = dropout(torch.ones(n), p)
+    torch.manual_seed(7)
+    top = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), None).view(torch.uint8)[:n].long()
+    ties = (top == kept_words >> 24).nonzero().squeeze(1)
+    number = top << 24  # ties at the threshold's top byte get their low bits; others never need them
+    number[ties] += torch.empty(len(ties), dtype=torch.int64).random_(0, 2**24)
+    assert len(ties) > 1000  # about n / 256: the tie rule is exercised
+    assert torch.equal(out != 0, number < kept_words)
+    tied_kept = (out[ties] != 0).double().mean().item()  # 0.8 of the ties: the low bits matter
+    assert abs(tied_kept - 0.8) < 5 * (0.16 / len(ties)) ** 0.5
+
+
+def test_dropout_ignores_the_spare_bytes_of_the_last_draw():
+    """Nine elements take two 64-bit draws: a tie among the seven spare bytes is no element."""
+    top_byte = round(0.8 * 2**32) >> 24
+
+    def spare_bytes(seed: int) -> list[int]:
+        draws = torch.empty(2, dtype=torch.int64).random_(-(2**63), None, generator=torch.Generator().manual_seed(seed))
+        return draws.view(torch.uint8)[9:].tolist()
+
+    seed = next(s for s in range(10_000) if top_byte in spare_bytes(s))
+    torch.manual_seed(seed)
+    out = dropout(torch.ones(9), 0.2)
+    assert out.shape == (9,) and set(out.tolist()) <= {0.0, 1.25}
+
+
 def test_dropout_elements_are_independent():
-    """Neighbours (which share one 64-bit draw when the index is even), elements further
-    apart and the two halves of the mask agree as often as independent coins would."""
+    """Neighbours (which share one 64-bit draw in runs of eight), elements further apart
+    and the two halves of the mask agree as often as independent coins would."""
     torch.manual_seed(1)
     n = 2_000_000
     kept = (dropout(torch.ones(n), 0.2, training=True) != 0).double()

@@ -198,9 +198,17 @@ def start_line(
         if resumed
         else f"{args.epochs} epochs of {trainer.batches.steps} steps"
     )
+    loader = trainer.batches.loader
+    policy = (
+        ""
+        if args.policy == "none"
+        else f"; {args.policy} drawn for each batch on the {procs.device.type}"
+        if loader is None
+        else f"; {args.policy} drawn image by image in {loader.num_workers or 'the training'} process(es)"
+    )
     return (
         f"{data.description}; {count_parameters(trainer.model):,} parameters; "
-        f"{procs.machine()}; {procs.bf16_words(args.amp)}; {left}"
+        f"{procs.machine()}; {procs.bf16_words(args.amp)}{policy}; {left}"
     )
 
 

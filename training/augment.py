@@ -121,6 +121,17 @@ class DeviceTranslate:
         return picked.permute(0, 3, 1, 2).contiguous()
 
 
+class PolicyThenAugment:
+    """A per-image policy drawn on the device (training/device_policy.py) on the uint8
+    batch, then the flip and crop or translation, from the same generator."""
+
+    def __init__(self, policy, augment: DeviceAugment | DeviceTranslate):
+        self.policy, self.augment = policy, augment
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.augment(self.policy(images, generator), generator)
+
+
 def build_policy(name: str) -> v2.Transform | None:
     """The per-image augmentation policy (a torchvision v2 transform on uint8), or None."""
     return {

@@ -98,6 +98,14 @@ def add_regularization_options(p: argparse.ArgumentParser) -> None:
             "policy, RandAugment, TrivialAugmentWide)",
         ),
     )
+    p.add_argument(
+        "--policy-on",
+        choices=["auto", "workers", "device"],
+        default="auto",
+        help="where --policy is drawn: in --workers DataLoader processes, one image at a "
+        "time, or for the whole batch on the training device (the same operations and "
+        "probabilities); auto: the device on a GPU, the workers on a CPU",
+    )
     p.add_argument("--mixup-alpha", type=float, help=recipe_help("mixup_alpha", "MixUp Beta(a, a); 0: off"))
     p.add_argument(
         "--cutmix-alpha",

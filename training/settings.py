@@ -19,6 +19,7 @@ RESUME_RUNTIME = {
     "amp",
     "compile",
     "workers",
+    "policy_on",
     "eval_batch_size",
     "no_progress",
     "push_to_hub",
@@ -49,8 +50,10 @@ def resumed_settings(parsed: Mapping, argv: list[str] | None, saved: dict, done:
             f"with; cannot change {', '.join(conflicts)}. Use a new --out to train "
             "with other settings."
         )
-    # --amp changes the numbers a step computes: the run keeps its own unless one is given.
-    merged.update({k: parsed[k] for k in RESUME_RUNTIME - {"amp"} | (given & {"data_dir", "amp"})})
+    # --amp changes the numbers a step computes and --policy-on the generator the policy
+    # draws from: the run keeps its own unless one is given.
+    kept = {"amp", "policy_on"}
+    merged.update({k: parsed[k] for k in RESUME_RUNTIME - kept | (given & (kept | {"data_dir"}))})
     if "epochs" in given and parsed["epochs"] != merged["epochs"]:
         if parsed["epochs"] < done:
             raise RunError(

@@ -14,9 +14,10 @@ import torch
 
 from cnn_model import CNN
 from data import TrainingData, to_normalized
-from training.augment import DeviceAugment, DeviceTranslate, build_mixing, build_policy
+from training.augment import DeviceAugment, DeviceTranslate, PolicyThenAugment, build_mixing, build_policy
 from training.batches import EpochBatches
 from training.checkpoints import RunState, StartingModel
+from training.device_policy import DevicePolicy
 from training.distillation import Distillation, TeacherError, load_teacher
 from training.epoch import train_one_epoch
 from training.errors import RunError
@@ -43,6 +44,7 @@ class TrainerSettings:
     seed: int
     batch_size: int
     policy: str
+    policy_on: str  # "auto", "workers" or "device"
     workers: int  # asked for on this machine, shared among its processes
     augment: str  # "crop" or "translate"
     translate: int
@@ -94,12 +96,26 @@ def build_model(
     )
 
 
+def policy_runs_on_device(settings: TrainerSettings, device: torch.device) -> bool:
+    """Whether the per-image policy is drawn batched on the training device or in
+    DataLoader workers. auto: on a GPU the device (workers would starve it), on a CPU the
+    workers (the batched form computes every operation for every image, which costs the
+    CPU more than the one each image drew)."""
+    if settings.policy == "none":
+        return False
+    return settings.policy_on == "device" or (settings.policy_on == "auto" and device.type != "cpu")
+
+
 def build_augment(
-    settings: TrainerSettings, mean: list[float], std: list[float], image_size: int
-) -> DeviceAugment | DeviceTranslate:
+    settings: TrainerSettings, mean: list[float], std: list[float], image_size: int, policy_on_device: bool = False
+) -> DeviceAugment | DeviceTranslate | PolicyThenAugment:
     if settings.augment == "translate":
-        return DeviceTranslate(mean, std, pad=settings.translate)
-    return DeviceAugment(mean, std, size=image_size)
+        augment = DeviceTranslate(mean, std, pad=settings.translate)
+    else:
+        augment = DeviceAugment(mean, std, size=image_size)
+    if policy_on_device:
+        return PolicyThenAugment(DevicePolicy(settings.policy, image_size, image_size), augment)
+    return augment
 
 
 @dataclass
@@ -114,7 +130,7 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: WeightAverage | None
     batches: EpochBatches
-    augment: DeviceAugment | DeviceTranslate
+    augment: DeviceAugment | DeviceTranslate | PolicyThenAugment
     mixing: object
     distill: Distillation | None
     teacher_record: dict | None  # the teacher's recipe, widths, split and figures
@@ -136,13 +152,14 @@ class Trainer:
             sample = data.train_idx[:: max(1, len(data.train_idx) // 5000)]
             model.whiten(to_normalized(data.images[sample], state.mean, state.std))
         model = model.to(procs.device)
+        policy_on_device = policy_runs_on_device(settings, procs.device)
         batches = EpochBatches(
             data.images[data.train_idx],
             data.labels[data.train_idx],
             batch_size=settings.batch_size,
             seed=settings.seed,
             procs=procs,
-            policy=build_policy(settings.policy),
+            policy=None if policy_on_device else build_policy(settings.policy),
             workers=procs.workers(settings.workers),
         )
         optimizer = build_optimizer(model, settings.optimization, procs.device)
@@ -172,7 +189,7 @@ class Trainer:
             scheduler,
             ema,
             batches,
-            build_augment(settings, state.mean, state.std, data.image_size),
+            build_augment(settings, state.mean, state.std, data.image_size, policy_on_device),
             build_mixing(settings.mixup_alpha, settings.cutmix_alpha, len(data.class_names)),
             teacher,
             record,

@@ -6,7 +6,8 @@
 #   bash scripts/gpu_check.sh              # downloads CIFAR-10 into data/ (train.py --download)
 #
 # Stages: the tests that take a device, on CUDA; the assignment recipe for 2 epochs eager,
-# with --compile, and under torchrun; the attention kernel that trains (profiler); the
+# with --compile, and under torchrun; the strong recipe for 1 epoch with its AutoAugment
+# drawn on the GPU and in DataLoader workers; the attention kernel that trains (profiler); the
 # benchmark on CUDA. Every stage runs even after one fails, and none is skipped: the
 # summary at the end names each stage's verdict and the script exits 1 if any failed.
 # Everything it writes goes to runs/gpu-check/ (GPU_CHECK_OUT), replaced on each run.
@@ -36,10 +37,13 @@ stage() {  # stage NAME COMMAND...: run it, its output also in $out/NAME.log, an
 }
 
 train=(train.py --epochs 2 "${data[@]}" --no-progress)
-stage tests env VIT_CIFAR_TEST_DEVICE=cuda "$python" -m pytest -q -p no:cacheprovider tests/test_device.py
+stage tests env VIT_CIFAR_TEST_DEVICE=cuda "$python" -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_device_policy.py
 stage eager "$python" "${train[@]}" --out "$out/eager"
 stage compiled "$python" "${train[@]}" --compile --out "$out/compiled"
 stage torchrun "$python" -m torch.distributed.run --standalone --nproc_per_node=1 "${train[@]}" --out "$out/torchrun"
+strong=(train.py --recipe strong --epochs 1 "${data[@]}" --no-progress)
+stage policy-device "$python" "${strong[@]}" --policy-on device --out "$out/policy-device"
+stage policy-workers "$python" "${strong[@]}" --policy-on workers --out "$out/policy-workers"
 stage attention "$python" -m tools.attention_kernels --device cuda --json "$out/attention.json"
 stage bench "$python" -m tools.bench --device cuda --steps 100 --json "$out/bench.json"
 echo "== summary"

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-TRAINING_RUNS = ("eager", "compiled", "torchrun")
+TRAINING_RUNS = ("eager", "compiled", "torchrun", "policy-device", "policy-workers")
 STAGES = ("tests", *TRAINING_RUNS, "attention", "bench")
 
 
@@ -30,7 +30,7 @@ def run_line(root: Path, name: str) -> str:
     its first epoch too, which carries compilation and the kernels' first picks."""
     log, metrics = root / f"{name}.log", root / name / "metrics.jsonl"
     if not metrics.exists():
-        return f"{name:9} no epoch finished"
+        return f"{name:14} no epoch finished"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     text = log.read_text() if log.exists() else ""
     steps = re.search(r"epochs of (\d+) steps", text)
@@ -39,7 +39,7 @@ def run_line(root: Path, name: str) -> str:
     last = rows[-1]
     images = int(steps.group(1)) * batch if steps else 0
     return (
-        f"{name:9} {len(rows)} epochs; first {rows[0]['seconds']:.1f} s, last {last['seconds']:.1f} s "
+        f"{name:14} {len(rows)} epochs; first {rows[0]['seconds']:.1f} s, last {last['seconds']:.1f} s "
         f"({1 / last['seconds']:.3f} epochs/s, {images / last['seconds']:,.0f} img/s with validation); "
         f"peak {last.get('peak_memory_gib', float('nan')):.2f} GiB; validation {100 * last['val_acc']:.2f}%; {bf16}"
     )

@@ -182,10 +182,13 @@ class DevicePolicy:
         source = POLICY_SOURCES[name]()
         self.name = name
         self.table = OperationTable(height, width)
+        # torchvision's own tables (private names): both placements draw from one
+        # definition, and the tests fail if torchvision moves them.
         space = source._AUGMENTATION_SPACE
         if name == "autoaugment":
             self.stages = 2
-            # [sub-policy][stage][sign] -> row, and each stage's probability of applying
+            # [sub-policy][stage][sign] -> row (10 magnitude bins, as AutoAugment has them),
+            # and each stage's probability of applying
             choices = [[self._rows(space, op, bin_, 10) for op, _, bin_ in sub] for sub in source._policies]
             self.probability = torch.tensor([[p for _, p, _ in sub] for sub in source._policies])
         else:

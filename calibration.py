@@ -323,6 +323,13 @@ def _report_served(served: list[tuple[torch.nn.Module, torch.Tensor, torch.Tenso
     inside, outside = (
         pair.score(*(ood_score(logits[i], "energy", m.temperature) for m, *logits in served)) for i in (0, 1)
     )
+    for m, *logits in served:
+        if m.known_threshold is not None:
+            kept, photos = ((ood_score(x, "energy", m.temperature) >= m.known_threshold).float() for x in logits)
+            print(
+                f"  {type(m).__name__} alone by its config  {100 * kept.mean():.1f}% of the {len(kept)} validation "
+                f"images kept, {100 * (1 - photos.mean()):.1f}% of the {len(photos)} other photos flagged"
+            )
     print(
         f"  as the app serves them    AUROC {auroc(inside, outside):.3f}; threshold fitted on its "
         f"{len(sample)}-image sample: {100 * (inside >= pair.threshold).float().mean():.1f}% of the "
@@ -332,9 +339,10 @@ def _report_served(served: list[tuple[torch.nn.Module, torch.Tensor, torch.Tenso
 
 
 def write_calibration(folder: Path, calibration: Calibration) -> Calibration:
-    """Store a calibration in a model folder: config.json's temperature and threshold, and
-    training.json's figures (where the folder has one)."""
-    from common.atomic_files import write_json
+    """Store a calibration in a model folder: config.json's temperature and threshold,
+    training.json's figures and the model card's calibration row and reliability diagram
+    (where the folder has them)."""
+    from common.atomic_files import atomic_write, write_json
 
     config = json.loads((folder / "config.json").read_text())
     config.update(temperature=calibration.temperature, known_threshold=calibration.known_threshold)
@@ -342,7 +350,30 @@ def write_calibration(folder: Path, calibration: Calibration) -> Calibration:
     training = folder / "training.json"
     if training.is_file():
         write_json({**json.loads(training.read_text()), "calibration": calibration.as_json()}, training)
+    card = folder / "README.md"
+    if card.is_file():
+        text = card_with_calibration(card.read_text(), calibration.as_json())
+        atomic_write(card, lambda f: f.write(text.encode()))
     return calibration
+
+
+def card_with_calibration(card: str, calibration: dict) -> str:
+    """A model card with its calibration row (replaced, or put before the training time)
+    and the reliability diagram after its other figures."""
+    row = f"| calibration | {in_words(calibration)} (written by `python calibration.py --write`) |"
+    lines = card.splitlines()
+    at = next((i for i, line in enumerate(lines) if line.startswith("| calibration |")), None)
+    if at is not None:
+        lines[at] = row
+    else:
+        before = next((i for i, line in enumerate(lines) if line.startswith("| training time |")), None)
+        if before is not None:
+            lines.insert(before, row)
+    figure = "![reliability](reliability.png)"
+    if figure not in lines:
+        last = max((i for i, line in enumerate(lines) if line.startswith("![")), default=len(lines) - 1)
+        lines[last + 1 : last + 1] = ["", figure]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -78,3 +78,26 @@ def test_the_pair_threshold_standardizes_each_model_and_keeps_95_percent_of_the_
     assert float(kept) == pytest.approx(0.95, abs=0.002)
     # A model with ten times the spread does not outweigh the other in the sum.
     assert calibration.fit_pair(first, 10 * second).threshold == pytest.approx(pair.threshold, rel=1e-6)
+
+
+def test_the_card_gets_the_calibration_row_and_diagram_once():
+    card = (
+        "# A model\n\n| | |\n|---|---|\n| best epoch | 3 of 4 |\n| training time | 2 min |\n\n"
+        "![curves](curves.png)\n\nUse it.\n"
+    )
+    figures = {
+        "temperature": 0.8,
+        "known_threshold": 2.5,
+        "ece_before": 0.1,
+        "ece_after": 0.05,
+        "images": 50,
+        "known_fraction": 0.95,
+    }
+    once = calibration.card_with_calibration(card, figures)
+    lines = once.splitlines()
+    row = lines.index(next(line for line in lines if line.startswith("| calibration |")))
+    assert lines[row + 1] == "| training time | 2 min |" and "temperature 0.800" in lines[row]
+    assert lines[lines.index("![curves](curves.png)") + 2] == "![reliability](reliability.png)"
+    again = calibration.card_with_calibration(once, {**figures, "temperature": 0.9})
+    assert again.count("| calibration |") == 1 and "temperature 0.900" in again
+    assert again.count("reliability.png") == 1 and again.endswith("Use it.\n")

@@ -278,6 +278,8 @@ def main() -> None:
         served.append((model, logits, outside))
         if args.write:
             fitted = write_calibration(Path(folder), fit_calibration(logits, val_labels))
+            # the lines below measure the models as the app will serve them: with what was just written
+            model.temperature, model.known_threshold = fitted.temperature, fitted.known_threshold
             save_reliability_diagram(logits, val_labels, fitted.temperature, Path(folder) / "reliability.png")
             print(f"  wrote temperature {fitted.temperature:.3f} and energy threshold {fitted.known_threshold:.3f}")
     if len(energies) == 2:

@@ -204,7 +204,8 @@ def start_line(
         if args.policy == "none"
         else f"; {args.policy} drawn for each batch on the {procs.device.type}"
         if loader is None
-        else f"; {args.policy} drawn image by image in {loader.num_workers or 'the training'} process(es)"
+        else f"; {args.policy} drawn image by image in "
+        + (f"{loader.num_workers} DataLoader workers" if loader.num_workers else "the training process")
     )
     return (
         f"{data.description}; {count_parameters(trainer.model):,} parameters; "

@@ -13,7 +13,7 @@ import train
 import training.command_line
 import training.trainer
 from data import load_training_data
-from training.augment import PolicyThenAugment
+from training.augment import DeviceAugment
 from training.checkpoints import RunState
 from training.device_policy import OPERATIONS, POLICY_SOURCES, DevicePolicy, apply_rows
 from training.runtime import ProcessPlacement
@@ -165,4 +165,9 @@ def test_the_trainer_draws_the_policy_before_the_flip_and_crop(shared_folder_dat
     trainer = training.trainer.Trainer.build(
         training.trainer.TrainerSettings.of(vars(args)), data, state, None, None, procs
     )
-    assert isinstance(trainer.augment, PolicyThenAugment) and trainer.batches.loader is None
+    assert trainer.batches.loader is None  # no workers: the uint8 images stay on the device
+    images = data.images[:16]
+    got = trainer.augment(images, torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    by_hand = DeviceAugment(data.mean, data.std)(DevicePolicy("autoaugment")(images, generator), generator)
+    assert torch.equal(got, by_hand)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from data import CROP_RATIO, CROP_SCALE
+from training.device_policy import DevicePolicy
 
 
 def random_resized_crop_boxes(
@@ -125,7 +126,7 @@ class PolicyThenAugment:
     """A per-image policy drawn on the device (training/device_policy.py) on the uint8
     batch, then the flip and crop or translation, from the same generator."""
 
-    def __init__(self, policy, augment: DeviceAugment | DeviceTranslate):
+    def __init__(self, policy: DevicePolicy, augment: DeviceAugment | DeviceTranslate):
         self.policy, self.augment = policy, augment
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

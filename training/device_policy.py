@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
+from torchvision.transforms.functional import _get_inverse_affine_matrix
 from torchvision.transforms.v2 import functional as TF
 
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
@@ -27,31 +28,18 @@ OPERATIONS = ("Identity", *GEOMETRIC, *BLENDS, "Posterize", "Solarize", *WHOLE_I
 
 def inverse_affine(name: str, magnitude: float, height: int, width: int) -> list[float]:
     """The 2x3 matrix that takes an output pixel (relative to the image centre) to the
-    input pixel it reads, for one geometric operation, as torchvision's affine and rotate
-    compute it (shears about the top-left corner, rotations about the centre)."""
-    angle, shear, translate, center = 0.0, (0.0, 0.0), (0.0, 0.0), (0.0, 0.0)
+    input pixel it reads, for one geometric operation, with the arguments torchvision's
+    AutoAugment passes to affine and rotate (shears about the top-left corner, rotations
+    about the centre, counter-clockwise) and torchvision's own matrix helper."""
+    center, angle, translate, shear = [0.0, 0.0], 0.0, [0.0, 0.0], [0.0, 0.0]
     if name == "Rotate":
-        angle = -magnitude  # torchvision's rotate turns counter-clockwise
+        angle = -magnitude
     elif name in ("ShearX", "ShearY"):
-        degrees = math.degrees(math.atan(magnitude))
-        shear = (degrees, 0.0) if name == "ShearX" else (0.0, degrees)
-        center = (-width * 0.5, -height * 0.5)
+        shear[name == "ShearY"] = math.degrees(math.atan(magnitude))
+        center = [-width * 0.5, -height * 0.5]
     else:
-        shift = float(int(magnitude))
-        translate = (shift, 0.0) if name == "TranslateX" else (0.0, shift)
-    rot, sx, sy = math.radians(angle), math.radians(shear[0]), math.radians(shear[1])
-    a = math.cos(rot - sy) / math.cos(sy)
-    b = -math.cos(rot - sy) * math.tan(sx) / math.cos(sy) - math.sin(rot)
-    c = math.sin(rot - sy) / math.cos(sy)
-    d = -math.sin(rot - sy) * math.tan(sx) / math.cos(sy) + math.cos(rot)
-    # The inverse of rotation-with-shear (its determinant is 1), then the shifts undone.
-    m = [d, -b, 0.0, -c, a, 0.0]
-    (cx, cy), (tx, ty) = center, translate
-    m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty)
-    m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty)
-    m[2] += cx
-    m[5] += cy
-    return m
+        translate[name == "TranslateY"] = float(int(magnitude))
+    return _get_inverse_affine_matrix(center, angle, translate, 1.0, shear)
 
 
 class OperationTable:
@@ -180,7 +168,6 @@ class DevicePolicy:
 
     def __init__(self, name: str, height: int = 32, width: int = 32):
         source = POLICY_SOURCES[name]()
-        self.name = name
         self.table = OperationTable(height, width)
         # torchvision's own tables (private names): both placements draw from one
         # definition, and the tests fail if torchvision moves them.
